@@ -1,0 +1,309 @@
+//! Authentication for `auth = true` stream routes.
+//!
+//! The token is looked for in the configured sources, in order. It is checked against the
+//! origin's validator at most once per token per TTL: verdicts live in a moka cache keyed by a
+//! SHA-256 of the token (the raw token is never stored or logged), and concurrent first
+//! requests for one token share a single validator call. A rejection is remembered for
+//! `negative_ttl`; a validator failure (unreachable, 5xx, garbage) is a 503 and is not cached,
+//! so the next request asks again.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::{HeaderMap, HeaderValue, StatusCode, header};
+use moka::Expiry;
+use moka::future::Cache;
+
+use crate::config::{AuthConfig, TokenSource};
+use crate::error::{ProxyError, origin_detail};
+use crate::upstream::Upstream;
+
+/// Longest token accepted; anything longer is rejected without asking the origin.
+pub const MAX_TOKEN_LEN: usize = 4096;
+
+/// Who a validated request belongs to, and what to forward on its behalf.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The validator's `user_id`: part of the hub key, sent upstream as `X-User-ID`.
+    pub user_id: String,
+    /// The `Authorization` forwarded on polls: the caller's own header, or
+    /// `Bearer <token>` when the token came from elsewhere.
+    pub authorization: HeaderValue,
+}
+
+/// The validator's answer for one token, as cached.
+#[derive(Debug, Clone)]
+enum Verdict {
+    /// Valid; trusted until `ttl` has passed.
+    Valid { user_id: Arc<str>, ttl: Duration },
+    /// Rejected with this status and detail; remembered for the negative TTL.
+    Rejected {
+        status: StatusCode,
+        detail: Arc<str>,
+        ttl: Duration,
+    },
+}
+
+/// Gives each cache entry the lifetime its verdict carries.
+struct VerdictExpiry;
+
+impl Expiry<[u8; 32], Verdict> for VerdictExpiry {
+    fn expire_after_create(
+        &self,
+        _key: &[u8; 32],
+        value: &Verdict,
+        _created_at: Instant,
+    ) -> Option<Duration> {
+        Some(match value {
+            Verdict::Valid { ttl, .. } | Verdict::Rejected { ttl, .. } => *ttl,
+        })
+    }
+}
+
+/// Validates tokens against the origin, with a cache in front.
+pub struct Authenticator {
+    /// Sources, validator path and TTLs from `[auth]`.
+    config: AuthConfig,
+    /// Verdicts by token digest.
+    cache: Cache<[u8; 32], Verdict>,
+}
+
+impl Authenticator {
+    /// An authenticator with an empty cache bounded by `cache_capacity`.
+    pub fn new(config: AuthConfig) -> Authenticator {
+        let cache = Cache::builder()
+            .max_capacity(config.cache_capacity)
+            .expire_after(VerdictExpiry)
+            .build();
+        Authenticator { config, cache }
+    }
+
+    /// Finds, validates and returns the caller's identity, or the error to answer with.
+    pub async fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        query: Option<&str>,
+        upstream: &Upstream,
+    ) -> Result<Identity, ProxyError> {
+        let token = self.find_token(headers, query).ok_or_else(|| {
+            let places: Vec<String> = self.config.sources.iter().map(TokenSource::describe).collect();
+            ProxyError::MissingCredentials(places.join(", or "))
+        })?;
+        if token.is_empty()
+            || token.len() > MAX_TOKEN_LEN
+            || !token.bytes().all(|b| b.is_ascii_graphic())
+        {
+            return Err(ProxyError::Relayed {
+                status: StatusCode::UNAUTHORIZED,
+                detail: "malformed token".to_owned(),
+                body: None,
+            });
+        }
+        let verdict = self
+            .cache
+            .try_get_with(digest(token), self.validate(token, upstream))
+            .await
+            .map_err(|e| ProxyError::ValidatorUnavailable(e.to_string()))?;
+        match verdict {
+            Verdict::Valid { user_id, .. } => Ok(Identity {
+                user_id: user_id.to_string(),
+                authorization: forwarded_authorization(headers, token)?,
+            }),
+            Verdict::Rejected { status, detail, .. } => Err(ProxyError::Relayed {
+                status,
+                detail: detail.to_string(),
+                body: None,
+            }),
+        }
+    }
+
+    fn find_token<'a>(&self, headers: &'a HeaderMap, query: Option<&'a str>) -> Option<&'a str> {
+        self.config.sources.iter().find_map(|source| {
+            let token = match source {
+                TokenSource::Bearer => headers
+                    .get(header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| {
+                        let (scheme, rest) = v.split_once(' ')?;
+                        scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+                    }),
+                TokenSource::Header(name) => headers.get(name).and_then(|v| v.to_str().ok()),
+                TokenSource::Query(name) => query.and_then(|q| query_param(q, name)),
+                TokenSource::Cookie(name) => headers
+                    .get_all(header::COOKIE)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .flat_map(|v| v.split(';'))
+                    .find_map(|pair| {
+                        let (k, v) = pair.trim().split_once('=')?;
+                        (k == name).then_some(v)
+                    }),
+            }?;
+            Some(token)
+        })
+    }
+
+    /// One call to the origin's validator. `Err` means "could not tell" and is not cached.
+    async fn validate(&self, token: &str, upstream: &Upstream) -> Result<Verdict, String> {
+        let mut headers = HeaderMap::new();
+        let bearer = HeaderValue::from_str(&format!("Bearer {token}"))
+            .map_err(|_| "token cannot be sent as a header".to_owned())?;
+        headers.insert(header::AUTHORIZATION, bearer);
+        headers.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
+        let fetched = upstream
+            .fetch(&self.config.validate, headers)
+            .await
+            .map_err(|e| e.to_string())?;
+        match fetched.status {
+            StatusCode::OK => {
+                let answer: ValidatorAnswer = serde_json::from_slice(&fetched.body)
+                    .map_err(|e| format!("validator answered 200 without a usable JSON body: {e}"))?;
+                let user_id = answer.user_id()?;
+                let ttl = match answer.expires_at.as_deref().map(seconds_until) {
+                    Some(Some(left)) => left.min(self.config.cache_ttl),
+                    Some(None) => {
+                        return Ok(Verdict::Rejected {
+                            status: StatusCode::UNAUTHORIZED,
+                            detail: "token expired".into(),
+                            ttl: self.config.negative_ttl,
+                        });
+                    }
+                    None => self.config.cache_ttl,
+                };
+                Ok(Verdict::Valid {
+                    user_id: user_id.into(),
+                    ttl,
+                })
+            }
+            status @ (StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) => Ok(Verdict::Rejected {
+                status,
+                detail: origin_detail(&fetched.body)
+                    .unwrap_or_else(|| "invalid or expired token".to_owned())
+                    .into(),
+                ttl: self.config.negative_ttl,
+            }),
+            other => Err(format!("validator answered {other}")),
+        }
+    }
+}
+
+/// The validator's JSON: `{"user_id": ..., "expires_at": optional RFC 3339}`.
+#[derive(serde::Deserialize)]
+struct ValidatorAnswer {
+    user_id: serde_json::Value,
+    expires_at: Option<String>,
+}
+
+impl ValidatorAnswer {
+    fn user_id(&self) -> Result<String, String> {
+        let id = match &self.user_id {
+            serde_json::Value::String(s) => s.clone(),
+            serde_json::Value::Number(n) => n.to_string(),
+            _ => return Err("validator's user_id is neither a string nor a number".to_owned()),
+        };
+        let usable = !id.is_empty() && id.len() <= 256 && id.bytes().all(|b| b.is_ascii_graphic());
+        if usable {
+            Ok(id)
+        } else {
+            Err("validator's user_id is empty, too long or not printable ASCII".to_owned())
+        }
+    }
+}
+
+/// Time left until an RFC 3339 instant; `None` when it has passed (or cannot be read,
+/// which is treated as expired rather than trusted forever).
+fn seconds_until(expires_at: &str) -> Option<Duration> {
+    let at = time::OffsetDateTime::parse(expires_at, &time::format_description::well_known::Rfc3339).ok()?;
+    let left = at - time::OffsetDateTime::now_utc();
+    (left.is_positive()).then(|| Duration::from_secs_f64(left.as_seconds_f64()))
+}
+
+/// The caller's own `Authorization`, or `Bearer <token>` when the token came from elsewhere.
+fn forwarded_authorization(headers: &HeaderMap, token: &str) -> Result<HeaderValue, ProxyError> {
+    if let Some(own) = headers.get(header::AUTHORIZATION) {
+        return Ok(own.clone());
+    }
+    HeaderValue::from_str(&format!("Bearer {token}"))
+        .map_err(|_| ProxyError::BadRequest("token cannot be forwarded as a header".to_owned()))
+}
+
+/// The value of one query parameter (not percent-decoded: tokens are printable ASCII).
+pub fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == name).then_some(v)
+    })
+}
+
+fn digest(token: &str) -> [u8; 32] {
+    let hash = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+    let mut key = [0u8; 32];
+    key.copy_from_slice(hash.as_ref());
+    key
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn auth(sources: Vec<TokenSource>) -> Authenticator {
+        Authenticator::new(AuthConfig {
+            validate: "/v".into(),
+            sources,
+            cache_ttl: Duration::from_secs(60),
+            negative_ttl: Duration::from_secs(5),
+            cache_capacity: 10,
+        })
+    }
+
+    #[test]
+    fn tokens_are_found_in_source_order() {
+        let a = auth(vec![
+            TokenSource::Bearer,
+            TokenSource::Header(http::HeaderName::from_static("x-user-id")),
+            TokenSource::Query("user_token".into()),
+            TokenSource::Cookie("sid".into()),
+        ]);
+        let mut headers = HeaderMap::new();
+        headers.insert("x-user-id", HeaderValue::from_static("from-header"));
+        headers.insert(header::COOKIE, HeaderValue::from_static("a=1; sid=from-cookie"));
+        let found = a.find_token(&headers, Some("user_token=from-query"));
+        assert_eq!(found, Some("from-header"));
+        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("bearer  from-bearer "));
+        assert_eq!(a.find_token(&headers, None), Some("from-bearer"));
+        assert_eq!(a.find_token(&HeaderMap::new(), Some("x=1&user_token=q")), Some("q"));
+        let mut cookie_only = HeaderMap::new();
+        cookie_only.insert(header::COOKIE, HeaderValue::from_static("sid=c"));
+        assert_eq!(a.find_token(&cookie_only, None), Some("c"));
+        assert!(a.find_token(&HeaderMap::new(), Some("other=1")).is_none());
+    }
+
+    #[test]
+    fn basic_auth_is_not_a_bearer_token() {
+        let a = auth(vec![TokenSource::Bearer]);
+        let mut headers = HeaderMap::new();
+        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic abc"));
+        assert!(a.find_token(&headers, None).is_none());
+    }
+
+    #[test]
+    fn query_tokens_are_forwarded_as_bearer() {
+        let value = forwarded_authorization(&HeaderMap::new(), "abc").expect("header");
+        assert_eq!(value, "Bearer abc");
+    }
+
+    #[test]
+    fn expiry_in_the_past_or_unreadable_is_expired() {
+        assert!(seconds_until("2000-01-01T00:00:00Z").is_none());
+        assert!(seconds_until("tomorrow").is_none());
+        assert!(seconds_until("2999-01-01T00:00:00Z").is_some());
+    }
+
+    #[test]
+    fn user_ids_are_checked() {
+        let ok: ValidatorAnswer = serde_json::from_str(r#"{"user_id": 42}"#).expect("json");
+        assert_eq!(ok.user_id().as_deref(), Ok("42"));
+        let bad: ValidatorAnswer = serde_json::from_str(r#"{"user_id": "a\nb"}"#).expect("json");
+        assert!(bad.user_id().is_err());
+    }
+}

@@ -1,0 +1,64 @@
+//! The one response body type the server writes.
+//!
+//! An enum instead of a boxed trait object: no allocation per response, and the three kinds
+//! of answer the proxy gives stay visible in one place.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+use crate::stream::SseBody;
+
+/// A response body: made by the proxy, streamed from the upstream, or an event stream.
+pub enum ProxyBody {
+    /// A small body the proxy made itself (JSON errors); `None` once sent.
+    Full(Option<Bytes>),
+    /// The upstream's body, streamed through frame by frame without buffering.
+    Upstream(Incoming),
+    /// A long-lived `text/event-stream` fed by the hub.
+    Stream(SseBody),
+}
+
+impl ProxyBody {
+    /// A body of exactly these bytes.
+    pub fn full(bytes: Bytes) -> Self {
+        ProxyBody::Full(Some(bytes))
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            ProxyBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            ProxyBody::Upstream(incoming) => Pin::new(incoming).poll_frame(cx),
+            ProxyBody::Stream(sse) => Pin::new(sse).poll_frame(cx).map(|f| f.map(Ok)),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ProxyBody::Full(bytes) => bytes.is_none(),
+            ProxyBody::Upstream(incoming) => incoming.is_end_stream(),
+            ProxyBody::Stream(_) => false,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ProxyBody::Full(bytes) => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
+            ProxyBody::Upstream(incoming) => incoming.size_hint(),
+            ProxyBody::Stream(_) => SizeHint::default(),
+        }
+    }
+}

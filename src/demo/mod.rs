@@ -1,0 +1,115 @@
+//! `sse-edge demo`: the proxy from `proxy.toml` in front of a built-in buffered sample origin.
+//!
+//! The origin binds the `[upstream] url` address (it must be loopback), a self-signed
+//! `localhost` certificate is written where `[tls]` points if none is there, and
+//! `DASHBOARD_API_KEY` gets a demo value when it is not set, so the shipped `proxy.toml`
+//! runs as is.
+
+pub mod certs;
+pub mod origin;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::time::Duration;
+
+use crate::config::{Config, ConfigError};
+use crate::{Proxy, StartError};
+
+/// Why the demo could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    /// `proxy.toml` is unreadable or invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The demo certificate could not be written.
+    #[error(transparent)]
+    Cert(#[from] certs::CertError),
+    /// The sample origin needs a loopback `http://` upstream address to bind.
+    #[error("the demo origin binds [upstream] url, which must be http://127.0.0.1:PORT (found {0})")]
+    NotLoopback(String),
+    /// The sample origin's address is taken.
+    #[error("cannot start the demo origin on {addr}: {source}")]
+    Origin {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The proxy itself could not start.
+    #[error(transparent)]
+    Start(#[from] StartError),
+}
+
+/// Starts the sample origin and the proxy, and prints what to try.
+pub async fn run(config_path: &Path) -> Result<Proxy, DemoError> {
+    let api_key = std::env::var("DASHBOARD_API_KEY")
+        .unwrap_or_else(|_| format!("demo-key-{:08x}", fastrand::u32(..)));
+    let text = std::fs::read_to_string(config_path).map_err(|source| ConfigError::Read {
+        path: config_path.to_owned(),
+        source,
+    })?;
+    let base_dir = config_path.parent().unwrap_or(Path::new("."));
+    let config = Config::from_toml(
+        &text,
+        &config_path.display().to_string(),
+        base_dir,
+        &|name| {
+            std::env::var(name)
+                .ok()
+                .or_else(|| (name == "DASHBOARD_API_KEY").then(|| api_key.clone()))
+        },
+    )?;
+    if let Some(tls) = &config.tls
+        && (!tls.cert.exists() || !tls.key.exists())
+    {
+        certs::write_localhost(&tls.cert, &tls.key)?;
+        println!("wrote a self-signed localhost certificate to {}", tls.cert.display());
+    }
+    let upstream = &config.upstream;
+    let origin_addr = match (upstream.scheme.as_str(), upstream.authority.host().parse::<IpAddr>()) {
+        ("http", Ok(ip)) if ip.is_loopback() => {
+            SocketAddr::new(ip, upstream.authority.port_u16().unwrap_or(80))
+        }
+        _ => return Err(DemoError::NotLoopback(upstream.authority.to_string())),
+    };
+    let options = origin::OriginOptions {
+        api_key,
+        cold_start: Duration::from_secs(2),
+        tick: Duration::from_secs(3),
+    };
+    origin::spawn(origin_addr, options)
+        .await
+        .map_err(|source| DemoError::Origin {
+            addr: origin_addr,
+            source,
+        })?;
+    let proxy = Proxy::start(config).await?;
+    print_instructions(&proxy, origin_addr);
+    Ok(proxy)
+}
+
+fn print_instructions(proxy: &Proxy, origin: SocketAddr) {
+    let base = match (proxy.https_addr(), proxy.http_addr()) {
+        (Some(addr), _) => format!("https://localhost:{}", addr.port()),
+        (None, Some(addr)) => format!("http://{addr}"),
+        (None, None) => return,
+    };
+    let k = if proxy.https_addr().is_some() { " -k" } else { "" };
+    let token = origin::DEMO_TOKEN;
+    let id = origin::DEMO_CONFIGURATION;
+    println!(
+        "\nsse-edge demo: a buffered sample API on http://{origin}, sse-edge in front of it.\n\
+         The origin answers its first request after a 2 s cold start; data changes every 3 s.\n\n\
+         Live metrics (no login):\n  curl -N{k} {base}/api/v2/stream\n\n\
+         Per-user sentiment and refresh events (demo token and configuration):\n  \
+         curl -N{k} -H 'Authorization: Bearer {token}' {base}/api/v2/configurations/{id}/stream\n\n\
+         Your own user and configuration:\n  \
+         TOKEN=$(curl -s{k} -X POST {base}/api/v2/auth/anonymous | sed 's/.*\"token\":\"\\([^\"]*\\)\".*/\\1/')\n  \
+         ID=$(curl -s{k} -X POST -H \"Authorization: Bearer $TOKEN\" -d '{{\"tickers\":[\"AAPL\",\"GOOG\"]}}' {base}/api/v2/configurations | sed 's/.*\"id\":\"\\([^\"]*\\)\".*/\\1/')\n  \
+         curl -N{k} \"{base}/api/v2/configurations/$ID/stream?user_token=$TOKEN\"\n\n\
+         Passthrough:  curl -s{k} {base}/api/v2/stream/status\n\
+         The problem, for comparison (the buffered origin holds the stream, then sends it all at once):\n  \
+         curl -N http://{origin}/api/v2/stream\n\n\
+         Ctrl-C stops.\n"
+    );
+}

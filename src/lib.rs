@@ -1,0 +1,175 @@
+//! sse-edge: an edge reverse proxy that turns buffered HTTP backends into Server-Sent Events.
+//!
+//! A request travels through these modules, in this order:
+//!
+//! - [`config`]: `proxy.toml`, parsed, `${ENV}`-expanded and validated.
+//! - [`listener`]: accept (a permit per connection), TLS ([`tls`]) with ALPN, and serving
+//!   each connection as HTTP/1.1 or HTTP/2.
+//! - [`service`]: the request phases: route, then stream or passthrough, then the access log.
+//! - [`router`]: which paths are stream routes, with checked path parameters.
+//! - [`auth`]: token extraction and cached validation for `auth = true` routes.
+//! - [`passthrough`]: everything else, streamed to and from the origin ([`upstream`]).
+//! - [`stream`]: the event streams: a [`hub`](stream::hub) of channels, one per stream key,
+//!   each fed by one [`poller`](stream::poller) per source, turned into changes by
+//!   [`delta`](stream::delta), encoded once by [`sse`](stream::sse), and fanned out to every
+//!   client's [`body`](stream::body).
+//! - [`error`]: every failure a client can see, as JSON with a status and who caused it.
+//! - [`demo`]: a built-in buffered sample origin for trying it out.
+//!
+//! [`Proxy::start`] binds the listeners and runs everything in the background; tests use it on
+//! port 0 and read the bound addresses back.
+
+#![forbid(unsafe_code)]
+
+pub mod auth;
+pub mod body;
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod listener;
+pub mod passthrough;
+pub mod router;
+pub mod service;
+pub mod shutdown;
+pub mod stream;
+pub mod tls;
+pub mod upstream;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+
+use crate::auth::Authenticator;
+use crate::config::Config;
+use crate::listener::{BindError, Listeners};
+use crate::router::Router;
+use crate::service::App;
+use crate::shutdown::Shutdown;
+use crate::stream::Streams;
+use crate::stream::hub::Hub;
+use crate::tls::TlsError;
+use crate::upstream::Upstream;
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A certificate, key or CA file is missing or unusable.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// A listener address is taken or not permitted.
+    #[error(transparent)]
+    Bind(#[from] BindError),
+}
+
+/// A running proxy.
+pub struct Proxy {
+    /// Where the HTTPS listener is bound (the real port when configured with port 0).
+    https_addr: Option<SocketAddr>,
+    /// Where the plaintext listener is bound.
+    http_addr: Option<SocketAddr>,
+    /// Shared state, for introspection.
+    app: Arc<App>,
+    /// Firing it starts a graceful shutdown.
+    shutdown: Shutdown,
+    /// The accept loop; it ends when every connection has drained (or the grace ran out).
+    serving: JoinHandle<()>,
+}
+
+impl Proxy {
+    /// Loads certificates, binds the listeners and starts serving in the background.
+    pub async fn start(config: Config) -> Result<Proxy, StartError> {
+        let upstream = Arc::new(Upstream::new(&config.upstream)?);
+        let tls = match &config.tls {
+            Some(files) if config.listen.https.is_some() => {
+                Some(TlsAcceptor::from(tls::server_config(files)?))
+            }
+            _ => None,
+        };
+        let (https, https_addr) = match (config.listen.https, tls) {
+            (Some(addr), Some(acceptor)) => {
+                let (listener, bound) = listener::bind(addr)?;
+                (Some((listener, acceptor)), Some(bound))
+            }
+            _ => (None, None),
+        };
+        let (http, http_addr) = match config.listen.http {
+            Some(addr) => {
+                let (listener, bound) = listener::bind(addr)?;
+                (Some(listener), Some(bound))
+            }
+            None => (None, None),
+        };
+
+        let (shutdown, shutdown_rx) = Shutdown::new();
+        let routes: Vec<_> = config.streams.iter().cloned().map(Arc::new).collect();
+        let negative_ttl = config
+            .auth
+            .as_ref()
+            .map_or(std::time::Duration::from_secs(5), |a| a.negative_ttl);
+        let hub = Hub::new(
+            routes.clone(),
+            upstream.clone(),
+            config.sse.clone(),
+            negative_ttl,
+            shutdown_rx.clone(),
+        );
+        let auth = config.auth.clone().map(Authenticator::new);
+        let app = Arc::new(App {
+            router: Router::new(config.streams.iter().map(|s| s.path.clone()).collect()),
+            upstream: upstream.clone(),
+            streams: Streams::new(hub, routes, auth, upstream, config.sse.clone()),
+            retry_ms: config.sse.retry_ms,
+        });
+        let serving = tokio::spawn(listener::serve(
+            Listeners { https, http },
+            app.clone(),
+            config.listen.clone(),
+            shutdown_rx,
+        ));
+        tracing::info!(
+            https = ?https_addr,
+            http = ?http_addr,
+            upstream = %config.upstream.authority,
+            streams = config.streams.len(),
+            "sse-edge listening"
+        );
+        Ok(Proxy {
+            https_addr,
+            http_addr,
+            app,
+            shutdown,
+            serving,
+        })
+    }
+
+    /// The bound HTTPS address, if that listener is configured.
+    pub fn https_addr(&self) -> Option<SocketAddr> {
+        self.https_addr
+    }
+
+    /// The bound plaintext address, if that listener is configured.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
+    }
+
+    /// Channels with running pollers now (one per distinct stream key).
+    pub fn pollers(&self) -> usize {
+        self.app.streams.hub.channel_count()
+    }
+
+    /// Event streams open now.
+    pub fn open_streams(&self) -> usize {
+        self.app.streams.open_streams()
+    }
+
+    /// Stops accepting, ends every stream with a reconnect hint, lets other requests finish
+    /// within the grace period, and returns when done.
+    pub async fn shutdown(self) {
+        self.shutdown.fire();
+        if let Err(error) = self.serving.await {
+            tracing::error!(%error, "the accept loop failed");
+        }
+    }
+}

@@ -1,0 +1,217 @@
+//! Listeners: accept, TLS, and serving each connection with the protocol it chose.
+//!
+//! One accept loop serves both listeners. A connection permit is taken *before* accepting
+//! (`[listen] max_connections`), so over the limit the kernel's backlog absorbs the burst
+//! instead of the process running out of file descriptors. Each connection is then bounded
+//! while it has not yet sent a request: the TLS handshake by `tls_handshake_timeout`, HTTP/1.1
+//! headers by `header_read_timeout`. HTTPS connections are served as HTTP/2 or HTTP/1.1 by
+//! ALPN; plaintext ones auto-detect HTTP/1.1 or h2c. On shutdown the loop stops accepting and
+//! every connection is asked to finish gracefully.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::ListenConfig;
+use crate::service::App;
+use crate::shutdown::ShutdownSignal;
+
+/// Largest HTTP/1.1 read buffer: bounds the request line and headers (431 beyond).
+const MAX_H1_BUFFER: usize = 64 * 1024;
+/// Largest HTTP/2 header list accepted.
+const MAX_H2_HEADER_LIST: u32 = 64 * 1024;
+/// Concurrent HTTP/2 streams per connection.
+const MAX_H2_STREAMS: u32 = 256;
+/// Kernel accept backlog, so bursts of new streams queue instead of being refused.
+const BACKLOG: u32 = 4096;
+
+/// What the request handler knows about the connection a request came on.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    /// The client's address (for `X-Forwarded-For`).
+    pub peer: SocketAddr,
+    /// Whether the connection is TLS (for `X-Forwarded-Proto`).
+    pub tls: bool,
+}
+
+/// The bound listeners, before serving.
+pub struct Listeners {
+    /// The TLS listener and its acceptor.
+    pub https: Option<(TcpListener, TlsAcceptor)>,
+    /// The plaintext listener.
+    pub http: Option<TcpListener>,
+}
+
+/// A listener address that could not be bound.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr}: {source}")]
+pub struct BindError {
+    /// The address from `[listen]`.
+    pub addr: SocketAddr,
+    /// Why (address in use, permission denied...).
+    pub source: std::io::Error,
+}
+
+/// Binds a TCP listener with a deep backlog; returns it with the address actually bound.
+pub fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), BindError> {
+    let wrap = |source| BindError { addr, source };
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(wrap)?;
+    socket.set_reuseaddr(true).map_err(wrap)?;
+    socket.bind(addr).map_err(wrap)?;
+    let listener = socket.listen(BACKLOG).map_err(wrap)?;
+    let bound = listener.local_addr().map_err(wrap)?;
+    Ok((listener, bound))
+}
+
+/// Per-protocol connection builders, made once.
+struct Builders {
+    /// Plaintext: HTTP/1.1 or h2c by the connection preface.
+    auto: auto::Builder<TokioExecutor>,
+    /// TLS with ALPN `http/1.1` (or none).
+    http1: auto::Builder<TokioExecutor>,
+    /// TLS with ALPN `h2`.
+    http2: auto::Builder<TokioExecutor>,
+}
+
+impl Builders {
+    fn new(config: &ListenConfig) -> Builders {
+        let mut auto = auto::Builder::new(TokioExecutor::new());
+        auto.http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(config.header_read_timeout)
+            .max_buf_size(MAX_H1_BUFFER)
+            .keep_alive(true);
+        auto.http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(MAX_H2_HEADER_LIST)
+            .max_concurrent_streams(MAX_H2_STREAMS);
+        Builders {
+            http1: auto.clone().http1_only(),
+            http2: auto.clone().http2_only(),
+            auto,
+        }
+    }
+}
+
+/// Accepts and serves until `shutdown` fires, then drains connections for at most `grace`.
+pub async fn serve(
+    listeners: Listeners,
+    app: Arc<App>,
+    config: ListenConfig,
+    mut shutdown: ShutdownSignal,
+) {
+    let builders = Arc::new(Builders::new(&config));
+    let permits = Arc::new(Semaphore::new(config.max_connections));
+    let graceful = GracefulShutdown::new();
+    let (https, acceptor) = match listeners.https {
+        Some((listener, acceptor)) => (Some(listener), Some(acceptor)),
+        None => (None, None),
+    };
+    let http = listeners.http;
+    loop {
+        let permit = tokio::select! {
+            permit = permits.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+            _ = shutdown.fired() => break,
+        };
+        let (accepted, tls) = tokio::select! {
+            accepted = accept(https.as_ref()) => (accepted, true),
+            accepted = accept(http.as_ref()) => (accepted, false),
+            _ = shutdown.fired() => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(error) => {
+                // Out of file descriptors or a transient kernel error: back off briefly
+                // instead of spinning on the same error.
+                tracing::warn!(%error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let conn = ConnInfo { peer, tls };
+        let watcher = graceful.watcher();
+        let builders = builders.clone();
+        let app = app.clone();
+        let acceptor = acceptor.clone().filter(|_| tls);
+        let handshake_timeout = config.tls_handshake_timeout;
+        tokio::spawn(async move {
+            let _permit = permit;
+            match acceptor {
+                None => serve_io(stream, &builders.auto, app, conn, watcher).await,
+                Some(acceptor) => {
+                    let tls_stream =
+                        match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                            Ok(Ok(tls_stream)) => tls_stream,
+                            Ok(Err(error)) => {
+                                tracing::debug!(%peer, %error, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                tracing::debug!(%peer, "TLS handshake timed out");
+                                return;
+                            }
+                        };
+                    let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                    let builder = if h2 { &builders.http2 } else { &builders.http1 };
+                    serve_io(tls_stream, builder, app, conn, watcher).await;
+                }
+            }
+        });
+    }
+    drop(https);
+    drop(http);
+    app.streams.hub.close_all(app.retry_ms);
+    if tokio::time::timeout(config.shutdown_grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            grace_s = config.shutdown_grace.as_secs(),
+            "connections still open after the shutdown grace period"
+        );
+    }
+}
+
+async fn accept(listener: Option<&TcpListener>) -> std::io::Result<(TcpStream, SocketAddr)> {
+    match listener {
+        Some(listener) => listener.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn serve_io<I>(
+    io: I,
+    builder: &auto::Builder<TokioExecutor>,
+    app: Arc<App>,
+    conn: ConnInfo,
+    watcher: Watcher,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |request| {
+        let app = app.clone();
+        async move { Ok::<_, std::convert::Infallible>(app.handle(request, conn).await) }
+    });
+    let connection = builder.serve_connection(TokioIo::new(io), service);
+    if let Err(error) = watcher.watch(connection).await {
+        tracing::debug!(peer = %conn.peer, error = %error, "connection ended with an error");
+    }
+}

@@ -1,0 +1,92 @@
+//! The body of one event-stream response: a cursor into its channel's log.
+//!
+//! Polled by hyper whenever the connection can take more bytes, so a client that stops
+//! reading simply stops advancing its cursor (its socket buffer and hyper's bounded write
+//! buffer fill, nothing else grows); when it reads again it is resynced if it fell behind.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body::Frame;
+use tokio::sync::OwnedSemaphorePermit;
+
+use super::channel::{Cursor, Next};
+use super::hub::Subscription;
+
+/// A streaming response body.
+pub struct SseBody {
+    /// Membership in the channel; dropping it is leaving.
+    subscription: Subscription,
+    /// This client's position in the channel's log.
+    cursor: Cursor,
+    /// The first bytes (`retry:` and the initial state), sent before anything else.
+    first: Option<Bytes>,
+    /// Set once the end frame was sent.
+    finished: bool,
+    /// The global stream slot, released when the body is dropped.
+    _slot: OwnedSemaphorePermit,
+    /// For the log line at the end: when it opened and how many frames it sent.
+    opened: Instant,
+    frames: u64,
+}
+
+impl SseBody {
+    /// A body that first sends `first`, then follows the channel from `cursor`.
+    pub fn new(
+        subscription: Subscription,
+        first: Bytes,
+        cursor: Cursor,
+        slot: OwnedSemaphorePermit,
+    ) -> SseBody {
+        SseBody {
+            subscription,
+            cursor,
+            first: Some(first),
+            finished: false,
+            _slot: slot,
+            opened: Instant::now(),
+            frames: 0,
+        }
+    }
+
+    /// The next frame, or `None` when the stream is over.
+    pub fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Frame<Bytes>>> {
+        let this = self.get_mut();
+        if let Some(first) = this.first.take() {
+            this.frames += 1;
+            return Poll::Ready(Some(Frame::data(first)));
+        }
+        if this.finished {
+            return Poll::Ready(None);
+        }
+        match this.subscription.channel().poll_next(&mut this.cursor, cx) {
+            Poll::Ready(Next::Frame(bytes)) => {
+                this.frames += 1;
+                Poll::Ready(Some(Frame::data(bytes)))
+            }
+            Poll::Ready(Next::End(bytes)) => {
+                this.finished = true;
+                Poll::Ready(Some(Frame::data(bytes)))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl Drop for SseBody {
+    fn drop(&mut self) {
+        let channel = self.subscription.channel();
+        tracing::info!(
+            route = %channel.route.path,
+            lifetime_ms = self.opened.elapsed().as_millis() as u64,
+            frames = self.frames,
+            ended_by = if self.finished { "proxy" } else { "client" },
+            "stream closed"
+        );
+    }
+}

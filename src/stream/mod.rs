@@ -1,0 +1,189 @@
+//! Stream routes: buffered JSON polled at the origin, served as `text/event-stream`.
+//!
+//! The phase a stream request goes through after routing: authenticate (on `auth = true`
+//! routes), take a stream slot, join the hub's channel for the key, wait (bounded by
+//! `first_poll_wait`) for the first poll, then answer: the origin's refusal as an HTTP status,
+//! or a 200 event stream that starts with `retry:` and the current state (or the difference
+//! since `Last-Event-ID`).
+//!
+//! - [`sse`]: the frame encoder.
+//! - [`delta`]: documents to changes, with content hashes.
+//! - [`channel`]: one key's log, state and fan-out.
+//! - [`hub`]: channels by key, their pollers' lifecycles.
+//! - [`poller`]: polling one source.
+//! - [`body`]: the response body that follows a channel.
+
+pub mod body;
+pub mod channel;
+pub mod delta;
+pub mod hub;
+pub mod poller;
+pub mod sse;
+
+use std::sync::Arc;
+
+use http::{HeaderValue, Method, Response, StatusCode, header, request};
+use percent_encoding::percent_decode_str;
+use tokio::sync::Semaphore;
+
+pub use body::SseBody;
+use channel::{Phase, StreamKey};
+use hub::Hub;
+
+use crate::auth::{Authenticator, query_param};
+use crate::body::ProxyBody;
+use crate::config::{SseConfig, StreamConfig};
+use crate::error::ProxyError;
+use crate::upstream::Upstream;
+
+/// Longest `Last-Event-ID` looked up; longer ones are treated as unknown.
+const MAX_EVENT_ID_LEN: usize = 256;
+
+/// Everything the stream phase needs.
+pub struct Streams {
+    /// Channels by key.
+    pub hub: Hub,
+    /// The configured routes, by index.
+    routes: Vec<Arc<StreamConfig>>,
+    /// Token validation for `auth = true` routes.
+    auth: Option<Authenticator>,
+    /// The origin, for the validator.
+    upstream: Arc<Upstream>,
+    /// Free stream slots (`max_streams`).
+    slots: Arc<Semaphore>,
+    /// Retry hint, first-poll wait, limits.
+    sse: SseConfig,
+}
+
+impl Streams {
+    /// The stream phase over these routes.
+    pub fn new(
+        hub: Hub,
+        routes: Vec<Arc<StreamConfig>>,
+        auth: Option<Authenticator>,
+        upstream: Arc<Upstream>,
+        sse: SseConfig,
+    ) -> Streams {
+        Streams {
+            hub,
+            routes,
+            auth,
+            upstream,
+            slots: Arc::new(Semaphore::new(sse.max_streams)),
+            sse,
+        }
+    }
+
+    /// Streams open now.
+    pub fn open_streams(&self) -> usize {
+        self.sse.max_streams - self.slots.available_permits()
+    }
+
+    /// Answers a request for stream route `index` with these checked parameters.
+    pub async fn open(
+        &self,
+        index: usize,
+        params: Vec<String>,
+        request: &request::Parts,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        if request.method != Method::GET {
+            return Err(ProxyError::MethodNotAllowed(request.method.clone()));
+        }
+        let route = &self.routes[index];
+        let query = request.uri.query();
+        let identity = match (&self.auth, route.auth) {
+            (Some(auth), true) => Some(
+                auth.authenticate(&request.headers, query, &self.upstream)
+                    .await?,
+            ),
+            _ => None,
+        };
+        let last_event_id = last_event_id(request);
+        let slot = self.slots.clone().try_acquire_owned().map_err(|_| {
+            ProxyError::TooManyStreams {
+                max: self.sse.max_streams,
+                retry_after_s: self.sse.retry_ms.div_ceil(1000).max(1),
+            }
+        })?;
+        let key = StreamKey {
+            route: index,
+            params,
+            user: identity.as_ref().map(|i| i.user_id.clone()),
+        };
+        let subscription = self.hub.subscribe(key, identity);
+        if let Phase::Failed(answer) = subscription.wait_ready(self.sse.first_poll_wait).await {
+            return Err(ProxyError::Relayed {
+                status: answer.status,
+                detail: answer.detail.clone(),
+                body: answer.body.clone(),
+            });
+        }
+        let (first, cursor) = subscription
+            .channel()
+            .start(last_event_id.as_deref(), self.sse.retry_ms);
+        let mut response = Response::new(ProxyBody::Stream(SseBody::new(
+            subscription,
+            first,
+            cursor,
+            slot,
+        )));
+        *response.status_mut() = StatusCode::OK;
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+        Ok(response)
+    }
+}
+
+/// The client's `Last-Event-ID` header, or the `last_event_id` query parameter (a browser
+/// cannot set the header on its first connect). Empty means none; unreadable or over-long
+/// ids become a value that matches nothing, so the client gets a resync.
+fn last_event_id(request: &request::Parts) -> Option<String> {
+    let raw = match request.headers.get("last-event-id") {
+        Some(value) => match value.to_str() {
+            Ok(text) => text.trim().to_owned(),
+            Err(_) => return Some(String::new()),
+        },
+        None => {
+            let query = request.uri.query()?;
+            let value = query_param(query, "last_event_id")?;
+            match percent_decode_str(value).decode_utf8() {
+                Ok(text) => text.into_owned(),
+                Err(_) => return Some(String::new()),
+            }
+        }
+    };
+    match raw.len() {
+        0 => None,
+        n if n > MAX_EVENT_ID_LEN => Some(String::new()),
+        _ => Some(raw),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(uri: &str, header: Option<&str>) -> request::Parts {
+        let mut builder = http::Request::builder().uri(uri);
+        if let Some(value) = header {
+            builder = builder.header("last-event-id", value);
+        }
+        builder.body(()).expect("request").into_parts().0
+    }
+
+    #[test]
+    fn last_event_id_from_header_or_query() {
+        assert_eq!(last_event_id(&parts("/s", Some("abc"))).as_deref(), Some("abc"));
+        assert_eq!(last_event_id(&parts("/s?last_event_id=a%62c", None)).as_deref(), Some("abc"));
+        assert_eq!(
+            last_event_id(&parts("/s?last_event_id=q", Some("h"))).as_deref(),
+            Some("h")
+        );
+        assert_eq!(last_event_id(&parts("/s", Some(""))), None);
+        assert_eq!(last_event_id(&parts("/s", None)), None);
+        let long = "x".repeat(MAX_EVENT_ID_LEN + 1);
+        assert_eq!(last_event_id(&parts("/s", Some(&long))).as_deref(), Some(""));
+    }
+}

@@ -1,0 +1,233 @@
+//! Polling one source of one channel.
+//!
+//! At most one request in flight per source; `every` between the end of a poll and the next.
+//! `ETag`/`Last-Modified` are sent back as `If-None-Match`/`If-Modified-Since`, and 304 is
+//! "no change". A 401/403/404/410 means the stream's resource is refused: the channel fails.
+//! Anything else that is not usable data (5xx, 429, timeouts, garbage) keeps the stream
+//! alive: the poller backs off exponentially with jitter (honouring `Retry-After`) and tells
+//! subscribers once per outage with an `error` event.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use serde_json::json;
+
+use super::channel::{Channel, FatalAnswer};
+use super::delta::Tracker;
+use super::hub::HubShared;
+use crate::error::origin_detail;
+use crate::upstream::Fetched;
+
+/// Longest pause the origin may ask for with `Retry-After`.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(900);
+
+/// What one poll came to.
+enum Outcome {
+    /// A usable 2xx body.
+    Data(Fetched),
+    /// 304: unchanged since the validators we sent.
+    NotModified,
+    /// The origin refused the stream's resource.
+    Refused(FatalAnswer),
+    /// A passing failure; `retry_after` when the origin named a pause.
+    Trouble {
+        status: Option<StatusCode>,
+        detail: String,
+        retry_after: Option<Duration>,
+    },
+}
+
+/// Polls `channel`'s source `index` until the supervisor aborts the task.
+pub async fn run(hub: Arc<HubShared>, channel: Arc<Channel>, index: usize) {
+    let spec = &channel.route.sources[index];
+    let path = spec.poll.render(&channel.key.params);
+    let mut tracker = Tracker::new(spec.mode.clone(), &spec.event);
+    let mut etag: Option<HeaderValue> = None;
+    let mut last_modified: Option<HeaderValue> = None;
+    let mut failures: u32 = 0;
+    loop {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
+        headers.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("identity"));
+        for (name, value) in &spec.headers {
+            headers.insert(name.clone(), value.clone());
+        }
+        if let Some(identity) = channel.identity() {
+            headers.insert(header::AUTHORIZATION, identity.authorization);
+            if let Ok(user) = HeaderValue::from_str(&identity.user_id) {
+                headers.insert(HeaderName::from_static("x-user-id"), user);
+            }
+        }
+        if let Some(tag) = &etag {
+            headers.insert(header::IF_NONE_MATCH, tag.clone());
+        }
+        if let Some(date) = &last_modified {
+            headers.insert(header::IF_MODIFIED_SINCE, date.clone());
+        }
+
+        let outcome = match hub.upstream.fetch(&path, headers).await {
+            Ok(fetched) => classify(fetched),
+            Err(error) => Outcome::Trouble {
+                status: None,
+                detail: error.to_string(),
+                retry_after: None,
+            },
+        };
+        let outcome = match outcome {
+            Outcome::Data(fetched) => match tracker.apply(&fetched.body) {
+                Ok(changes) => {
+                    etag = fetched.headers.get(header::ETAG).cloned();
+                    last_modified = fetched.headers.get(header::LAST_MODIFIED).cloned();
+                    channel.publish(index, changes);
+                    Ok(())
+                }
+                Err(error) => Err((Some(fetched.status), error.to_string(), None)),
+            },
+            Outcome::NotModified => Ok(()),
+            Outcome::Refused(answer) => {
+                tracing::info!(route = %channel.route.path, status = %answer.status, "origin refused the stream");
+                channel.fail(answer);
+                return;
+            }
+            Outcome::Trouble {
+                status,
+                detail,
+                retry_after,
+            } => Err((status, detail, retry_after)),
+        };
+        let pause = match outcome {
+            Ok(()) => {
+                failures = 0;
+                spec.every
+            }
+            Err((status, detail, retry_after)) => {
+                if failures == 0 {
+                    tracing::warn!(route = %channel.route.path, event = %spec.event, %detail, "poll failed");
+                    let data = json!({
+                        "source": spec.event,
+                        "status": status.map(|s| s.as_u16()),
+                        "detail": detail,
+                    });
+                    channel.notice("error", &data.to_string());
+                }
+                failures = failures.saturating_add(1);
+                backoff(spec.every, hub.sse.max_backoff, failures, retry_after)
+            }
+        };
+        channel.answered(index);
+        tokio::time::sleep(pause).await;
+    }
+}
+
+fn classify(fetched: Fetched) -> Outcome {
+    let status = fetched.status;
+    match status {
+        StatusCode::NOT_MODIFIED => Outcome::NotModified,
+        s if s.is_success() => Outcome::Data(fetched),
+        StatusCode::UNAUTHORIZED
+        | StatusCode::FORBIDDEN
+        | StatusCode::NOT_FOUND
+        | StatusCode::GONE => {
+            let detail = origin_detail(&fetched.body)
+                .unwrap_or_else(|| status.canonical_reason().unwrap_or("refused").to_owned());
+            let is_json = serde_json::from_slice::<serde_json::Value>(&fetched.body).is_ok();
+            Outcome::Refused(FatalAnswer {
+                status,
+                detail,
+                body: is_json.then_some(fetched.body),
+            })
+        }
+        _ => Outcome::Trouble {
+            status: Some(status),
+            detail: origin_detail(&fetched.body)
+                .unwrap_or_else(|| format!("origin answered {status}")),
+            retry_after: retry_after(&fetched.headers),
+        },
+    }
+}
+
+/// `Retry-After` as seconds or an HTTP date, capped.
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get(header::RETRY_AFTER)?.to_str().ok()?.trim();
+    let pause = match value.parse::<u64>() {
+        Ok(seconds) => Duration::from_secs(seconds),
+        Err(_) => httpdate::parse_http_date(value)
+            .ok()?
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or_default(),
+    };
+    Some(pause.min(MAX_RETRY_AFTER))
+}
+
+/// Exponential backoff from `every` up to `max`, with jitter in the upper half so many
+/// proxies polling one origin spread out; never shorter than what the origin asked for.
+fn backoff(every: Duration, max: Duration, failures: u32, asked: Option<Duration>) -> Duration {
+    let exponent = failures.saturating_sub(1).min(16);
+    let ceiling = every.saturating_mul(1 << exponent).min(max).max(every.min(max));
+    let half = ceiling / 2;
+    let jittered = half + half.mul_f64(fastrand::f64());
+    jittered.max(asked.unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn fetched(status: u16, body: &str) -> Fetched {
+        Fetched {
+            status: StatusCode::from_u16(status).expect("status"),
+            headers: HeaderMap::new(),
+            body: Bytes::from(body.to_owned()),
+        }
+    }
+
+    #[test]
+    fn statuses_are_classified() {
+        assert!(matches!(classify(fetched(200, "{}")), Outcome::Data(_)));
+        assert!(matches!(classify(fetched(304, "")), Outcome::NotModified));
+        match classify(fetched(404, r#"{"detail":"no such configuration"}"#)) {
+            Outcome::Refused(answer) => {
+                assert_eq!(answer.detail, "no such configuration");
+                assert!(answer.body.is_some());
+            }
+            _ => panic!("404 refuses"),
+        }
+        match classify(fetched(403, "<html>")) {
+            Outcome::Refused(answer) => assert!(answer.body.is_none()),
+            _ => panic!("403 refuses"),
+        }
+        for status in [500, 502, 503, 429, 400] {
+            assert!(matches!(classify(fetched(status, "")), Outcome::Trouble { .. }));
+        }
+    }
+
+    #[test]
+    fn retry_after_reads_seconds_and_dates() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::RETRY_AFTER, HeaderValue::from_static("7"));
+        assert_eq!(retry_after(&headers), Some(Duration::from_secs(7)));
+        headers.insert(header::RETRY_AFTER, HeaderValue::from_static("99999"));
+        assert_eq!(retry_after(&headers), Some(MAX_RETRY_AFTER));
+        let later = httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(60));
+        headers.insert(header::RETRY_AFTER, HeaderValue::from_str(&later).expect("date"));
+        let pause = retry_after(&headers).expect("pause");
+        assert!(pause > Duration::from_secs(50) && pause <= Duration::from_secs(60));
+        headers.insert(header::RETRY_AFTER, HeaderValue::from_static("soon"));
+        assert_eq!(retry_after(&headers), None);
+    }
+
+    #[test]
+    fn backoff_grows_is_capped_and_honours_the_origin() {
+        let every = Duration::from_secs(1);
+        let max = Duration::from_secs(30);
+        for failures in 1..40 {
+            let pause = backoff(every, max, failures, None);
+            let ceiling = every.saturating_mul(1 << (failures - 1).min(16)).min(max);
+            assert!(pause >= ceiling / 2 && pause <= ceiling, "{failures}: {pause:?}");
+        }
+        let asked = Duration::from_secs(120);
+        assert_eq!(backoff(every, max, 1, Some(asked)), asked);
+    }
+}
