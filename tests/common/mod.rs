@@ -1,0 +1,176 @@
+//! Shared test harness: a fake origin, the real proxy on port 0, and a real client.
+
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+pub mod client;
+pub mod origin;
+
+use std::path::Path;
+use std::time::Duration;
+
+use client::Client;
+use origin::FakeOrigin;
+use sse_edge::Proxy;
+use sse_edge::config::Config;
+
+/// A generous bound for anything that should take milliseconds.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// Knobs for the proxy under test; the defaults poll fast.
+#[derive(Clone)]
+pub struct Options {
+    /// `every_ms` of every source.
+    pub every_ms: u64,
+    /// `[sse] first_poll_wait_ms`.
+    pub first_poll_wait_ms: u64,
+    /// `[sse] max_streams`.
+    pub max_streams: usize,
+    /// `[sse] heartbeat_s`.
+    pub heartbeat_s: u64,
+    /// `[sse] linger_ms`.
+    pub linger_ms: u64,
+    /// `[upstream] timeout_ms`.
+    pub timeout_ms: u64,
+    /// `[sse] history_events`.
+    pub history_events: usize,
+    /// Replaces the upstream URL (default: the fake origin's).
+    pub upstream: Option<String>,
+    /// `[upstream] ca`, a PEM written next to the proxy's certificate.
+    pub upstream_ca: Option<String>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            every_ms: 50,
+            first_poll_wait_ms: 1000,
+            max_streams: 100,
+            heartbeat_s: 30,
+            linger_ms: 50,
+            timeout_ms: 2000,
+            history_events: 1024,
+            upstream: None,
+            upstream_ca: None,
+        }
+    }
+}
+
+/// A running proxy with its client and the temp folder holding its certificate.
+pub struct TestProxy {
+    /// The proxy.
+    pub proxy: Proxy,
+    /// A client that trusts the proxy's certificate.
+    pub client: Client,
+    _dir: tempfile::TempDir,
+}
+
+/// The config text the tests run with.
+pub fn config_text(origin_url: &str, dir: &Path, options: &Options) -> String {
+    let ca = match &options.upstream_ca {
+        Some(_) => format!("ca = \"{}\"", dir.join("origin-ca.pem").display()),
+        None => String::new(),
+    };
+    format!(
+        r#"
+[listen]
+https = "127.0.0.1:0"
+http = "127.0.0.1:0"
+tls_handshake_timeout_ms = 2000
+header_read_timeout_ms = 2000
+shutdown_grace_s = 2
+
+[tls]
+cert = "{cert}"
+key = "{key}"
+
+[upstream]
+url = "{upstream}"
+connect_timeout_ms = 1000
+timeout_ms = {timeout_ms}
+{ca}
+
+[auth]
+validate = "/api/v2/auth/validate"
+sources = ["bearer", "x-user-id", "query:user_token"]
+cache_ttl_s = 60
+negative_ttl_s = 5
+
+[sse]
+heartbeat_s = {heartbeat_s}
+retry_ms = 1000
+max_streams = {max_streams}
+first_poll_wait_ms = {first_poll_wait_ms}
+linger_ms = {linger_ms}
+history_events = {history_events}
+max_backoff_ms = 400
+
+[[stream]]
+path = "/api/v2/stream"
+  [[stream.source]]
+  poll = "/api/v2/metrics?hours=24"
+  every_ms = {every}
+  event = "metrics"
+  headers = {{ authorization = "Bearer ${{TEST_DASHBOARD_KEY}}" }}
+
+[[stream]]
+path = "/api/v2/configurations/{{id}}/stream"
+auth = true
+  [[stream.source]]
+  poll = "/api/v2/configurations/{{id}}/sentiment"
+  every_ms = {every}
+  event = "sentiment_update"
+  mode = "items"
+  items = "/tickers"
+  key = "symbol"
+  [[stream.source]]
+  poll = "/api/v2/configurations/{{id}}/refresh/status"
+  every_ms = {every}
+  event = "refresh"
+"#,
+        cert = dir.join("cert.pem").display(),
+        key = dir.join("key.pem").display(),
+        upstream = options.upstream.as_deref().unwrap_or(origin_url),
+        timeout_ms = options.timeout_ms,
+        heartbeat_s = options.heartbeat_s,
+        max_streams = options.max_streams,
+        first_poll_wait_ms = options.first_poll_wait_ms,
+        linger_ms = options.linger_ms,
+        history_events = options.history_events,
+        every = options.every_ms,
+    )
+}
+
+/// Starts the real proxy in front of `origin`.
+pub async fn start_proxy(origin: &FakeOrigin, options: Options) -> TestProxy {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pair = sse_edge::demo::certs::localhost().expect("certificate");
+    std::fs::write(dir.path().join("cert.pem"), &pair.cert_pem).expect("write cert");
+    std::fs::write(dir.path().join("key.pem"), &pair.key_pem).expect("write key");
+    if let Some(ca) = &options.upstream_ca {
+        std::fs::write(dir.path().join("origin-ca.pem"), ca).expect("write ca");
+    }
+    let text = config_text(&origin.url, dir.path(), &options);
+    let config = Config::from_toml(&text, "test.toml", dir.path(), &|name| {
+        (name == "TEST_DASHBOARD_KEY").then(|| "dashboard-key".to_owned())
+    })
+    .expect("test config");
+    let proxy = Proxy::start(config).await.expect("proxy starts");
+    let client = Client::new(proxy.https_addr(), proxy.http_addr(), &pair.cert_pem);
+    TestProxy {
+        proxy,
+        client,
+        _dir: dir,
+    }
+}
+
+/// Waits (bounded) until `check` holds, re-checking whenever the origin sees a request or
+/// at most every 10 ms; for conditions no event announces (a poller stopping).
+pub async fn eventually(what: &str, within: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + within;
+    while !check() {
+        if tokio::time::Instant::now() >= deadline {
+            panic!("timed out waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
