@@ -1,0 +1,96 @@
+//! The real binary: startup errors are clear, name what is wrong, and exit non-zero.
+
+use std::process::Command;
+
+fn sse_edge(args: &[&str]) -> (i32, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_sse-edge"))
+        .args(args)
+        .env("RUST_LOG", "error")
+        .output()
+        .expect("run sse-edge");
+    let code = output.status.code().expect("exit code, not a signal");
+    (code, String::from_utf8_lossy(&output.stderr).into_owned())
+}
+
+fn write_config(dir: &std::path::Path, text: &str) -> String {
+    let path = dir.join("proxy.toml");
+    std::fs::write(&path, text).expect("write config");
+    path.display().to_string()
+}
+
+const VALID: &str = r#"
+[listen]
+http = "127.0.0.1:0"
+
+[upstream]
+url = "http://127.0.0.1:9"
+
+[[stream]]
+path = "/api/v2/stream"
+  [[stream.source]]
+  poll = "/api/v2/metrics"
+  event = "metrics"
+"#;
+
+#[test]
+fn a_bad_value_names_the_file_line_and_key() {
+    let dir = tempfile::tempdir().expect("dir");
+    let config = write_config(dir.path(), &VALID.replace("event = \"metrics\"", "event = \"metrics\"\n  every_ms = \"fast\""));
+    let (code, stderr) = sse_edge(&["--config", &config]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("proxy.toml:13:"), "{stderr}");
+    assert!(stderr.contains("stream[0].source[0].every_ms"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn an_unknown_key_is_an_error() {
+    let dir = tempfile::tempdir().expect("dir");
+    let config = write_config(dir.path(), &VALID.replace("[upstream]", "[upstream]\ntimeout = 5"));
+    let (code, stderr) = sse_edge(&["--config", &config]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("proxy.toml:6:") && stderr.contains("timeout"), "{stderr}");
+}
+
+#[test]
+fn a_missing_environment_variable_is_named() {
+    let dir = tempfile::tempdir().expect("dir");
+    let config = write_config(
+        dir.path(),
+        &VALID.replace("http://127.0.0.1:9", "${SSE_EDGE_TEST_UNSET_ORIGIN}"),
+    );
+    let (code, stderr) = sse_edge(&["--config", &config]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("SSE_EDGE_TEST_UNSET_ORIGIN") && stderr.contains("upstream.url"), "{stderr}");
+}
+
+#[test]
+fn a_missing_certificate_names_the_path() {
+    let dir = tempfile::tempdir().expect("dir");
+    let text = VALID.replace(
+        "http = \"127.0.0.1:0\"",
+        "https = \"127.0.0.1:0\"\n\n[tls]\ncert = \"nowhere/cert.pem\"\nkey = \"nowhere/key.pem\"",
+    );
+    let config = write_config(dir.path(), &text);
+    let (code, stderr) = sse_edge(&["--config", &config]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("nowhere/cert.pem"), "{stderr}");
+}
+
+#[test]
+fn a_taken_port_names_the_address() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let dir = tempfile::tempdir().expect("dir");
+    let config = write_config(dir.path(), &VALID.replace("127.0.0.1:0", &addr));
+    let (code, stderr) = sse_edge(&["--config", &config]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains(&addr), "{stderr}");
+}
+
+#[test]
+fn a_missing_config_file_is_named() {
+    let (code, stderr) = sse_edge(&["--config", "/nonexistent/proxy.toml"]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("/nonexistent/proxy.toml"), "{stderr}");
+}
