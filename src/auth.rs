@@ -86,7 +86,12 @@ impl Authenticator {
         upstream: &Upstream,
     ) -> Result<Identity, ProxyError> {
         let token = self.find_token(headers, query).ok_or_else(|| {
-            let places: Vec<String> = self.config.sources.iter().map(TokenSource::describe).collect();
+            let places: Vec<String> = self
+                .config
+                .sources
+                .iter()
+                .map(TokenSource::describe)
+                .collect();
             ProxyError::MissingCredentials(places.join(", or "))
         })?;
         if token.is_empty()
@@ -151,13 +156,15 @@ impl Authenticator {
         headers.insert(header::AUTHORIZATION, bearer);
         headers.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
         let fetched = upstream
-            .fetch(&self.config.validate, headers)
+            .fetch(&self.config.validate, headers, Duration::ZERO)
             .await
             .map_err(|e| e.to_string())?;
         match fetched.status {
             StatusCode::OK => {
-                let answer: ValidatorAnswer = serde_json::from_slice(&fetched.body)
-                    .map_err(|e| format!("validator answered 200 without a usable JSON body: {e}"))?;
+                let answer: ValidatorAnswer =
+                    serde_json::from_slice(&fetched.body).map_err(|e| {
+                        format!("validator answered 200 without a usable JSON body: {e}")
+                    })?;
                 let user_id = answer.user_id()?;
                 let ttl = match answer.expires_at.as_deref().map(seconds_until) {
                     Some(Some(left)) => left.min(self.config.cache_ttl),
@@ -213,7 +220,9 @@ impl ValidatorAnswer {
 /// Time left until an RFC 3339 instant; `None` when it has passed (or cannot be read,
 /// which is treated as expired rather than trusted forever).
 fn seconds_until(expires_at: &str) -> Option<Duration> {
-    let at = time::OffsetDateTime::parse(expires_at, &time::format_description::well_known::Rfc3339).ok()?;
+    let at =
+        time::OffsetDateTime::parse(expires_at, &time::format_description::well_known::Rfc3339)
+            .ok()?;
     let left = at - time::OffsetDateTime::now_utc();
     (left.is_positive()).then(|| Duration::from_secs_f64(left.as_seconds_f64()))
 }
@@ -266,12 +275,21 @@ mod tests {
         ]);
         let mut headers = HeaderMap::new();
         headers.insert("x-user-id", HeaderValue::from_static("from-header"));
-        headers.insert(header::COOKIE, HeaderValue::from_static("a=1; sid=from-cookie"));
+        headers.insert(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; sid=from-cookie"),
+        );
         let found = a.find_token(&headers, Some("user_token=from-query"));
         assert_eq!(found, Some("from-header"));
-        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("bearer  from-bearer "));
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("bearer  from-bearer "),
+        );
         assert_eq!(a.find_token(&headers, None), Some("from-bearer"));
-        assert_eq!(a.find_token(&HeaderMap::new(), Some("x=1&user_token=q")), Some("q"));
+        assert_eq!(
+            a.find_token(&HeaderMap::new(), Some("x=1&user_token=q")),
+            Some("q")
+        );
         let mut cookie_only = HeaderMap::new();
         cookie_only.insert(header::COOKIE, HeaderValue::from_static("sid=c"));
         assert_eq!(a.find_token(&cookie_only, None), Some("c"));

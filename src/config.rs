@@ -194,6 +194,9 @@ pub struct SourceConfig {
     pub mode: Mode,
     /// Extra request headers for the poll (secrets come from `${ENV}`).
     pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// Origin long-poll: ask the origin to hold each poll up to this long until its data
+    /// changes (`Prefer: wait=N`, RFC 7240). `None`: plain polling.
+    pub wait: Option<Duration>,
 }
 
 /// How a polled JSON document becomes events.
@@ -334,6 +337,7 @@ struct RawSource {
     key: Option<Spanned<String>>,
     #[serde(default)]
     headers: BTreeMap<String, Spanned<String>>,
+    wait_s: Option<Spanned<u64>>,
 }
 
 /// Default values, one function each because serde's `default = "path"` needs a function.
@@ -427,12 +431,9 @@ impl Config {
             source,
         })?;
         let base_dir = path.parent().unwrap_or(Path::new("."));
-        Config::from_toml(
-            &text,
-            &path.display().to_string(),
-            base_dir,
-            &|name| std::env::var(name).ok(),
-        )
+        Config::from_toml(&text, &path.display().to_string(), base_dir, &|name| {
+            std::env::var(name).ok()
+        })
     }
 
     /// Parses config text. `file` names it in errors, relative paths are taken from
@@ -502,11 +503,7 @@ impl Resolver<'_> {
             ));
         }
         if listen.https.is_none() && listen.http.is_none() {
-            return Err(self.error(
-                0..0,
-                "listen",
-                "no listener: set `https`, `http` or both",
-            ));
+            return Err(self.error(0..0, "listen", "no listener: set `https`, `http` or both"));
         }
         let upstream = self.upstream(&raw.upstream)?;
         let auth = raw.auth.as_ref().map(|a| self.auth(a)).transpose()?;
@@ -722,7 +719,8 @@ impl Resolver<'_> {
         let poll_text = self.expand(&raw.poll, &poll_key)?;
         let poll = PollTemplate::parse(&poll_text, path)
             .map_err(|m| self.error(raw.poll.span(), &poll_key, m))?;
-        let every = Duration::from_millis(self.positive(&raw.every_ms, &format!("{prefix}.every_ms"))?);
+        let every =
+            Duration::from_millis(self.positive(&raw.every_ms, &format!("{prefix}.every_ms"))?);
         let event = raw.event.get_ref().clone();
         if let Err(message) = check_event_name(&event) {
             return Err(self.error(raw.event.span(), &format!("{prefix}.event"), message));
@@ -759,12 +757,15 @@ impl Resolver<'_> {
                         "a JSON pointer starts with `/` (or is empty for the whole document)",
                     ));
                 }
-                let key = raw
-                    .key
-                    .as_ref()
-                    .ok_or_else(|| missing("key", "the field naming each item, such as \"symbol\""))?;
+                let key = raw.key.as_ref().ok_or_else(|| {
+                    missing("key", "the field naming each item, such as \"symbol\"")
+                })?;
                 if key.get_ref().is_empty() {
-                    return Err(self.error(key.span(), &format!("{prefix}.key"), "must not be empty"));
+                    return Err(self.error(
+                        key.span(),
+                        &format!("{prefix}.key"),
+                        "must not be empty",
+                    ));
                 }
                 Mode::Items {
                     pointer: pointer.get_ref().clone(),
@@ -786,16 +787,27 @@ impl Resolver<'_> {
                 .map_err(|_| self.error(value.span(), &key, "is not a valid header name"))?;
             let expanded = self.expand(value, &key)?;
             let header_value = HeaderValue::from_str(&expanded).map_err(|_| {
-                self.error(value.span(), &key, "the value has characters a header cannot carry")
+                self.error(
+                    value.span(),
+                    &key,
+                    "the value has characters a header cannot carry",
+                )
             })?;
             headers.push((header_name, header_value));
         }
+        let wait = raw
+            .wait_s
+            .as_ref()
+            .map(|w| self.positive(w, &format!("{prefix}.wait_s")))
+            .transpose()?
+            .map(Duration::from_secs);
         Ok(SourceConfig {
             poll,
             every,
             event,
             mode,
             headers,
+            wait,
         })
     }
 }
@@ -820,7 +832,11 @@ fn check_event_name(event: &str) -> Result<(), String> {
 }
 
 fn parse_token_source(text: &str) -> Result<TokenSource, String> {
-    let invalid = || format!("`{text}` is not a token source; use \"bearer\", a header name, \"query:NAME\" or \"cookie:NAME\"");
+    let invalid = || {
+        format!(
+            "`{text}` is not a token source; use \"bearer\", a header name, \"query:NAME\" or \"cookie:NAME\""
+        )
+    };
     if text.eq_ignore_ascii_case("bearer") {
         return Ok(TokenSource::Bearer);
     }
@@ -859,10 +875,13 @@ pub fn expand_env(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<St
             && !name.starts_with(|c: char| c.is_ascii_digit())
             && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
         if !valid {
-            return Err(format!("`${{{name}}}` is not a valid environment variable name"));
+            return Err(format!(
+                "`${{{name}}}` is not a valid environment variable name"
+            ));
         }
-        let value = env(name)
-            .ok_or_else(|| format!("environment variable `{name}` is not set (used as `${{{name}}}`)"))?;
+        let value = env(name).ok_or_else(|| {
+            format!("environment variable `{name}` is not set (used as `${{{name}}}`)")
+        })?;
         out.push_str(&value);
         rest = &after[end + 1..];
     }
@@ -874,7 +893,12 @@ fn line_column(text: &str, offset: usize) -> (usize, usize) {
     let offset = offset.min(text.len());
     let before = &text.as_bytes()[..offset];
     let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
-    let column = offset - before.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1) + 1;
+    let column = offset
+        - before
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |p| p + 1)
+        + 1;
     (line, column)
 }
 
@@ -924,8 +948,10 @@ path = "/api/v2/stream"
     #[test]
     fn the_shipped_proxy_toml_is_valid() {
         let text = include_str!("../proxy.toml");
-        Config::from_toml(text, "proxy.toml", Path::new("."), &|_| Some("x".to_owned()))
-            .expect("proxy.toml parses");
+        Config::from_toml(text, "proxy.toml", Path::new("."), &|_| {
+            Some("x".to_owned())
+        })
+        .expect("proxy.toml parses");
     }
 
     #[test]
@@ -939,7 +965,10 @@ path = "/api/v2/stream"
 
     #[test]
     fn wrong_type_names_the_key_path() {
-        let text = MINIMAL.replace("event = \"metrics\"", "event = \"metrics\"\n  every_ms = \"fast\"");
+        let text = MINIMAL.replace(
+            "event = \"metrics\"",
+            "event = \"metrics\"\n  every_ms = \"fast\"",
+        );
         let (line, key, _) = invalid(&text);
         assert_eq!(line, 13);
         assert_eq!(key, "stream[0].source[0].every_ms");
@@ -973,7 +1002,10 @@ path = "/api/v2/stream"
 
     #[test]
     fn items_mode_needs_pointer_and_key() {
-        let text = MINIMAL.replace("event = \"metrics\"", "event = \"metrics\"\n  mode = \"items\"");
+        let text = MINIMAL.replace(
+            "event = \"metrics\"",
+            "event = \"metrics\"\n  mode = \"items\"",
+        );
         let (line, key, message) = invalid(&text);
         assert_eq!(line, 13);
         assert_eq!(key, "stream[0].source[0].items");
@@ -993,7 +1025,10 @@ path = "/api/v2/stream"
         let text = MINIMAL.replace("http = ", "https = ");
         let (_, key, _) = invalid(&text);
         assert_eq!(key, "listen.https");
-        let text = MINIMAL.replace("path = \"/api/v2/stream\"", "path = \"/api/v2/stream\"\nauth = true");
+        let text = MINIMAL.replace(
+            "path = \"/api/v2/stream\"",
+            "path = \"/api/v2/stream\"\nauth = true",
+        );
         let (_, key, _) = invalid(&text);
         assert_eq!(key, "stream[0].auth");
     }

@@ -157,18 +157,22 @@ pub async fn serve(
             match acceptor {
                 None => serve_io(stream, &builders.auto, app, conn, watcher).await,
                 Some(acceptor) => {
-                    let tls_stream =
-                        match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
-                            Ok(Ok(tls_stream)) => tls_stream,
-                            Ok(Err(error)) => {
-                                tracing::debug!(%peer, %error, "TLS handshake failed");
-                                return;
-                            }
-                            Err(_) => {
-                                tracing::debug!(%peer, "TLS handshake timed out");
-                                return;
-                            }
-                        };
+                    let tls_stream = match tokio::time::timeout(
+                        handshake_timeout,
+                        acceptor.accept(stream),
+                    )
+                    .await
+                    {
+                        Ok(Ok(tls_stream)) => tls_stream,
+                        Ok(Err(error)) => {
+                            tracing::debug!(%peer, %error, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            return;
+                        }
+                    };
                     let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
                     let builder = if h2 { &builders.http2 } else { &builders.http1 };
                     serve_io(tls_stream, builder, app, conn, watcher).await;

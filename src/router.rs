@@ -46,7 +46,9 @@ impl PathPattern {
             }
             if let Some(name) = segment.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
                 if !is_identifier(name) {
-                    return Err(format!("`{{{name}}}` is not a parameter name (letters, digits, `_`)"));
+                    return Err(format!(
+                        "`{{{name}}}` is not a parameter name (letters, digits, `_`)"
+                    ));
                 }
                 if params.iter().any(|p| p == name) {
                     return Err(format!("parameter `{name}` appears twice"));
@@ -54,7 +56,9 @@ impl PathPattern {
                 params.push(name.to_owned());
                 segments.push(Segment::Param);
             } else if segment.contains(['{', '}', '?', '#', '%']) {
-                return Err(format!("segment `{segment}` must be literal or a whole `{{name}}`"));
+                return Err(format!(
+                    "segment `{segment}` must be literal or a whole `{{name}}`"
+                ));
             } else {
                 segments.push(Segment::Literal(segment.to_owned()));
             }
@@ -165,7 +169,9 @@ impl PollTemplate {
                 .params()
                 .iter()
                 .position(|p| p == name)
-                .ok_or_else(|| format!("`{{{name}}}` is not a parameter of the stream path `{route}`"))?;
+                .ok_or_else(|| {
+                    format!("`{{{name}}}` is not a parameter of the stream path `{route}`")
+                })?;
             if open > 0 {
                 parts.push(PollPart::Literal(rest[..open].to_owned()));
             }
@@ -259,7 +265,10 @@ mod tests {
                 params: vec![]
             })
         );
-        assert_eq!(r.route("/api/v2/stream/status").ok(), Some(Route::Passthrough));
+        assert_eq!(
+            r.route("/api/v2/stream/status").ok(),
+            Some(Route::Passthrough)
+        );
         assert_eq!(r.route("/api/v2/stream/").ok(), Some(Route::Passthrough));
         assert_eq!(
             r.route("/api/v2/configurations/abc-123/stream").ok(),
@@ -290,9 +299,15 @@ mod tests {
                 "{bad} should be rejected"
             );
         }
-        let long = format!("/api/v2/configurations/{}/stream", "a".repeat(MAX_PARAM_LEN + 1));
+        let long = format!(
+            "/api/v2/configurations/{}/stream",
+            "a".repeat(MAX_PARAM_LEN + 1)
+        );
         assert!(r.route(&long).is_err());
-        let ok = format!("/api/v2/configurations/{}/stream", "a".repeat(MAX_PARAM_LEN));
+        let ok = format!(
+            "/api/v2/configurations/{}/stream",
+            "a".repeat(MAX_PARAM_LEN)
+        );
         assert!(r.route(&ok).is_ok());
     }
 

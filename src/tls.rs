@@ -38,7 +38,10 @@ pub fn provider() -> Arc<CryptoProvider> {
 }
 
 /// Reads every certificate in a PEM file.
-pub fn load_certs(path: &Path, what: &'static str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+pub fn load_certs(
+    path: &Path,
+    what: &'static str,
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let file_error = |reason: String| TlsError::File {
         what,
         path: path.to_owned(),

@@ -180,11 +180,13 @@ impl Upstream {
         }
     }
 
-    /// GETs a path and reads the whole body, bounded in size and (with the headers) in time.
+    /// GETs a path and reads the whole body, bounded in size and (with the headers) in time:
+    /// the configured timeout, plus `held` when the origin was asked to hold the request.
     pub async fn fetch(
         &self,
         path_and_query: &str,
         headers: HeaderMap,
+        held: Duration,
     ) -> Result<Fetched, UpstreamError> {
         let mut request = Request::new(ClientBody::Empty);
         *request.uri_mut() = self.uri(path_and_query)?;
@@ -213,9 +215,10 @@ impl Upstream {
                 body,
             })
         };
-        match tokio::time::timeout(self.timeout, fetch).await {
+        let bound = self.timeout + held;
+        match tokio::time::timeout(bound, fetch).await {
             Ok(result) => result,
-            Err(_) => Err(UpstreamError::Timeout(self.timeout.as_millis() as u64)),
+            Err(_) => Err(UpstreamError::Timeout(bound.as_millis() as u64)),
         }
     }
 

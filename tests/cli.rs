@@ -35,7 +35,13 @@ path = "/api/v2/stream"
 #[test]
 fn a_bad_value_names_the_file_line_and_key() {
     let dir = tempfile::tempdir().expect("dir");
-    let config = write_config(dir.path(), &VALID.replace("event = \"metrics\"", "event = \"metrics\"\n  every_ms = \"fast\""));
+    let config = write_config(
+        dir.path(),
+        &VALID.replace(
+            "event = \"metrics\"",
+            "event = \"metrics\"\n  every_ms = \"fast\"",
+        ),
+    );
     let (code, stderr) = sse_edge(&["--config", &config]);
     assert_eq!(code, 1);
     assert!(stderr.contains("proxy.toml:13:"), "{stderr}");
@@ -46,10 +52,16 @@ fn a_bad_value_names_the_file_line_and_key() {
 #[test]
 fn an_unknown_key_is_an_error() {
     let dir = tempfile::tempdir().expect("dir");
-    let config = write_config(dir.path(), &VALID.replace("[upstream]", "[upstream]\ntimeout = 5"));
+    let config = write_config(
+        dir.path(),
+        &VALID.replace("[upstream]", "[upstream]\ntimeout = 5"),
+    );
     let (code, stderr) = sse_edge(&["--config", &config]);
     assert_eq!(code, 1);
-    assert!(stderr.contains("proxy.toml:6:") && stderr.contains("timeout"), "{stderr}");
+    assert!(
+        stderr.contains("proxy.toml:6:") && stderr.contains("timeout"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -61,7 +73,10 @@ fn a_missing_environment_variable_is_named() {
     );
     let (code, stderr) = sse_edge(&["--config", &config]);
     assert_eq!(code, 1);
-    assert!(stderr.contains("SSE_EDGE_TEST_UNSET_ORIGIN") && stderr.contains("upstream.url"), "{stderr}");
+    assert!(
+        stderr.contains("SSE_EDGE_TEST_UNSET_ORIGIN") && stderr.contains("upstream.url"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -49,13 +49,28 @@ async fn the_demo_streams_live_data_through_the_shipped_config() {
     assert_eq!(metrics.status, 200);
     let first = metrics.next_of("metrics", WAIT).await;
     let second = metrics.next_of("metrics", WAIT).await;
-    assert_ne!(first.json()["sample"], second.json()["sample"], "data changes");
+    assert_ne!(
+        first.json()["sample"],
+        second.json()["sample"],
+        "data changes"
+    );
 
     // Sign in anonymously and create a configuration through passthrough, then stream it.
     let signed_in = client
-        .send(Proto::H1Tls, "POST", "/api/v2/auth/anonymous", &[], bytes::Bytes::new())
+        .send(
+            Proto::H1Tls,
+            "POST",
+            "/api/v2/auth/anonymous",
+            &[],
+            bytes::Bytes::new(),
+        )
         .await;
-    let body = signed_in.into_body().collect().await.expect("body").to_bytes();
+    let body = signed_in
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
     let token = serde_json::from_slice::<Value>(&body).expect("json")["token"]
         .as_str()
         .expect("token")
@@ -71,7 +86,12 @@ async fn the_demo_streams_live_data_through_the_shipped_config() {
         )
         .await;
     assert_eq!(created.status(), 201);
-    let body = created.into_body().collect().await.expect("body").to_bytes();
+    let body = created
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
     let id = serde_json::from_slice::<Value>(&body).expect("json")["id"]
         .as_str()
         .expect("id")
@@ -85,7 +105,14 @@ async fn the_demo_streams_live_data_through_the_shipped_config() {
 
     // Another user's configuration is not found for this token.
     let (status, _, _) = client
-        .get_json(Proto::H2Tls, &format!("/api/v2/configurations/{}/stream", origin::DEMO_CONFIGURATION), &[("authorization", &bearer)])
+        .get_json(
+            Proto::H2Tls,
+            &format!(
+                "/api/v2/configurations/{}/stream",
+                origin::DEMO_CONFIGURATION
+            ),
+            &[("authorization", &bearer)],
+        )
         .await;
     assert_eq!(status, 404);
 }

@@ -10,7 +10,9 @@ use common::{Options, WAIT, start_proxy};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 
-async fn body_json(response: http::Response<hyper::body::Incoming>) -> (http::response::Parts, Value) {
+async fn body_json(
+    response: http::Response<hyper::body::Incoming>,
+) -> (http::response::Parts, Value) {
     let (parts, body) = response.into_parts();
     let bytes = tokio::time::timeout(WAIT, body.collect())
         .await
@@ -50,12 +52,27 @@ async fn requests_are_forwarded_whole_and_hop_by_hop_headers_dropped() {
         assert_eq!(headers["x-custom"], "kept");
         assert_eq!(headers["authorization"], "Bearer caller");
         assert_eq!(headers["x-forwarded-for"], "10.9.8.7, 127.0.0.1");
-        let scheme = if proto == Proto::H1Plain { "http" } else { "https" };
+        let scheme = if proto == Proto::H1Plain {
+            "http"
+        } else {
+            "https"
+        };
         assert_eq!(headers["x-forwarded-proto"], scheme);
-        assert!(headers["x-forwarded-host"].as_str().is_some_and(|h| h.starts_with("localhost:")));
-        assert_eq!(headers["host"], origin.addr.to_string(), "Host is the origin's");
+        assert!(
+            headers["x-forwarded-host"]
+                .as_str()
+                .is_some_and(|h| h.starts_with("localhost:"))
+        );
+        assert_eq!(
+            headers["host"],
+            origin.addr.to_string(),
+            "Host is the origin's"
+        );
         assert_eq!(parts.headers["x-origin-hop"], "kept");
-        assert!(parts.headers.get("keep-alive").is_none(), "hop-by-hop header removed");
+        assert!(
+            parts.headers.get("keep-alive").is_none(),
+            "hop-by-hop header removed"
+        );
     }
 
     let response = proxy
@@ -86,11 +103,18 @@ async fn an_unreachable_origin_is_502_and_a_slow_one_504() {
         },
     )
     .await;
-    let (status, _, body) = proxy.client.get_json(Proto::H2Tls, "/api/v2/stream/status", &[]).await;
+    let (status, _, body) = proxy
+        .client
+        .get_json(Proto::H2Tls, "/api/v2/stream/status", &[])
+        .await;
     assert_eq!(status, 502);
     assert_eq!(body["error"], "upstream_unreachable");
     assert_eq!(body["blame"], "origin");
-    assert!(body["detail"].as_str().is_some_and(|d| d.contains("unreachable")));
+    assert!(
+        body["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("unreachable"))
+    );
 
     let proxy = start_proxy(
         &origin,
@@ -103,7 +127,11 @@ async fn an_unreachable_origin_is_502_and_a_slow_one_504() {
     let (status, _, body) = proxy.client.get_json(Proto::H1Tls, "/slow", &[]).await;
     assert_eq!(status, 504);
     assert_eq!(body["error"], "upstream_timeout");
-    assert!(body["detail"].as_str().is_some_and(|d| d.contains("300 ms")));
+    assert!(
+        body["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("300 ms"))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -118,10 +146,16 @@ async fn an_https_origin_works_for_passthrough_and_streams() {
         },
     )
     .await;
-    let (status, _, body) = proxy.client.get_json(Proto::H1Tls, "/api/v2/stream/status", &[]).await;
+    let (status, _, body) = proxy
+        .client
+        .get_json(Proto::H1Tls, "/api/v2/stream/status", &[])
+        .await;
     assert_eq!(status, 200);
     assert_eq!(body["max_connections"], 10);
-    let mut stream = proxy.client.stream(Proto::H2Tls, "/api/v2/stream", &[]).await;
+    let mut stream = proxy
+        .client
+        .stream(Proto::H2Tls, "/api/v2/stream", &[])
+        .await;
     assert_eq!(stream.next(WAIT).await.json(), json!({"requests": 1}));
 }
 
@@ -130,7 +164,10 @@ async fn an_https_origin_with_an_untrusted_certificate_is_502() {
     let pair = sse_edge::demo::certs::localhost().expect("origin certificate");
     let origin = FakeOrigin::start_tls(&pair.cert_pem, &pair.key_pem).await;
     let proxy = start_proxy(&origin, Options::default()).await;
-    let (status, _, body) = proxy.client.get_json(Proto::H1Tls, "/api/v2/stream/status", &[]).await;
+    let (status, _, body) = proxy
+        .client
+        .get_json(Proto::H1Tls, "/api/v2/stream/status", &[])
+        .await;
     assert_eq!(status, 502);
     assert_eq!(body["error"], "upstream_unreachable");
 }

@@ -66,7 +66,10 @@ async fn stream_answers_with_a_first_event(proto: Proto) {
     assert_eq!(event.id.len(), 32, "content-derived id: {}", event.id);
     assert_eq!(stream.retry, Some(1000));
     let polled = origin.last_headers("/api/v2/metrics");
-    assert_eq!(polled["authorization"], "Bearer dashboard-key", "configured poll header");
+    assert_eq!(
+        polled["authorization"], "Bearer dashboard-key",
+        "configured poll header"
+    );
 }
 
 /// 2. `GET /api/v2/stream/status` passes through and returns the origin's JSON.
@@ -78,7 +81,10 @@ async fn status_passes_through(proto: Proto) {
         .await;
     assert_eq!(status, 200);
     assert_eq!(headers["content-type"], "application/json");
-    assert_eq!(body, json!({"connections": 0, "max_connections": 10, "available": 10}));
+    assert_eq!(
+        body,
+        json!({"connections": 0, "max_connections": 10, "available": 10})
+    );
 }
 
 /// 3. An authenticated configuration stream answers 200 `text/event-stream` with the state,
@@ -89,7 +95,11 @@ async fn authenticated_stream_starts(proto: Proto) {
     assert_event_stream_head(&stream);
     collect_until(
         &mut stream,
-        &[("sentiment_update", "AAPL"), ("sentiment_update", "MSFT"), ("refresh", "")],
+        &[
+            ("sentiment_update", "AAPL"),
+            ("sentiment_update", "MSFT"),
+            ("refresh", ""),
+        ],
     )
     .await;
     let polled = origin.last_headers("/api/v2/configurations/cfg1/sentiment");
@@ -101,7 +111,11 @@ async fn authenticated_stream_starts(proto: Proto) {
 async fn sentiment_updates_follow_changes(proto: Proto) {
     let (origin, proxy) = setup().await;
     let mut stream = proxy.client.stream(proto, CONFIG_STREAM, &[ALICE]).await;
-    collect_until(&mut stream, &[("sentiment_update", "AAPL"), ("sentiment_update", "MSFT")]).await;
+    collect_until(
+        &mut stream,
+        &[("sentiment_update", "AAPL"), ("sentiment_update", "MSFT")],
+    )
+    .await;
     origin.set_configuration(
         "cfg1",
         "alice",
@@ -122,7 +136,9 @@ async fn sentiment_updates_follow_changes(proto: Proto) {
         .expect("MSFT update");
     assert_eq!(msft.json()["score"], 0.9);
     assert!(
-        !events.iter().any(|e| e.event == "sentiment_update" && e.json()["symbol"] == "AAPL"),
+        !events
+            .iter()
+            .any(|e| e.event == "sentiment_update" && e.json()["symbol"] == "AAPL"),
         "unchanged or removed items are not resent as updates"
     );
 }
@@ -144,13 +160,21 @@ async fn unknown_last_event_id_gets_the_current_state(proto: Proto) {
     let (_origin, proxy) = setup().await;
     let mut stream = proxy
         .client
-        .stream(proto, CONFIG_STREAM, &[ALICE, ("last-event-id", "test-event-12345")])
+        .stream(
+            proto,
+            CONFIG_STREAM,
+            &[ALICE, ("last-event-id", "test-event-12345")],
+        )
         .await;
     assert_event_stream_head(&stream);
     let first = stream.next(WAIT).await;
     assert_eq!(first.event, "resync");
     assert_eq!(first.json()["reason"], "unknown_last_event_id");
-    collect_until(&mut stream, &[("sentiment_update", "AAPL"), ("sentiment_update", "MSFT")]).await;
+    collect_until(
+        &mut stream,
+        &[("sentiment_update", "AAPL"), ("sentiment_update", "MSFT")],
+    )
+    .await;
 }
 
 /// 7. No token: 401 with a JSON detail naming where a token may be sent, before any stream.
@@ -160,7 +184,10 @@ async fn no_token_is_401(proto: Proto) {
     assert_eq!(status, 401);
     assert_eq!(headers["www-authenticate"], "Bearer");
     let detail = body["detail"].as_str().expect("detail");
-    assert!(detail.contains("Authorization: Bearer") && detail.contains("user_token"), "{detail}");
+    assert!(
+        detail.contains("Authorization: Bearer") && detail.contains("user_token"),
+        "{detail}"
+    );
     assert_eq!(origin.count("/api/v2/configurations/cfg1/sentiment"), 0);
     assert_eq!(proxy.proxy.pollers(), 0);
 }
@@ -186,8 +213,15 @@ async fn status_stays_consistent(proto: Proto) {
         .get_json(proto, "/api/v2/stream/status", &[])
         .await;
     assert_eq!(status, 200);
-    let field = |name: &str| body[name].as_u64().unwrap_or_else(|| panic!("{name} in {body}"));
-    assert_eq!(field("available"), field("max_connections") - field("connections"));
+    let field = |name: &str| {
+        body[name]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{name} in {body}"))
+    };
+    assert_eq!(
+        field("available"),
+        field("max_connections") - field("connections")
+    );
     assert_eq!(field("connections"), 3);
 }
 

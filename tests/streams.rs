@@ -35,12 +35,22 @@ async fn a_cold_origin_never_delays_headers_and_first_frame() {
     .await;
     // The origin holds every answer until released: the headers and first frame must come
     // while it is still "cold", bounded by first_poll_wait_ms, not by the origin.
-    let mut stream = proxy.client.stream(Proto::H2Tls, "/api/v2/stream", &[]).await;
+    let mut stream = proxy
+        .client
+        .stream(Proto::H2Tls, "/api/v2/stream", &[])
+        .await;
     assert_eq!(stream.status, 200);
     let first = stream.first_chunk(WAIT).await;
     assert!(first.starts_with("retry: 1000\n"), "{first:?}");
-    assert!(first.contains(": connected; waiting for the origin"), "{first:?}");
-    assert_eq!(origin.count(METRICS), 1, "the first poll is still in flight");
+    assert!(
+        first.contains(": connected; waiting for the origin"),
+        "{first:?}"
+    );
+    assert_eq!(
+        origin.count(METRICS),
+        1,
+        "the first poll is still in flight"
+    );
     cold.release();
     let event = stream.next(WAIT).await;
     assert_eq!(event.event, "metrics");
@@ -54,7 +64,11 @@ async fn fifty_concurrent_streams_share_one_poller() {
     let mut clients = JoinSet::new();
     for n in 0..50 {
         let client = proxy.client.clone();
-        let proto = if n % 2 == 0 { Proto::H2Tls } else { Proto::H1Tls };
+        let proto = if n % 2 == 0 {
+            Proto::H2Tls
+        } else {
+            Proto::H1Tls
+        };
         clients.spawn(async move {
             let mut stream = client.stream(proto, "/api/v2/stream", &[]).await;
             assert_eq!(stream.status, 200);
@@ -81,10 +95,7 @@ async fn polling_stops_when_the_client_goes_away() {
     let origin = origin_with_alice().await;
     let proxy = start_proxy(&origin, Options::default()).await;
     for proto in [Proto::H1Tls, Proto::H2Tls] {
-        let mut stream = proxy
-            .client
-            .stream(proto, "/api/v2/stream", &[])
-            .await;
+        let mut stream = proxy.client.stream(proto, "/api/v2/stream", &[]).await;
         stream.next(WAIT).await;
         let before = origin.count(METRICS);
         origin.wait_for_count(METRICS, before + 2, WAIT).await;
@@ -94,7 +105,11 @@ async fn polling_stops_when_the_client_goes_away() {
         let stopped_at = origin.count(METRICS);
         // An observation window of 10 poll intervals: a poller still running would poll.
         tokio::time::sleep(Duration::from_millis(500)).await;
-        assert_eq!(origin.count(METRICS), stopped_at, "no polls after the client left ({proto:?})");
+        assert_eq!(
+            origin.count(METRICS),
+            stopped_at,
+            "no polls after the client left ({proto:?})"
+        );
     }
 }
 
@@ -117,13 +132,19 @@ async fn fifty_concurrent_first_requests_with_one_token_validate_once() {
             stream.status
         });
     }
-    origin.wait_for_count("/api/v2/auth/validate", 1, WAIT).await;
+    origin
+        .wait_for_count("/api/v2/auth/validate", 1, WAIT)
+        .await;
     validator.release();
     while let Some(status) = clients.join_next().await {
         assert_eq!(status.expect("client task"), 200);
     }
     assert_eq!(origin.count("/api/v2/auth/validate"), 1);
-    assert_eq!(proxy.proxy.pollers(), 1, "one user, one configuration, one poller");
+    assert_eq!(
+        proxy.proxy.pollers(),
+        1,
+        "one user, one configuration, one poller"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -139,7 +160,11 @@ async fn rejected_tokens_are_remembered_and_validator_failures_are_503() {
         assert_eq!(status, 401);
         assert_eq!(body["detail"], "invalid token");
     }
-    assert_eq!(origin.count("/api/v2/auth/validate"), 1, "the rejection is cached");
+    assert_eq!(
+        origin.count("/api/v2/auth/validate"),
+        1,
+        "the rejection is cached"
+    );
 
     origin.force("/api/v2/auth/validate", 500, "boom", None);
     let other = [("authorization", "Bearer other")];
@@ -151,7 +176,11 @@ async fn rejected_tokens_are_remembered_and_validator_failures_are_503() {
         assert_eq!(status, 503);
         assert!(headers.contains_key("retry-after"));
         assert_eq!(body["blame"], "origin");
-        assert_eq!(origin.count("/api/v2/auth/validate"), expected_calls, "failures are not cached");
+        assert_eq!(
+            origin.count("/api/v2/auth/validate"),
+            expected_calls,
+            "failures are not cached"
+        );
     }
 }
 
@@ -161,11 +190,21 @@ async fn tokens_from_the_query_string_work_for_eventsource() {
     let proxy = start_proxy(&origin, Options::default()).await;
     let mut stream = proxy
         .client
-        .stream(Proto::H2Tls, "/api/v2/configurations/cfg1/stream?user_token=tok-alice", &[])
+        .stream(
+            Proto::H2Tls,
+            "/api/v2/configurations/cfg1/stream?user_token=tok-alice",
+            &[],
+        )
         .await;
     assert_eq!(stream.status, 200);
-    assert_eq!(stream.next_of("sentiment_update", WAIT).await.json()["symbol"], "AAPL");
-    assert_eq!(origin.last_headers(SENTIMENT)["authorization"], "Bearer tok-alice");
+    assert_eq!(
+        stream.next_of("sentiment_update", WAIT).await.json()["symbol"],
+        "AAPL"
+    );
+    assert_eq!(
+        origin.last_headers(SENTIMENT)["authorization"],
+        "Bearer tok-alice"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -175,13 +214,21 @@ async fn users_never_share_a_stream() {
     let proxy = start_proxy(&origin, Options::default()).await;
     let mut alice = proxy
         .client
-        .stream(Proto::H2Tls, "/api/v2/configurations/cfg1/stream", &[("authorization", "Bearer tok-alice")])
+        .stream(
+            Proto::H2Tls,
+            "/api/v2/configurations/cfg1/stream",
+            &[("authorization", "Bearer tok-alice")],
+        )
         .await;
     alice.next_of("sentiment_update", WAIT).await;
     // Bob asks for Alice's configuration: his own poller asks the origin as Bob, who is refused.
     let (status, _, _) = proxy
         .client
-        .get_json(Proto::H2Tls, "/api/v2/configurations/cfg1/stream", &[("authorization", "Bearer tok-bob")])
+        .get_json(
+            Proto::H2Tls,
+            "/api/v2/configurations/cfg1/stream",
+            &[("authorization", "Bearer tok-bob")],
+        )
         .await;
     assert_eq!(status, 404);
 }
@@ -194,10 +241,21 @@ async fn an_origin_refusal_mid_stream_ends_it_and_reconnects_get_the_status() {
     let path = "/api/v2/configurations/cfg1/stream";
     let mut stream = proxy.client.stream(Proto::H1Tls, path, &alice).await;
     stream.next_of("sentiment_update", WAIT).await;
-    origin.force(SENTIMENT, 404, r#"{"detail":"configuration deleted"}"#, None);
+    origin.force(
+        SENTIMENT,
+        404,
+        r#"{"detail":"configuration deleted"}"#,
+        None,
+    );
     let error = stream.next_of("error", WAIT).await;
-    assert_eq!(error.json(), json!({"status": 404, "detail": "configuration deleted"}));
-    assert!(stream.ends_within(WAIT).await, "the stream closes after the error");
+    assert_eq!(
+        error.json(),
+        json!({"status": 404, "detail": "configuration deleted"})
+    );
+    assert!(
+        stream.ends_within(WAIT).await,
+        "the stream closes after the error"
+    );
 
     let polls = origin.count(SENTIMENT);
     let (status, _, body) = proxy.client.get_json(Proto::H1Tls, path, &alice).await;
@@ -210,7 +268,10 @@ async fn an_origin_refusal_mid_stream_ends_it_and_reconnects_get_the_status() {
 async fn an_outage_is_reported_once_and_the_stream_recovers() {
     let origin = origin_with_alice().await;
     let proxy = start_proxy(&origin, Options::default()).await;
-    let mut stream = proxy.client.stream(Proto::H2Tls, "/api/v2/stream", &[]).await;
+    let mut stream = proxy
+        .client
+        .stream(Proto::H2Tls, "/api/v2/stream", &[])
+        .await;
     stream.next(WAIT).await;
     origin.force(METRICS, 503, "<html>busy</html>", Some(0));
     let error = stream.next(WAIT).await;
@@ -218,11 +279,16 @@ async fn an_outage_is_reported_once_and_the_stream_recovers() {
     assert_eq!(error.json()["status"], 503);
     assert_eq!(error.json()["source"], "metrics");
     let failing_since = origin.count(METRICS);
-    origin.wait_for_count(METRICS, failing_since + 3, WAIT).await;
+    origin
+        .wait_for_count(METRICS, failing_since + 3, WAIT)
+        .await;
     origin.set_metrics(json!({"requests": 5}));
     origin.clear_forced(METRICS);
     let recovered = stream.next(WAIT).await;
-    assert_eq!(recovered.event, "metrics", "one error event per outage, then data");
+    assert_eq!(
+        recovered.event, "metrics",
+        "one error event per outage, then data"
+    );
     assert_eq!(recovered.json(), json!({"requests": 5}));
 }
 
@@ -230,12 +296,19 @@ async fn an_outage_is_reported_once_and_the_stream_recovers() {
 async fn garbage_from_the_origin_keeps_the_stream_alive() {
     let origin = origin_with_alice().await;
     let proxy = start_proxy(&origin, Options::default()).await;
-    let mut stream = proxy.client.stream(Proto::H1Tls, "/api/v2/stream", &[]).await;
+    let mut stream = proxy
+        .client
+        .stream(Proto::H1Tls, "/api/v2/stream", &[])
+        .await;
     stream.next(WAIT).await;
     origin.force(METRICS, 200, r#"{"truncated": "#, None);
     let error = stream.next(WAIT).await;
     assert_eq!(error.event, "error");
-    assert!(error.json()["detail"].as_str().is_some_and(|d| d.contains("not JSON")));
+    assert!(
+        error.json()["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("not JSON"))
+    );
     origin.clear_forced(METRICS);
     origin.set_metrics(json!({"requests": 9}));
     assert_eq!(stream.next(WAIT).await.json(), json!({"requests": 9}));
@@ -245,10 +318,19 @@ async fn garbage_from_the_origin_keeps_the_stream_alive() {
 async fn etags_make_unchanged_polls_cheap() {
     let origin = origin_with_alice().await;
     let proxy = start_proxy(&origin, Options::default()).await;
-    let mut stream = proxy.client.stream(Proto::H2Tls, "/api/v2/stream", &[]).await;
+    let mut stream = proxy
+        .client
+        .stream(Proto::H2Tls, "/api/v2/stream", &[])
+        .await;
     stream.next(WAIT).await;
-    eventually("conditional polls answered 304", WAIT, || origin.not_modified(METRICS) >= 3).await;
-    assert_eq!(stream.try_next(Duration::from_millis(100)).await, Err(ReadError::Timeout));
+    eventually("conditional polls answered 304", WAIT, || {
+        origin.not_modified(METRICS) >= 3
+    })
+    .await;
+    assert_eq!(
+        stream.try_next(Duration::from_millis(100)).await,
+        Err(ReadError::Timeout)
+    );
     origin.set_metrics(json!({"requests": 3}));
     assert_eq!(stream.next(WAIT).await.json(), json!({"requests": 3}));
 }
@@ -264,7 +346,10 @@ async fn heartbeats_flow_on_idle_streams() {
         },
     )
     .await;
-    let mut stream = proxy.client.stream(Proto::H1Tls, "/api/v2/stream", &[]).await;
+    let mut stream = proxy
+        .client
+        .stream(Proto::H1Tls, "/api/v2/stream", &[])
+        .await;
     stream.next(WAIT).await;
     let chunk = stream.first_chunk(WAIT).await;
     assert_eq!(chunk, ":\n\n", "an idle stream gets comment heartbeats");
@@ -281,7 +366,10 @@ async fn over_the_stream_limit_is_503_and_passthrough_still_works() {
         },
     )
     .await;
-    let mut held = proxy.client.stream(Proto::H2Tls, "/api/v2/stream", &[]).await;
+    let mut held = proxy
+        .client
+        .stream(Proto::H2Tls, "/api/v2/stream", &[])
+        .await;
     held.next(WAIT).await;
     let (status, headers, body) = proxy
         .client
@@ -296,10 +384,19 @@ async fn over_the_stream_limit_is_503_and_passthrough_still_works() {
         .client
         .get_json(Proto::H2Tls, "/api/v2/stream/status", &[])
         .await;
-    assert_eq!(status, 200, "passthrough keeps working when every stream slot is taken");
+    assert_eq!(
+        status, 200,
+        "passthrough keeps working when every stream slot is taken"
+    );
     drop(held);
-    eventually("the slot to be freed", WAIT, || proxy.proxy.open_streams() == 0).await;
-    let stream = proxy.client.stream(Proto::H2Tls, "/api/v2/stream", &[]).await;
+    eventually("the slot to be freed", WAIT, || {
+        proxy.proxy.open_streams() == 0
+    })
+    .await;
+    let stream = proxy
+        .client
+        .stream(Proto::H2Tls, "/api/v2/stream", &[])
+        .await;
     assert_eq!(stream.status, 200);
 }
 
@@ -317,12 +414,21 @@ async fn hostile_path_parameters_are_400_and_never_forwarded() {
             .get_json(Proto::H1Tls, path, &[("authorization", "Bearer tok-alice")])
             .await;
         assert_eq!(status, 400, "{path}");
-        assert!(body["detail"].as_str().is_some_and(|d| d.contains("`id`")), "{body}");
+        assert!(
+            body["detail"].as_str().is_some_and(|d| d.contains("`id`")),
+            "{body}"
+        );
     }
     assert_eq!(origin.count("/api/v2/auth/validate"), 0);
     let response = proxy
         .client
-        .send(Proto::H1Tls, "POST", "/api/v2/stream", &[], bytes::Bytes::new())
+        .send(
+            Proto::H1Tls,
+            "POST",
+            "/api/v2/stream",
+            &[],
+            bytes::Bytes::new(),
+        )
         .await;
     assert_eq!(response.status(), 405);
     assert_eq!(response.headers()["allow"], "GET");

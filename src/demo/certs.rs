@@ -28,7 +28,11 @@ pub struct SelfSigned {
 
 /// A certificate valid for `localhost`, `127.0.0.1` and `::1`.
 pub fn localhost() -> Result<SelfSigned, CertError> {
-    let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
+    let names = vec![
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+        "::1".to_owned(),
+    ];
     let certified = rcgen::generate_simple_self_signed(names)?;
     Ok(SelfSigned {
         cert_pem: certified.cert.pem(),

@@ -25,7 +25,9 @@ pub enum DemoError {
     #[error(transparent)]
     Cert(#[from] certs::CertError),
     /// The sample origin needs a loopback `http://` upstream address to bind.
-    #[error("the demo origin binds [upstream] url, which must be http://127.0.0.1:PORT (found {0})")]
+    #[error(
+        "the demo origin binds [upstream] url, which must be http://127.0.0.1:PORT (found {0})"
+    )]
     NotLoopback(String),
     /// The sample origin's address is taken.
     #[error("cannot start the demo origin on {addr}: {source}")]
@@ -63,10 +65,16 @@ pub async fn run(config_path: &Path) -> Result<Proxy, DemoError> {
         && (!tls.cert.exists() || !tls.key.exists())
     {
         certs::write_localhost(&tls.cert, &tls.key)?;
-        println!("wrote a self-signed localhost certificate to {}", tls.cert.display());
+        println!(
+            "wrote a self-signed localhost certificate to {}",
+            tls.cert.display()
+        );
     }
     let upstream = &config.upstream;
-    let origin_addr = match (upstream.scheme.as_str(), upstream.authority.host().parse::<IpAddr>()) {
+    let origin_addr = match (
+        upstream.scheme.as_str(),
+        upstream.authority.host().parse::<IpAddr>(),
+    ) {
         ("http", Ok(ip)) if ip.is_loopback() => {
             SocketAddr::new(ip, upstream.authority.port_u16().unwrap_or(80))
         }
@@ -94,7 +102,11 @@ fn print_instructions(proxy: &Proxy, origin: SocketAddr) {
         (None, Some(addr)) => format!("http://{addr}"),
         (None, None) => return,
     };
-    let k = if proxy.https_addr().is_some() { " -k" } else { "" };
+    let k = if proxy.https_addr().is_some() {
+        " -k"
+    } else {
+        ""
+    };
     let token = origin::DEMO_TOKEN;
     let id = origin::DEMO_CONFIGURATION;
     println!(

@@ -259,7 +259,11 @@ impl Origin {
         )
     }
 
-    async fn create_configuration(&self, request: Request<Incoming>, user: String) -> Response<Full<Bytes>> {
+    async fn create_configuration(
+        &self,
+        request: Request<Incoming>,
+        user: String,
+    ) -> Response<Full<Bytes>> {
         let body = match Limited::new(request.into_body(), 64 * 1024).collect().await {
             Ok(collected) => collected.to_bytes(),
             Err(_) => return detail(StatusCode::PAYLOAD_TOO_LARGE, "body over 64 KiB"),
@@ -272,17 +276,25 @@ impl Origin {
                 .ok()
                 .and_then(|v| v.get("tickers").and_then(Value::as_array).cloned());
             let Some(list) = list else {
-                return detail(StatusCode::UNPROCESSABLE_ENTITY, "expected {\"tickers\": [\"AAPL\", ...]}");
+                return detail(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "expected {\"tickers\": [\"AAPL\", ...]}",
+                );
             };
             let tickers: Vec<String> = list
                 .iter()
                 .filter_map(Value::as_str)
-                .filter(|t| (1..=10).contains(&t.len()) && t.bytes().all(|b| b.is_ascii_alphanumeric()))
+                .filter(|t| {
+                    (1..=10).contains(&t.len()) && t.bytes().all(|b| b.is_ascii_alphanumeric())
+                })
                 .map(str::to_ascii_uppercase)
                 .take(20)
                 .collect();
             if tickers.is_empty() {
-                return detail(StatusCode::UNPROCESSABLE_ENTITY, "give at least one ticker symbol");
+                return detail(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "give at least one ticker symbol",
+                );
             }
             tickers
         };
@@ -294,7 +306,10 @@ impl Origin {
                 tickers: tickers.clone(),
             },
         );
-        reply(StatusCode::CREATED, &json!({ "id": id, "tickers": tickers }))
+        reply(
+            StatusCode::CREATED,
+            &json!({ "id": id, "tickers": tickers }),
+        )
     }
 
     /// The tickers of a configuration the user owns; 404 otherwise (never revealing others').
@@ -380,6 +395,7 @@ fn mix(mut x: u64) -> u64 {
 }
 
 fn hash_str(text: &str) -> u64 {
-    text.bytes()
-        .fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+    })
 }

@@ -52,10 +52,7 @@ impl SseBody {
     }
 
     /// The next frame, or `None` when the stream is over.
-    pub fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Frame<Bytes>>> {
+    pub fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Frame<Bytes>>> {
         let this = self.get_mut();
         if let Some(first) = this.first.take() {
             this.frames += 1;

@@ -211,7 +211,10 @@ impl Channel {
 
     /// The credentials to poll with.
     pub fn identity(&self) -> Option<Identity> {
-        self.identity.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.identity
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// A receiver of the channel's phase, for clients waiting to start.
@@ -387,7 +390,11 @@ impl Channel {
         match last_event_id {
             None => full_state(&log, &mut out),
             Some(id) if !log.live.is_empty() && id == state_id(log.state_hash) => {}
-            Some(id) => match log.entries.iter().rposition(|e| e.id.as_deref() == Some(id)) {
+            Some(id) => match log
+                .entries
+                .iter()
+                .rposition(|e| e.id.as_deref() == Some(id))
+            {
                 Some(position) => {
                     for entry in log.entries.iter().skip(position + 1) {
                         if is_latest(&log, entry) {
@@ -509,6 +516,7 @@ mod tests {
                 event: "item".into(),
                 mode: mode.clone(),
                 headers: vec![],
+                wait: None,
             }],
             path,
             auth: false,
@@ -558,8 +566,14 @@ mod tests {
         assert!(first.contains(r#""k":"a""#) && first.contains(r#""k":"b""#));
         poll_document(&ch, &mut t, &[("a", 2)]);
         let next = drain(&ch, &mut cursor);
-        assert!(next.contains("event: item\n") && next.contains(r#""v":2"#), "{next}");
-        assert!(next.contains("event: item_removed\ndata: {\"k\":\"b\"}"), "{next}");
+        assert!(
+            next.contains("event: item\n") && next.contains(r#""v":2"#),
+            "{next}"
+        );
+        assert!(
+            next.contains("event: item_removed\ndata: {\"k\":\"b\"}"),
+            "{next}"
+        );
     }
 
     #[test]
@@ -572,13 +586,23 @@ mod tests {
         poll_document(&ch, &mut t, &[("a", 3), ("b", 1)]);
         let (resumed, _) = ch.start(Some(&id), 0);
         let resumed = std::str::from_utf8(&resumed).expect("utf-8");
-        assert!(!resumed.contains(r#""v":2"#), "superseded change is not resent: {resumed}");
+        assert!(
+            !resumed.contains(r#""v":2"#),
+            "superseded change is not resent: {resumed}"
+        );
         assert_eq!(resumed.matches(r#""v":3"#).count(), 1);
         assert_eq!(resumed.matches("item_removed").count(), 1);
-        assert!(!resumed.contains(r#""k":"b","v""#), "unchanged item is not resent");
+        assert!(
+            !resumed.contains(r#""k":"b","v""#),
+            "unchanged item is not resent"
+        );
 
         let (up_to_date, _) = ch.start(Some(&last_id(resumed)), 0);
-        assert!(std::str::from_utf8(&up_to_date).expect("utf-8").contains("up to date"));
+        assert!(
+            std::str::from_utf8(&up_to_date)
+                .expect("utf-8")
+                .contains("up to date")
+        );
     }
 
     #[test]
@@ -612,7 +636,10 @@ mod tests {
             poll_document(&ch, &mut t, &[("a", v)]);
         }
         let text = drain(&ch, &mut cursor);
-        assert!(text.starts_with("event: resync\ndata: {\"reason\":\"lagged\"}"), "{text}");
+        assert!(
+            text.starts_with("event: resync\ndata: {\"reason\":\"lagged\"}"),
+            "{text}"
+        );
         assert_eq!(text.matches("event: item\n").count(), 1);
         assert!(text.contains(r#""v":19"#));
     }
@@ -642,10 +669,17 @@ mod tests {
         });
         let waker = Waker::from(Arc::new(Flag));
         let mut cx = Context::from_waker(&waker);
-        assert!(matches!(ch.poll_next(&mut cursor, &mut cx), Poll::Ready(Next::Frame(_))));
+        assert!(matches!(
+            ch.poll_next(&mut cursor, &mut cx),
+            Poll::Ready(Next::Frame(_))
+        ));
         match ch.poll_next(&mut cursor, &mut cx) {
             Poll::Ready(Next::End(bytes)) => {
-                assert!(std::str::from_utf8(&bytes).expect("utf-8").contains("\"status\":404"))
+                assert!(
+                    std::str::from_utf8(&bytes)
+                        .expect("utf-8")
+                        .contains("\"status\":404")
+                )
             }
             _ => panic!("expected the end frame"),
         }

@@ -220,7 +220,11 @@ mod tests {
         let first = t.apply(&body(r#"{"a":1,"b":2}"#)).expect("json");
         assert_eq!(first.len(), 1);
         assert_eq!(first[0].old_hash, 0);
-        assert!(t.apply(&body(r#"{"b":2, "a":1}"#)).expect("json").is_empty());
+        assert!(
+            t.apply(&body(r#"{"b":2, "a":1}"#))
+                .expect("json")
+                .is_empty()
+        );
         let second = t.apply(&body(r#"{"a":1,"b":3}"#)).expect("json");
         assert_eq!(second[0].old_hash, first[0].new.as_ref().expect("new").0);
         assert_eq!(second[0].new.as_ref().expect("new").1, r#"{"a":1,"b":3}"#);
@@ -230,27 +234,36 @@ mod tests {
     fn items_added_changed_removed() {
         let mut t = items();
         let c = t
-            .apply(&body(r#"{"tickers":[{"symbol":"B","s":1},{"symbol":"A","s":1}]}"#))
+            .apply(&body(
+                r#"{"tickers":[{"symbol":"B","s":1},{"symbol":"A","s":1}]}"#,
+            ))
             .expect("json");
         assert_eq!(keys(&c), vec![("B".into(), true), ("A".into(), true)]);
         let c = t
-            .apply(&body(r#"{"tickers":[{"symbol":"A","s":2},{"symbol":"C","s":1}]}"#))
+            .apply(&body(
+                r#"{"tickers":[{"symbol":"A","s":2},{"symbol":"C","s":1}]}"#,
+            ))
             .expect("json");
         assert_eq!(
             keys(&c),
             vec![("A".into(), true), ("C".into(), true), ("B".into(), false)]
         );
         assert!(
-            t.apply(&body(r#"{"tickers":[{"s":2,"symbol":"A"},{"symbol":"C","s":1}],"x":1}"#))
-                .expect("json")
-                .is_empty()
+            t.apply(&body(
+                r#"{"tickers":[{"s":2,"symbol":"A"},{"symbol":"C","s":1}],"x":1}"#
+            ))
+            .expect("json")
+            .is_empty()
         );
     }
 
     #[test]
     fn bad_documents_are_errors_and_change_nothing() {
         let mut t = items();
-        assert!(matches!(t.apply(&body("<html>")), Err(DeltaError::NotJson(_))));
+        assert!(matches!(
+            t.apply(&body("<html>")),
+            Err(DeltaError::NotJson(_))
+        ));
         assert_eq!(
             t.apply(&body(r#"{"tickers":{}}"#)),
             Err(DeltaError::NoArray("/tickers".into()))
@@ -263,7 +276,9 @@ mod tests {
             t.apply(&body(r#"{"tickers":[{"symbol":1},{"symbol":1}]}"#)),
             Err(DeltaError::DuplicateKey("1".into()))
         );
-        let c = t.apply(&body(r#"{"tickers":[{"symbol":1}]}"#)).expect("json");
+        let c = t
+            .apply(&body(r#"{"tickers":[{"symbol":1}]}"#))
+            .expect("json");
         assert_eq!(keys(&c), vec![("1".into(), true)]);
     }
 

@@ -99,12 +99,14 @@ impl Streams {
             _ => None,
         };
         let last_event_id = last_event_id(request);
-        let slot = self.slots.clone().try_acquire_owned().map_err(|_| {
-            ProxyError::TooManyStreams {
-                max: self.sse.max_streams,
-                retry_after_s: self.sse.retry_ms.div_ceil(1000).max(1),
-            }
-        })?;
+        let slot =
+            self.slots
+                .clone()
+                .try_acquire_owned()
+                .map_err(|_| ProxyError::TooManyStreams {
+                    max: self.sse.max_streams,
+                    retry_after_s: self.sse.retry_ms.div_ceil(1000).max(1),
+                })?;
         let key = StreamKey {
             route: index,
             params,
@@ -129,7 +131,10 @@ impl Streams {
         )));
         *response.status_mut() = StatusCode::OK;
         let headers = response.headers_mut();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream"),
+        );
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
         headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
         Ok(response)
@@ -175,8 +180,14 @@ mod tests {
 
     #[test]
     fn last_event_id_from_header_or_query() {
-        assert_eq!(last_event_id(&parts("/s", Some("abc"))).as_deref(), Some("abc"));
-        assert_eq!(last_event_id(&parts("/s?last_event_id=a%62c", None)).as_deref(), Some("abc"));
+        assert_eq!(
+            last_event_id(&parts("/s", Some("abc"))).as_deref(),
+            Some("abc")
+        );
+        assert_eq!(
+            last_event_id(&parts("/s?last_event_id=a%62c", None)).as_deref(),
+            Some("abc")
+        );
         assert_eq!(
             last_event_id(&parts("/s?last_event_id=q", Some("h"))).as_deref(),
             Some("h")
@@ -184,6 +195,9 @@ mod tests {
         assert_eq!(last_event_id(&parts("/s", Some(""))), None);
         assert_eq!(last_event_id(&parts("/s", None)), None);
         let long = "x".repeat(MAX_EVENT_ID_LEN + 1);
-        assert_eq!(last_event_id(&parts("/s", Some(&long))).as_deref(), Some(""));
+        assert_eq!(
+            last_event_id(&parts("/s", Some(&long))).as_deref(),
+            Some("")
+        );
     }
 }

@@ -6,6 +6,10 @@
 //! Anything else that is not usable data (5xx, 429, timeouts, garbage) keeps the stream
 //! alive: the poller backs off exponentially with jitter (honouring `Retry-After`) and tells
 //! subscribers once per outage with an `error` event.
+//!
+//! With `wait_s`, each poll asks the origin to hold it until its data changes
+//! (`Prefer: wait=N`, RFC 7240). When the origin says it did (`Preference-Applied: wait`),
+//! the next poll follows at once, so a change reaches clients as soon as the origin answers.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +25,9 @@ use crate::upstream::Fetched;
 
 /// Longest pause the origin may ask for with `Retry-After`.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(900);
+/// A long poll that came back unchanged faster than this was not really held: wait
+/// `every` before the next one rather than hammering the origin.
+const MIN_HELD: Duration = Duration::from_millis(100);
 
 /// What one poll came to.
 enum Outcome {
@@ -49,7 +56,10 @@ pub async fn run(hub: Arc<HubShared>, channel: Arc<Channel>, index: usize) {
     loop {
         let mut headers = HeaderMap::new();
         headers.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
-        headers.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("identity"));
+        headers.insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static("identity"),
+        );
         for (name, value) in &spec.headers {
             headers.insert(name.clone(), value.clone());
         }
@@ -65,9 +75,20 @@ pub async fn run(hub: Arc<HubShared>, channel: Arc<Channel>, index: usize) {
         if let Some(date) = &last_modified {
             headers.insert(header::IF_MODIFIED_SINCE, date.clone());
         }
+        if let Some(wait) = spec.wait {
+            let prefer = HeaderValue::from_str(&format!("wait={}", wait.as_secs()));
+            if let Ok(prefer) = prefer {
+                headers.insert(HeaderName::from_static("prefer"), prefer);
+            }
+        }
 
-        let outcome = match hub.upstream.fetch(&path, headers).await {
-            Ok(fetched) => classify(fetched),
+        let started = tokio::time::Instant::now();
+        let mut held = false;
+        let outcome = match hub.upstream.fetch(&path, headers, spec.wait.unwrap_or_default()).await {
+            Ok(fetched) => {
+                held = spec.wait.is_some() && wait_applied(&fetched.headers);
+                classify(fetched)
+            }
             Err(error) => Outcome::Trouble {
                 status: None,
                 detail: error.to_string(),
@@ -79,12 +100,17 @@ pub async fn run(hub: Arc<HubShared>, channel: Arc<Channel>, index: usize) {
                 Ok(changes) => {
                     etag = fetched.headers.get(header::ETAG).cloned();
                     last_modified = fetched.headers.get(header::LAST_MODIFIED).cloned();
+                    let changed = !changes.is_empty();
                     channel.publish(index, changes);
+                    held &= changed || started.elapsed() >= MIN_HELD;
                     Ok(())
                 }
                 Err(error) => Err((Some(fetched.status), error.to_string(), None)),
             },
-            Outcome::NotModified => Ok(()),
+            Outcome::NotModified => {
+                held &= started.elapsed() >= MIN_HELD;
+                Ok(())
+            }
             Outcome::Refused(answer) => {
                 tracing::info!(route = %channel.route.path, status = %answer.status, "origin refused the stream");
                 channel.fail(answer);
@@ -99,7 +125,7 @@ pub async fn run(hub: Arc<HubShared>, channel: Arc<Channel>, index: usize) {
         let pause = match outcome {
             Ok(()) => {
                 failures = 0;
-                spec.every
+                if held { Duration::ZERO } else { spec.every }
             }
             Err((status, detail, retry_after)) => {
                 if failures == 0 {
@@ -147,6 +173,16 @@ fn classify(fetched: Fetched) -> Outcome {
     }
 }
 
+/// Whether the origin held the request as asked (`Preference-Applied: wait=...`).
+fn wait_applied(headers: &HeaderMap) -> bool {
+    headers
+        .get_all("preference-applied")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| p.trim().split('=').next().is_some_and(|name| name.trim().eq_ignore_ascii_case("wait")))
+}
+
 /// `Retry-After` as seconds or an HTTP date, capped.
 fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let value = headers.get(header::RETRY_AFTER)?.to_str().ok()?.trim();
@@ -164,7 +200,10 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
 /// proxies polling one origin spread out; never shorter than what the origin asked for.
 fn backoff(every: Duration, max: Duration, failures: u32, asked: Option<Duration>) -> Duration {
     let exponent = failures.saturating_sub(1).min(16);
-    let ceiling = every.saturating_mul(1 << exponent).min(max).max(every.min(max));
+    let ceiling = every
+        .saturating_mul(1 << exponent)
+        .min(max)
+        .max(every.min(max));
     let half = ceiling / 2;
     let jittered = half + half.mul_f64(fastrand::f64());
     jittered.max(asked.unwrap_or_default())
@@ -199,8 +238,21 @@ mod tests {
             _ => panic!("403 refuses"),
         }
         for status in [500, 502, 503, 429, 400] {
-            assert!(matches!(classify(fetched(status, "")), Outcome::Trouble { .. }));
+            assert!(matches!(
+                classify(fetched(status, "")),
+                Outcome::Trouble { .. }
+            ));
         }
+    }
+
+    #[test]
+    fn preference_applied_wait_is_recognised() {
+        let mut headers = HeaderMap::new();
+        assert!(!wait_applied(&headers));
+        headers.insert("preference-applied", HeaderValue::from_static("return=minimal, wait=10"));
+        assert!(wait_applied(&headers));
+        headers.insert("preference-applied", HeaderValue::from_static("waiting=1"));
+        assert!(!wait_applied(&headers));
     }
 
     #[test]
@@ -211,7 +263,10 @@ mod tests {
         headers.insert(header::RETRY_AFTER, HeaderValue::from_static("99999"));
         assert_eq!(retry_after(&headers), Some(MAX_RETRY_AFTER));
         let later = httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(60));
-        headers.insert(header::RETRY_AFTER, HeaderValue::from_str(&later).expect("date"));
+        headers.insert(
+            header::RETRY_AFTER,
+            HeaderValue::from_str(&later).expect("date"),
+        );
         let pause = retry_after(&headers).expect("pause");
         assert!(pause > Duration::from_secs(50) && pause <= Duration::from_secs(60));
         headers.insert(header::RETRY_AFTER, HeaderValue::from_static("soon"));
@@ -225,7 +280,10 @@ mod tests {
         for failures in 1..40 {
             let pause = backoff(every, max, failures, None);
             let ceiling = every.saturating_mul(1 << (failures - 1).min(16)).min(max);
-            assert!(pause >= ceiling / 2 && pause <= ceiling, "{failures}: {pause:?}");
+            assert!(
+                pause >= ceiling / 2 && pause <= ceiling,
+                "{failures}: {pause:?}"
+            );
         }
         let asked = Duration::from_secs(120);
         assert_eq!(backoff(every, max, 1, Some(asked)), asked);

@@ -65,7 +65,12 @@ impl Client {
     }
 
     /// Sends a request with an empty body.
-    pub async fn get(&self, proto: Proto, path: &str, headers: &[(&str, &str)]) -> Response<Incoming> {
+    pub async fn get(
+        &self,
+        proto: Proto,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Response<Incoming> {
         self.send(proto, "GET", path, headers, Bytes::new()).await
     }
 
@@ -127,7 +132,12 @@ impl Client {
     }
 
     /// GETs a path and parses a JSON body.
-    pub async fn get_json(&self, proto: Proto, path: &str, headers: &[(&str, &str)]) -> (StatusCode, HeaderMap, Value) {
+    pub async fn get_json(
+        &self,
+        proto: Proto,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> (StatusCode, HeaderMap, Value) {
         let response = self.get(proto, path, headers).await;
         let (parts, body) = response.into_parts();
         let bytes = tokio::time::timeout(Duration::from_secs(10), body.collect())
@@ -142,9 +152,10 @@ impl Client {
 
     /// Opens an event stream (or whatever the proxy answers instead).
     pub async fn stream(&self, proto: Proto, path: &str, headers: &[(&str, &str)]) -> SseStream {
-        let response = tokio::time::timeout(Duration::from_secs(10), self.get(proto, path, headers))
-            .await
-            .expect("response headers within 10 s");
+        let response =
+            tokio::time::timeout(Duration::from_secs(10), self.get(proto, path, headers))
+                .await
+                .expect("response headers within 10 s");
         let (parts, body) = response.into_parts();
         SseStream {
             status: parts.status,
@@ -310,7 +321,11 @@ impl SseStream {
         if line.is_empty() {
             if !self.data.is_empty() {
                 self.data.pop();
-                let event = if self.event.is_empty() { "message" } else { &self.event };
+                let event = if self.event.is_empty() {
+                    "message"
+                } else {
+                    &self.event
+                };
                 self.ready.push_back(SseEvent {
                     id: self.last_id.clone(),
                     event: event.to_owned(),

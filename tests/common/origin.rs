@@ -125,11 +125,15 @@ impl FakeOrigin {
                     match tls {
                         Some(acceptor) => {
                             if let Ok(stream) = acceptor.accept(stream).await {
-                                let _ = builder.serve_connection(TokioIo::new(stream), service).await;
+                                let _ = builder
+                                    .serve_connection(TokioIo::new(stream), service)
+                                    .await;
                             }
                         }
                         None => {
-                            let _ = builder.serve_connection(TokioIo::new(stream), service).await;
+                            let _ = builder
+                                .serve_connection(TokioIo::new(stream), service)
+                                .await;
                         }
                     }
                 });
@@ -218,7 +222,11 @@ impl FakeOrigin {
 
     /// Headers of the last request for `path`.
     pub fn last_headers(&self, path: &str) -> HeaderMap {
-        self.state().last_headers.get(path).cloned().unwrap_or_default()
+        self.state()
+            .last_headers
+            .get(path)
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// Waits until `path` has been requested at least `n` times; panics after `within`.
@@ -230,7 +238,10 @@ impl FakeOrigin {
                 return;
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                panic!("origin saw {} requests for {path}, wanted {n}", self.count(path));
+                panic!(
+                    "origin saw {} requests for {path}, wanted {n}",
+                    self.count(path)
+                );
             }
         }
     }
@@ -240,7 +251,9 @@ impl FakeOrigin {
         let holds: Vec<watch::Receiver<bool>> = {
             let mut state = self.state();
             *state.counts.entry(path.clone()).or_default() += 1;
-            state.last_headers.insert(path.clone(), request.headers().clone());
+            state
+                .last_headers
+                .insert(path.clone(), request.headers().clone());
             state
                 .holds
                 .iter()
@@ -337,7 +350,11 @@ impl FakeOrigin {
 
     async fn echo(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
         let (parts, body) = request.into_parts();
-        let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        let body = body
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
         let headers: serde_json::Map<String, Value> = parts
             .headers
             .iter()
@@ -366,13 +383,15 @@ impl FakeOrigin {
 fn json_reply(status: u16, body: Value) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
     *response.status_mut() = StatusCode::from_u16(status).expect("status");
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, "application/json".parse().expect("value"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        "application/json".parse().expect("value"),
+    );
     response
 }
 
 fn fxhash(text: &str) -> u64 {
-    text.bytes()
-        .fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+    })
 }
