@@ -84,7 +84,11 @@ pub async fn run(hub: Arc<HubShared>, channel: Arc<Channel>, index: usize) {
 
         let started = tokio::time::Instant::now();
         let mut held = false;
-        let outcome = match hub.upstream.fetch(&path, headers, spec.wait.unwrap_or_default()).await {
+        let outcome = match hub
+            .upstream
+            .fetch(&path, headers, spec.wait.unwrap_or_default())
+            .await
+        {
             Ok(fetched) => {
                 held = spec.wait.is_some() && wait_applied(&fetched.headers);
                 classify(fetched)
@@ -180,7 +184,12 @@ fn wait_applied(headers: &HeaderMap) -> bool {
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .any(|p| p.trim().split('=').next().is_some_and(|name| name.trim().eq_ignore_ascii_case("wait")))
+        .any(|p| {
+            p.trim()
+                .split('=')
+                .next()
+                .is_some_and(|name| name.trim().eq_ignore_ascii_case("wait"))
+        })
 }
 
 /// `Retry-After` as seconds or an HTTP date, capped.
@@ -249,7 +258,10 @@ mod tests {
     fn preference_applied_wait_is_recognised() {
         let mut headers = HeaderMap::new();
         assert!(!wait_applied(&headers));
-        headers.insert("preference-applied", HeaderValue::from_static("return=minimal, wait=10"));
+        headers.insert(
+            "preference-applied",
+            HeaderValue::from_static("return=minimal, wait=10"),
+        );
         assert!(wait_applied(&headers));
         headers.insert("preference-applied", HeaderValue::from_static("waiting=1"));
         assert!(!wait_applied(&headers));

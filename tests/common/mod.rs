@@ -37,6 +37,10 @@ pub struct Options {
     pub upstream: Option<String>,
     /// `[upstream] ca`, a PEM written next to the proxy's certificate.
     pub upstream_ca: Option<String>,
+    /// `wait_s` of the metrics source (origin long-poll).
+    pub metrics_wait_s: Option<u64>,
+    /// `[sse] history_bytes`.
+    pub history_bytes: usize,
 }
 
 impl Default for Options {
@@ -51,6 +55,8 @@ impl Default for Options {
             history_events: 1024,
             upstream: None,
             upstream_ca: None,
+            metrics_wait_s: None,
+            history_bytes: 4 << 20,
         }
     }
 }
@@ -102,6 +108,7 @@ max_streams = {max_streams}
 first_poll_wait_ms = {first_poll_wait_ms}
 linger_ms = {linger_ms}
 history_events = {history_events}
+history_bytes = {history_bytes}
 max_backoff_ms = 400
 
 [[stream]]
@@ -111,6 +118,7 @@ path = "/api/v2/stream"
   every_ms = {every}
   event = "metrics"
   headers = {{ authorization = "Bearer ${{TEST_DASHBOARD_KEY}}" }}
+  {wait}
 
 [[stream]]
 path = "/api/v2/configurations/{{id}}/stream"
@@ -136,7 +144,11 @@ auth = true
         first_poll_wait_ms = options.first_poll_wait_ms,
         linger_ms = options.linger_ms,
         history_events = options.history_events,
+        history_bytes = options.history_bytes,
         every = options.every_ms,
+        wait = options
+            .metrics_wait_s
+            .map_or(String::new(), |s| format!("wait_s = {s}")),
     )
 }
 

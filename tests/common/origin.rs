@@ -57,6 +57,7 @@ pub struct FakeOrigin {
     pub url: String,
     state: Arc<Mutex<State>>,
     seen: Arc<Notify>,
+    changed: Arc<Notify>,
 }
 
 /// Holds matching requests until released (a cold or hung origin).
@@ -107,6 +108,7 @@ impl FakeOrigin {
                 ..State::default()
             })),
             seen: Arc::new(Notify::new()),
+            changed: Arc::new(Notify::new()),
         };
         let server = origin.clone();
         tokio::spawn(async move {
@@ -151,7 +153,8 @@ impl FakeOrigin {
         self.state().tokens.insert(token.into(), user.into());
     }
 
-    /// Creates or replaces a configuration owned by `owner`.
+    /// Creates or replaces a configuration owned by `owner` (`"*"`: every user may read it,
+    /// and each item says who asked, so a test can see whose data a stream carries).
     pub fn set_configuration(&self, id: &str, owner: &str, tickers: Value) {
         let tickers = tickers.as_array().cloned().expect("tickers array");
         let mut state = self.state();
@@ -176,9 +179,10 @@ impl FakeOrigin {
         }
     }
 
-    /// Replaces the metrics document.
+    /// Replaces the metrics document (waking held long polls).
     pub fn set_metrics(&self, metrics: Value) {
         self.state().metrics = metrics;
+        self.changed.notify_waiters();
     }
 
     /// Sets the `connections` the status endpoint reports.
@@ -301,22 +305,48 @@ impl FakeOrigin {
                 )
             }
             (Method::GET, ["api", "v2", "metrics"]) => {
+                // RFC 7240 long poll: an unchanged request with `Prefer: wait=N` is held until
+                // the document changes or N seconds pass.
+                let wait = request
+                    .headers()
+                    .get("prefer")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("wait="))
+                    .and_then(|n| n.parse::<u64>().ok());
+                let unchanged = |origin: &FakeOrigin| {
+                    let etag = format!("\"{:x}\"", fxhash(&origin.state().metrics.to_string()));
+                    request
+                        .headers()
+                        .get(header::IF_NONE_MATCH)
+                        .is_some_and(|v| v.as_bytes() == etag.as_bytes())
+                };
+                if let Some(seconds) = wait {
+                    let changed = self.changed.notified();
+                    tokio::pin!(changed);
+                    changed.as_mut().enable();
+                    if unchanged(self) {
+                        let _ = tokio::time::timeout(Duration::from_secs(seconds), changed).await;
+                    }
+                }
                 let body = self.state().metrics.to_string();
                 let etag = format!("\"{:x}\"", fxhash(&body));
-                let matches = request
-                    .headers()
-                    .get(header::IF_NONE_MATCH)
-                    .is_some_and(|v| v.as_bytes() == etag.as_bytes());
-                if matches {
+                let mut response = if unchanged(self) {
                     *self.state().not_modified.entry(path).or_default() += 1;
                     let mut response = Response::new(Full::new(Bytes::new()));
                     *response.status_mut() = StatusCode::NOT_MODIFIED;
-                    return response;
-                }
-                let mut response = json_reply(200, serde_json::from_str(&body).expect("json"));
+                    response
+                } else {
+                    json_reply(200, serde_json::from_str(&body).expect("json"))
+                };
                 response
                     .headers_mut()
                     .insert(header::ETAG, etag.parse().expect("etag"));
+                if let Some(seconds) = wait {
+                    response.headers_mut().insert(
+                        "preference-applied",
+                        format!("wait={seconds}").parse().expect("value"),
+                    );
+                }
                 response
             }
             (Method::GET, ["api", "v2", "auth", "validate"]) => {
@@ -334,11 +364,18 @@ impl FakeOrigin {
             }
             (Method::GET, ["api", "v2", "configurations", id, rest @ ..]) => {
                 let configuration = self.state().configurations.get(*id).cloned();
-                let owned = configuration.filter(|c| Some(&c.owner) == user.as_ref());
+                let owned =
+                    configuration.filter(|c| c.owner == "*" || Some(&c.owner) == user.as_ref());
                 match (owned, rest) {
                     (None, _) => json_reply(404, json!({"detail": "configuration not found"})),
                     (Some(c), ["sentiment"]) => {
-                        json_reply(200, json!({"configuration_id": id, "tickers": c.tickers}))
+                        let mut tickers = c.tickers.clone();
+                        if c.owner == "*" {
+                            for item in &mut tickers {
+                                item["viewer"] = json!(user);
+                            }
+                        }
+                        json_reply(200, json!({"configuration_id": id, "tickers": tickers}))
                     }
                     (Some(c), ["refresh", "status"]) => json_reply(200, c.refresh),
                     _ => json_reply(404, json!({"detail": "no such endpoint"})),
