@@ -148,7 +148,8 @@ fn fan_out(c: &mut Criterion) {
         group.bench_function(format!("publish_and_deliver_to_{subscribers}"), |b| {
             b.iter_batched_ref(
                 || {
-                    let channel = Channel::new(key.clone(), route.clone(), 1024, 1 << 22);
+                    let channel =
+                        Channel::new(key.clone(), route.clone(), 1024, 1 << 22, Arc::default());
                     let mut tracker = Tracker::new(Mode::Snapshot, "metrics");
                     channel.publish(
                         0,

@@ -16,6 +16,7 @@ use moka::future::Cache;
 
 use crate::config::{AuthConfig, TokenSource};
 use crate::error::{ProxyError, origin_detail};
+use crate::metrics::Metrics;
 use crate::upstream::Upstream;
 
 /// Longest token accepted; anything longer is rejected without asking the origin.
@@ -66,20 +67,42 @@ pub struct Authenticator {
     config: AuthConfig,
     /// Verdicts by token digest.
     cache: Cache<[u8; 32], Verdict>,
+    /// Cache hits, validator calls and rejections are counted here.
+    metrics: Arc<Metrics>,
 }
 
 impl Authenticator {
     /// An authenticator with an empty cache bounded by `cache_capacity`.
-    pub fn new(config: AuthConfig) -> Authenticator {
+    pub fn new(config: AuthConfig, metrics: Arc<Metrics>) -> Authenticator {
         let cache = Cache::builder()
             .max_capacity(config.cache_capacity)
             .expire_after(VerdictExpiry)
             .build();
-        Authenticator { config, cache }
+        Authenticator {
+            config,
+            cache,
+            metrics,
+        }
     }
 
     /// Finds, validates and returns the caller's identity, or the error to answer with.
     pub async fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        query: Option<&str>,
+        upstream: &Upstream,
+    ) -> Result<Identity, ProxyError> {
+        let result = self.check(headers, query, upstream).await;
+        if matches!(
+            result,
+            Err(ProxyError::MissingCredentials(_) | ProxyError::Relayed { .. })
+        ) {
+            Metrics::inc(&self.metrics.auth_rejects);
+        }
+        result
+    }
+
+    async fn check(
         &self,
         headers: &HeaderMap,
         query: Option<&str>,
@@ -104,11 +127,18 @@ impl Authenticator {
                 body: None,
             });
         }
-        let verdict = self
-            .cache
-            .try_get_with(digest(token), self.validate(token, upstream))
-            .await
-            .map_err(|e| ProxyError::ValidatorUnavailable(e.to_string()))?;
+        let key = digest(token);
+        let verdict = match self.cache.get(&key).await {
+            Some(verdict) => {
+                Metrics::inc(&self.metrics.auth_cache_hits);
+                verdict
+            }
+            None => self
+                .cache
+                .try_get_with(key, self.validate(token, upstream))
+                .await
+                .map_err(|e| ProxyError::ValidatorUnavailable(e.to_string()))?,
+        };
         match verdict {
             Verdict::Valid { user_id, .. } => Ok(Identity {
                 user_id: user_id.to_string(),
@@ -150,6 +180,7 @@ impl Authenticator {
 
     /// One call to the origin's validator. `Err` means "could not tell" and is not cached.
     async fn validate(&self, token: &str, upstream: &Upstream) -> Result<Verdict, String> {
+        Metrics::inc(&self.metrics.validator_calls);
         let mut headers = HeaderMap::new();
         let bearer = HeaderValue::from_str(&format!("Bearer {token}"))
             .map_err(|_| "token cannot be sent as a header".to_owned())?;
@@ -256,13 +287,16 @@ mod tests {
     use super::*;
 
     fn auth(sources: Vec<TokenSource>) -> Authenticator {
-        Authenticator::new(AuthConfig {
-            validate: "/v".into(),
-            sources,
-            cache_ttl: Duration::from_secs(60),
-            negative_ttl: Duration::from_secs(5),
-            cache_capacity: 10,
-        })
+        Authenticator::new(
+            AuthConfig {
+                validate: "/v".into(),
+                sources,
+                cache_ttl: Duration::from_secs(60),
+                negative_ttl: Duration::from_secs(5),
+                cache_capacity: 10,
+            },
+            Arc::default(),
+        )
     }
 
     #[test]

@@ -71,6 +71,8 @@ pub struct ListenConfig {
     pub https: Option<SocketAddr>,
     /// Plaintext listener (HTTP/1.1 and h2c), if any.
     pub http: Option<SocketAddr>,
+    /// Admin listener (`/healthz`, `/readyz`, `/metrics`), if any.
+    pub admin: Option<SocketAddr>,
     /// Connections held open at once over all listeners; accepting waits beyond it.
     pub max_connections: usize,
     /// Bound on the TLS handshake, so a silent client cannot hold a connection slot.
@@ -234,6 +236,7 @@ struct RawConfig {
 struct RawListen {
     https: Option<Spanned<String>>,
     http: Option<Spanned<String>>,
+    admin: Option<Spanned<String>>,
     #[serde(default = "defaults::max_connections")]
     max_connections: Spanned<u64>,
     #[serde(default = "defaults::tls_handshake_timeout_ms")]
@@ -560,6 +563,11 @@ impl Resolver<'_> {
                 .http
                 .as_ref()
                 .map(|v| self.socket_addr(v, "listen.http"))
+                .transpose()?,
+            admin: raw
+                .admin
+                .as_ref()
+                .map(|v| self.socket_addr(v, "listen.admin"))
                 .transpose()?,
             max_connections: self.positive(&raw.max_connections, "listen.max_connections")?
                 as usize,

@@ -14,6 +14,7 @@
 //!   [`delta`](stream::delta), encoded once by [`sse`](stream::sse), and fanned out to every
 //!   client's [`body`](stream::body).
 //! - [`error`]: every failure a client can see, as JSON with a status and who caused it.
+//! - [`metrics`] and [`admin`]: counters for operators, on `/metrics` of the admin listener.
 //! - [`demo`]: a built-in buffered sample origin for trying it out.
 //!
 //! [`Proxy::start`] binds the listeners and runs everything in the background; tests use it on
@@ -21,12 +22,14 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod auth;
 pub mod body;
 pub mod config;
 pub mod demo;
 pub mod error;
 pub mod listener;
+pub mod metrics;
 pub mod passthrough;
 pub mod router;
 pub mod service;
@@ -44,6 +47,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::listener::{BindError, Listeners};
+use crate::metrics::Metrics;
 use crate::router::Router;
 use crate::service::App;
 use crate::shutdown::Shutdown;
@@ -69,6 +73,8 @@ pub struct Proxy {
     https_addr: Option<SocketAddr>,
     /// Where the plaintext listener is bound.
     http_addr: Option<SocketAddr>,
+    /// Where the admin listener is bound.
+    admin_addr: Option<SocketAddr>,
     /// Shared state, for introspection.
     app: Arc<App>,
     /// Firing it starts a graceful shutdown.
@@ -102,7 +108,10 @@ impl Proxy {
             None => (None, None),
         };
 
+        let admin = config.listen.admin.map(listener::bind).transpose()?;
+        let admin_addr = admin.as_ref().map(|(_, addr)| *addr);
         let (shutdown, shutdown_rx) = Shutdown::new();
+        let metrics = Arc::new(Metrics::default());
         let routes: Vec<_> = config.streams.iter().cloned().map(Arc::new).collect();
         let negative_ttl = config
             .auth
@@ -114,14 +123,22 @@ impl Proxy {
             config.sse.clone(),
             negative_ttl,
             shutdown_rx.clone(),
+            metrics.clone(),
         );
-        let auth = config.auth.clone().map(Authenticator::new);
+        let auth = config
+            .auth
+            .clone()
+            .map(|a| Authenticator::new(a, metrics.clone()));
         let app = Arc::new(App {
             router: Router::new(config.streams.iter().map(|s| s.path.clone()).collect()),
             upstream: upstream.clone(),
             streams: Streams::new(hub, routes, auth, upstream, config.sse.clone()),
             retry_ms: config.sse.retry_ms,
+            metrics,
         });
+        if let Some((listener, _)) = admin {
+            tokio::spawn(admin::serve(listener, app.clone(), shutdown_rx.clone()));
+        }
         let serving = tokio::spawn(listener::serve(
             Listeners { https, http },
             app.clone(),
@@ -131,6 +148,7 @@ impl Proxy {
         tracing::info!(
             https = ?https_addr,
             http = ?http_addr,
+            admin = ?admin_addr,
             upstream = %config.upstream.authority,
             streams = config.streams.len(),
             "sse-edge listening"
@@ -138,6 +156,7 @@ impl Proxy {
         Ok(Proxy {
             https_addr,
             http_addr,
+            admin_addr,
             app,
             shutdown,
             serving,
@@ -152,6 +171,11 @@ impl Proxy {
     /// The bound plaintext address, if that listener is configured.
     pub fn http_addr(&self) -> Option<SocketAddr> {
         self.http_addr
+    }
+
+    /// The bound admin address, if that listener is configured.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
     }
 
     /// Channels with running pollers now (one per distinct stream key).

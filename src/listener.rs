@@ -10,6 +10,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use hyper::service::service_fn;
@@ -22,6 +23,7 @@ use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::ListenConfig;
+use crate::metrics::Metrics;
 use crate::service::App;
 use crate::shutdown::ShutdownSignal;
 
@@ -154,6 +156,7 @@ pub async fn serve(
         let handshake_timeout = config.tls_handshake_timeout;
         tokio::spawn(async move {
             let _permit = permit;
+            let _open = OpenConnection::new(app.metrics.clone(), tls);
             match acceptor {
                 None => serve_io(stream, &builders.auto, app, conn, watcher).await,
                 Some(acceptor) => {
@@ -191,6 +194,33 @@ pub async fn serve(
             grace_s = config.shutdown_grace.as_secs(),
             "connections still open after the shutdown grace period"
         );
+    }
+}
+
+/// Counts a connection in the open-connections gauge for as long as it lives.
+struct OpenConnection {
+    metrics: Arc<Metrics>,
+    tls: bool,
+}
+
+impl OpenConnection {
+    fn new(metrics: Arc<Metrics>, tls: bool) -> OpenConnection {
+        OpenConnection::gauge(&metrics, tls).fetch_add(1, Ordering::Relaxed);
+        OpenConnection { metrics, tls }
+    }
+
+    fn gauge(metrics: &Metrics, tls: bool) -> &AtomicI64 {
+        if tls {
+            &metrics.connections_tls
+        } else {
+            &metrics.connections_plain
+        }
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        OpenConnection::gauge(&self.metrics, self.tls).fetch_sub(1, Ordering::Relaxed);
     }
 }
 

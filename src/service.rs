@@ -13,6 +13,7 @@ use hyper::body::Incoming;
 
 use crate::body::ProxyBody;
 use crate::listener::ConnInfo;
+use crate::metrics::Metrics;
 use crate::passthrough;
 use crate::router::{Route, Router};
 use crate::stream::Streams;
@@ -31,6 +32,8 @@ pub struct App {
     pub streams: Streams,
     /// `retry:` hint sent when streams are closed for shutdown.
     pub retry_ms: u64,
+    /// The proxy's counters.
+    pub metrics: Arc<Metrics>,
 }
 
 impl App {
@@ -51,6 +54,11 @@ impl App {
                 ("stream", self.streams.open(index, params, &parts).await)
             }
         };
+        Metrics::inc(match kind {
+            "stream" => &self.metrics.requests_stream,
+            "passthrough" => &self.metrics.requests_passthrough,
+            _ => &self.metrics.requests_rejected,
+        });
         let response = match result {
             Ok(response) => response,
             Err(error) => {

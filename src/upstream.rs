@@ -7,6 +7,7 @@
 
 use std::error::Error as StdError;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -115,6 +116,8 @@ pub struct Upstream {
     timeout: Duration,
     /// Cap on fetched bodies.
     max_body: usize,
+    /// Whether the last call got an HTTP answer (for `/readyz`).
+    reachable: AtomicBool,
 }
 
 impl Upstream {
@@ -147,6 +150,7 @@ impl Upstream {
             base_path: config.base_path.clone(),
             timeout: config.timeout,
             max_body: config.max_poll_body_bytes,
+            reachable: AtomicBool::new(true),
         })
     }
 
@@ -168,16 +172,31 @@ impl Upstream {
             .map_err(|e| UpstreamError::Protocol(format!("cannot build origin URI: {e}")))
     }
 
+    /// Whether the origin answered the last call (any status), or nothing was asked yet.
+    pub fn reachable(&self) -> bool {
+        self.reachable.load(Ordering::Relaxed)
+    }
+
+    fn record<T>(&self, result: Result<T, UpstreamError>) -> Result<T, UpstreamError> {
+        let down = matches!(
+            result,
+            Err(UpstreamError::Unreachable(_) | UpstreamError::Timeout(_))
+        );
+        self.reachable.store(!down, Ordering::Relaxed);
+        result
+    }
+
     /// Sends a request and waits (bounded) for the response headers; the body streams after.
     pub async fn send(
         &self,
         request: Request<ClientBody>,
     ) -> Result<Response<Incoming>, UpstreamError> {
-        match tokio::time::timeout(self.timeout, self.client.request(request)).await {
+        let result = match tokio::time::timeout(self.timeout, self.client.request(request)).await {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(error)) => Err(self.classify(&error)),
             Err(_) => Err(UpstreamError::Timeout(self.timeout.as_millis() as u64)),
-        }
+        };
+        self.record(result)
     }
 
     /// GETs a path and reads the whole body, bounded in size and (with the headers) in time:
@@ -216,10 +235,11 @@ impl Upstream {
             })
         };
         let bound = self.timeout + held;
-        match tokio::time::timeout(bound, fetch).await {
+        let result = match tokio::time::timeout(bound, fetch).await {
             Ok(result) => result,
             Err(_) => Err(UpstreamError::Timeout(bound.as_millis() as u64)),
-        }
+        };
+        self.record(result)
     }
 
     fn classify(&self, error: &hyper_util::client::legacy::Error) -> UpstreamError {

@@ -32,6 +32,7 @@ async fn the_demo_streams_live_data_through_the_shipped_config() {
     let text = include_str!("../proxy.toml")
         .replace("0.0.0.0:8443", "127.0.0.1:0")
         .replace("127.0.0.1:8080", "127.0.0.1:0")
+        .replace("127.0.0.1:9901", "127.0.0.1:0")
         .replace("http://127.0.0.1:9000", &format!("http://{origin_addr}"))
         .replace("certs/localhost.pem", &cert.display().to_string())
         .replace("certs/localhost-key.pem", &key.display().to_string())

@@ -90,6 +90,7 @@ async fn a_thousand_clients_cost_the_origin_one_poll_per_interval() {
         streams.push(stream.expect("client"));
     }
     assert_eq!(proxy.proxy.pollers(), 1);
+    assert_eq!(proxy.metric("sse_edge_subscribers").await, 1000.0);
     for change in 2..=5 {
         origin.set_metrics(json!({"requests": change}));
         for stream in &mut streams {
@@ -161,7 +162,7 @@ async fn resuming_sends_exactly_the_missing_changes() {
     let mut client = proxy.client.stream(Proto::H1Tls, path, &[ALICE]).await;
     let initial = drain_sentiment(&mut client).await;
     assert_eq!(summary(&initial), ["AAPL=0.1", "MSFT=0.2"]);
-    let last_id = initial.last().expect("events").id.clone();
+    let last_id = client.last_event_id().to_owned();
     drop(client);
 
     origin.set_configuration("cfg1", "alice", tickers(&[("AAPL", 0.3), ("MSFT", 0.2)]));
@@ -180,10 +181,8 @@ async fn resuming_sends_exactly_the_missing_changes() {
         ["AAPL=0.3", "TSLA=0.9", "-MSFT"],
         "exactly the difference"
     );
-    assert_eq!(
-        missing.last().expect("events").id,
-        seen.last().expect("events").id
-    );
+    assert_eq!(resumed.last_event_id(), watcher.last_event_id());
+    assert_eq!(proxy.metric("sse_edge_resumes_total").await, 1.0);
 
     // The same through the query parameter a browser uses on its first connect.
     let query_path = format!("{path}?last_event_id={last_id}");
@@ -211,12 +210,8 @@ async fn resuming_from_before_the_history_is_a_full_resync() {
     let mut watcher = observer(&proxy).await;
     let path = "/api/v2/configurations/cfg1/stream";
     let mut client = proxy.client.stream(Proto::H2Tls, path, &[ALICE]).await;
-    let last_id = drain_sentiment(&mut client)
-        .await
-        .last()
-        .expect("events")
-        .id
-        .clone();
+    drain_sentiment(&mut client).await;
+    let last_id = client.last_event_id().to_owned();
     drop(client);
     for round in 1..=6 {
         let score = round as f64;
@@ -242,12 +237,8 @@ async fn resuming_on_a_second_instance_works_the_same() {
     let path = "/api/v2/configurations/cfg1/stream";
 
     let mut client = first.client.stream(Proto::H1Tls, path, &[ALICE]).await;
-    let last_id = drain_sentiment(&mut client)
-        .await
-        .last()
-        .expect("events")
-        .id
-        .clone();
+    drain_sentiment(&mut client).await;
+    let last_id = client.last_event_id().to_owned();
     drop(client);
     for change in [
         tickers(&[("AAPL", 0.4), ("MSFT", 0.2)]),
@@ -346,6 +337,8 @@ async fn a_client_that_stops_reading_is_resynced_not_buffered() {
         received.len(),
         total_flowed
     );
+    let lagged = "sse_edge_resyncs_total{reason=\"lagged\"}";
+    assert!(proxy.metric(lagged).await >= 1.0, "resyncs are counted");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -171,3 +171,43 @@ async fn an_https_origin_with_an_untrusted_certificate_is_502() {
     assert_eq!(status, 502);
     assert_eq!(body["error"], "upstream_unreachable");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_listener_reports_health_readiness_and_metrics() {
+    let origin = FakeOrigin::start().await;
+    let proxy = start_proxy(&origin, Options::default()).await;
+    let admin = common::client::Client::new(None, proxy.proxy.admin_addr(), "");
+    let (status, _, body) = admin.get_json(Proto::H1Plain, "/healthz", &[]).await;
+    assert_eq!(
+        (status.as_u16(), body["status"].as_str()),
+        (200, Some("ok"))
+    );
+    let (status, _, _) = admin.get_json(Proto::H1Plain, "/readyz", &[]).await;
+    assert_eq!(status, 200);
+    proxy
+        .client
+        .get_json(Proto::H2Tls, "/api/v2/stream/status", &[])
+        .await;
+    let text = proxy.metrics().await;
+    assert!(
+        text.contains("sse_edge_requests_total{route=\"passthrough\"} 1\n"),
+        "{text}"
+    );
+    assert!(text.contains("# TYPE sse_edge_polls_total counter"));
+
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let dead = format!("http://{}", closed.local_addr().expect("addr"));
+    drop(closed);
+    let down = start_proxy(
+        &origin,
+        Options {
+            upstream: Some(dead),
+            ..Options::default()
+        },
+    )
+    .await;
+    down.client.get_json(Proto::H1Plain, "/anything", &[]).await;
+    let admin = common::client::Client::new(None, down.proxy.admin_addr(), "");
+    let (status, _, body) = admin.get_json(Proto::H1Plain, "/readyz", &[]).await;
+    assert_eq!(status, 503, "{body}");
+}

@@ -140,6 +140,8 @@ async fn fifty_concurrent_first_requests_with_one_token_validate_once() {
         assert_eq!(status.expect("client task"), 200);
     }
     assert_eq!(origin.count("/api/v2/auth/validate"), 1);
+    let calls = "sse_edge_auth_total{result=\"validator_call\"}";
+    assert_eq!(proxy.metric(calls).await, 1.0);
     assert_eq!(
         proxy.proxy.pollers(),
         1,
@@ -327,6 +329,8 @@ async fn etags_make_unchanged_polls_cheap() {
         origin.not_modified(METRICS) >= 3
     })
     .await;
+    let not_modified = "sse_edge_polls_total{outcome=\"not_modified\"}";
+    assert!(proxy.metric(not_modified).await >= 3.0);
     assert_eq!(
         stream.try_next(Duration::from_millis(100)).await,
         Err(ReadError::Timeout)
@@ -380,6 +384,8 @@ async fn over_the_stream_limit_is_503_and_passthrough_still_works() {
     assert_eq!(body["max_connections"], 1);
     assert_eq!(body["retry_after"], 1);
     assert!(body["detail"].is_string());
+    let rejected = "sse_edge_limit_rejections_total{reason=\"max_streams\"}";
+    assert_eq!(proxy.metric(rejected).await, 1.0);
     let (status, _, _) = proxy
         .client
         .get_json(Proto::H2Tls, "/api/v2/stream/status", &[])

@@ -14,6 +14,8 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use super::channel::{Cursor, Next};
 use super::hub::Subscription;
+use super::sse::HEARTBEAT;
+use crate::metrics::Metrics;
 
 /// A streaming response body.
 pub struct SseBody {
@@ -54,24 +56,31 @@ impl SseBody {
     /// The next frame, or `None` when the stream is over.
     pub fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Frame<Bytes>>> {
         let this = self.get_mut();
-        if let Some(first) = this.first.take() {
-            this.frames += 1;
-            return Poll::Ready(Some(Frame::data(first)));
-        }
-        if this.finished {
+        let bytes = if let Some(first) = this.first.take() {
+            first
+        } else if this.finished {
             return Poll::Ready(None);
-        }
-        match this.subscription.channel().poll_next(&mut this.cursor, cx) {
-            Poll::Ready(Next::Frame(bytes)) => {
-                this.frames += 1;
-                Poll::Ready(Some(Frame::data(bytes)))
+        } else {
+            match this.subscription.channel().poll_next(&mut this.cursor, cx) {
+                Poll::Ready(Next::Frame(bytes)) => bytes,
+                Poll::Ready(Next::End(bytes)) => {
+                    this.finished = true;
+                    bytes
+                }
+                Poll::Pending => return Poll::Pending,
             }
-            Poll::Ready(Next::End(bytes)) => {
-                this.finished = true;
-                Poll::Ready(Some(Frame::data(bytes)))
-            }
-            Poll::Pending => Poll::Pending,
+        };
+        let metrics = &this.subscription.channel().metrics;
+        if bytes[..] == *HEARTBEAT {
+            Metrics::inc(&metrics.heartbeats_sent);
+        } else {
+            this.frames += 1;
+            Metrics::inc(&metrics.frames_sent);
         }
+        metrics
+            .stream_bytes_sent
+            .fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        Poll::Ready(Some(Frame::data(bytes)))
     }
 }
 

@@ -30,6 +30,7 @@ use super::delta::Change;
 use super::sse::{self, Event, HEARTBEAT};
 use crate::auth::Identity;
 use crate::config::{Mode, StreamConfig};
+use crate::metrics::Metrics;
 
 /// Which stream a channel serves; equal keys share one channel and one poller.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -146,6 +147,8 @@ pub struct Channel {
     /// History bounds from `[sse]`.
     history_events: usize,
     history_bytes: usize,
+    /// Resumes and resyncs are counted here; subscribers count what they send.
+    pub metrics: Arc<Metrics>,
 }
 
 impl Channel {
@@ -155,6 +158,7 @@ impl Channel {
         route: Arc<StreamConfig>,
         history_events: usize,
         history_bytes: usize,
+        metrics: Arc<Metrics>,
     ) -> Channel {
         let sources = route.sources.len();
         Channel {
@@ -180,6 +184,7 @@ impl Channel {
             identity: Mutex::new(None),
             history_events,
             history_bytes,
+            metrics,
         }
     }
 
@@ -396,6 +401,7 @@ impl Channel {
                 .rposition(|e| e.id.as_deref() == Some(id))
             {
                 Some(position) => {
+                    Metrics::inc(&self.metrics.resumes);
                     for entry in log.entries.iter().skip(position + 1) {
                         if is_latest(&log, entry) {
                             out.put_slice(&entry.frame);
@@ -403,6 +409,7 @@ impl Channel {
                     }
                 }
                 None => {
+                    Metrics::inc(&self.metrics.resyncs_unknown_id);
                     resync_into(&mut out, "unknown_last_event_id");
                     full_state(&log, &mut out);
                 }
@@ -430,6 +437,7 @@ impl Channel {
         let first = log.entries.front().map_or(log.next_seq, |e| e.seq);
         if cursor.next < first {
             // Fell behind the history: skip to the current state.
+            Metrics::inc(&self.metrics.resyncs_lagged);
             let mut out = BytesMut::new();
             resync_into(&mut out, "lagged");
             full_state(&log, &mut out);
@@ -527,7 +535,7 @@ mod tests {
             user: None,
         };
         (
-            Channel::new(key, Arc::new(route), history, 1 << 20),
+            Channel::new(key, Arc::new(route), history, 1 << 20, Arc::default()),
             Tracker::new(mode, "item"),
         )
     }

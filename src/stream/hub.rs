@@ -18,6 +18,7 @@ use super::poller;
 use super::sse;
 use crate::auth::Identity;
 use crate::config::{SseConfig, StreamConfig};
+use crate::metrics::Metrics;
 use crate::shutdown::ShutdownSignal;
 use crate::upstream::Upstream;
 
@@ -35,6 +36,8 @@ pub struct HubShared {
     pub negative_ttl: Duration,
     /// Fires when the proxy shuts down.
     shutdown: ShutdownSignal,
+    /// Counters shared with every channel.
+    pub metrics: Arc<Metrics>,
 }
 
 /// Creates, shares and retires channels.
@@ -84,6 +87,7 @@ impl Hub {
         sse: SseConfig,
         negative_ttl: Duration,
         shutdown: ShutdownSignal,
+        metrics: Arc<Metrics>,
     ) -> Hub {
         Hub {
             shared: Arc::new(HubShared {
@@ -93,6 +97,7 @@ impl Hub {
                 sse,
                 negative_ttl,
                 shutdown,
+                metrics,
             }),
         }
     }
@@ -100,28 +105,40 @@ impl Hub {
     /// Joins the channel for `key`, creating it (and its pollers) if it is the first client.
     pub fn subscribe(&self, key: StreamKey, identity: Option<Identity>) -> Subscription {
         let mut channels = self.shared.lock();
-        let channel = match channels.get(&key) {
-            Some(existing) => existing.clone(),
-            None => {
-                let route = self.shared.routes[key.route].clone();
-                let channel = Arc::new(Channel::new(
-                    key.clone(),
-                    route,
-                    self.shared.sse.history_events,
-                    self.shared.sse.history_bytes,
-                ));
-                channels.insert(key, channel.clone());
-                tokio::spawn(supervise(self.shared.clone(), channel.clone()));
-                channel
-            }
-        };
+        if let Some(existing) = channels.get(&key) {
+            existing.attach(identity);
+            return Subscription {
+                channel: existing.clone(),
+            };
+        }
+        let route = self.shared.routes[key.route].clone();
+        let channel = Arc::new(Channel::new(
+            key.clone(),
+            route,
+            self.shared.sse.history_events,
+            self.shared.sse.history_bytes,
+            self.shared.metrics.clone(),
+        ));
+        // Attach (with the credentials the pollers forward) before they start.
         channel.attach(identity);
+        channels.insert(key, channel.clone());
+        tokio::spawn(supervise(self.shared.clone(), channel.clone()));
         Subscription { channel }
     }
 
     /// Channels (and so pollers) alive now.
     pub fn channel_count(&self) -> usize {
         self.shared.lock().len()
+    }
+
+    /// The proxy's counters.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.shared.metrics
+    }
+
+    /// Clients attached to any channel now.
+    pub fn subscriber_count(&self) -> usize {
+        self.shared.lock().values().map(|c| c.subscribers()).sum()
     }
 
     /// Ends every stream with a `retry:` hint so `EventSource` reconnects (to another instance).

@@ -34,6 +34,7 @@ use crate::auth::{Authenticator, query_param};
 use crate::body::ProxyBody;
 use crate::config::{SseConfig, StreamConfig};
 use crate::error::ProxyError;
+use crate::metrics::{Limit, Metrics};
 use crate::upstream::Upstream;
 
 /// Longest `Last-Event-ID` looked up; longer ones are treated as unknown.
@@ -99,14 +100,13 @@ impl Streams {
             _ => None,
         };
         let last_event_id = last_event_id(request);
-        let slot =
-            self.slots
-                .clone()
-                .try_acquire_owned()
-                .map_err(|_| ProxyError::TooManyStreams {
-                    max: self.sse.max_streams,
-                    retry_after_s: self.sse.retry_ms.div_ceil(1000).max(1),
-                })?;
+        let slot = self.slots.clone().try_acquire_owned().map_err(|_| {
+            self.hub.metrics().limited(Limit::MaxStreams);
+            ProxyError::TooManyStreams {
+                max: self.sse.max_streams,
+                retry_after_s: self.sse.retry_ms.div_ceil(1000).max(1),
+            }
+        })?;
         let key = StreamKey {
             route: index,
             params,
@@ -123,6 +123,7 @@ impl Streams {
         let (first, cursor) = subscription
             .channel()
             .start(last_event_id.as_deref(), self.sse.retry_ms);
+        Metrics::inc(&self.hub.metrics().streams_started);
         let mut response = Response::new(ProxyBody::Stream(SseBody::new(
             subscription,
             first,

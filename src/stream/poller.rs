@@ -21,6 +21,7 @@ use super::channel::{Channel, FatalAnswer};
 use super::delta::Tracker;
 use super::hub::HubShared;
 use crate::error::origin_detail;
+use crate::metrics::{Metrics, PollOutcome};
 use crate::upstream::Fetched;
 
 /// Longest pause the origin may ask for with `Retry-After`.
@@ -99,23 +100,36 @@ pub async fn run(hub: Arc<HubShared>, channel: Arc<Channel>, index: usize) {
                 retry_after: None,
             },
         };
+        let micros = started.elapsed().as_micros() as u64;
+        let metrics: &Metrics = &hub.metrics;
         let outcome = match outcome {
             Outcome::Data(fetched) => match tracker.apply(&fetched.body) {
                 Ok(changes) => {
                     etag = fetched.headers.get(header::ETAG).cloned();
                     last_modified = fetched.headers.get(header::LAST_MODIFIED).cloned();
                     let changed = !changes.is_empty();
+                    let kind = if changed {
+                        PollOutcome::Changed
+                    } else {
+                        PollOutcome::Unchanged
+                    };
+                    metrics.poll(kind, micros);
                     channel.publish(index, changes);
                     held &= changed || started.elapsed() >= MIN_HELD;
                     Ok(())
                 }
-                Err(error) => Err((Some(fetched.status), error.to_string(), None)),
+                Err(error) => {
+                    metrics.poll(PollOutcome::Error, micros);
+                    Err((Some(fetched.status), error.to_string(), None))
+                }
             },
             Outcome::NotModified => {
+                metrics.poll(PollOutcome::NotModified, micros);
                 held &= started.elapsed() >= MIN_HELD;
                 Ok(())
             }
             Outcome::Refused(answer) => {
+                metrics.poll(PollOutcome::Refused, micros);
                 tracing::info!(route = %channel.route.path, status = %answer.status, "origin refused the stream");
                 channel.fail(answer);
                 return;
@@ -124,7 +138,10 @@ pub async fn run(hub: Arc<HubShared>, channel: Arc<Channel>, index: usize) {
                 status,
                 detail,
                 retry_after,
-            } => Err((status, detail, retry_after)),
+            } => {
+                metrics.poll(PollOutcome::Error, micros);
+                Err((status, detail, retry_after))
+            }
         };
         let pause = match outcome {
             Ok(()) => {

@@ -290,6 +290,11 @@ impl SseStream {
         }
     }
 
+    /// The id a browser would send as `Last-Event-ID` if it reconnected now.
+    pub fn last_event_id(&self) -> &str {
+        &self.last_id
+    }
+
     /// Events already parsed but not yet taken.
     pub fn buffered(&mut self) -> Vec<SseEvent> {
         self.ready.drain(..).collect()

@@ -81,6 +81,7 @@ pub fn config_text(origin_url: &str, dir: &Path, options: &Options) -> String {
 [listen]
 https = "127.0.0.1:0"
 http = "127.0.0.1:0"
+admin = "127.0.0.1:0"
 tls_handshake_timeout_ms = 2000
 header_read_timeout_ms = 2000
 shutdown_grace_s = 2
@@ -172,6 +173,28 @@ pub async fn start_proxy(origin: &FakeOrigin, options: Options) -> TestProxy {
         proxy,
         client,
         _dir: dir,
+    }
+}
+
+impl TestProxy {
+    /// The admin listener's `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        let admin = Client::new(None, self.proxy.admin_addr(), "");
+        let response = admin.get(client::Proto::H1Plain, "/metrics", &[]).await;
+        assert_eq!(response.status(), 200);
+        let body = http_body_util::BodyExt::collect(response.into_body())
+            .await
+            .expect("metrics body")
+            .to_bytes();
+        String::from_utf8(body.to_vec()).expect("UTF-8 metrics")
+    }
+
+    /// One sample from `/metrics`, by its full name with labels.
+    pub async fn metric(&self, sample: &str) -> f64 {
+        let text = self.metrics().await;
+        text.lines()
+            .find_map(|line| line.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("{sample} not in metrics:\n{text}"))
     }
 }
 

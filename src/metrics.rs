@@ -1,0 +1,268 @@
+//! Counters for operators, rendered in the Prometheus text format on the admin listener.
+//!
+//! One [`Metrics`] per proxy (so several proxies in one test process never mix counts),
+//! shared by reference with every part of the data path. Counters are relaxed atomics: cheap
+//! on the hot path, and exact enough for a scrape.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+/// How one poll ended.
+#[derive(Debug, Clone, Copy)]
+pub enum PollOutcome {
+    /// New data: events were published.
+    Changed,
+    /// A body identical in content to the last one.
+    Unchanged,
+    /// 304 Not Modified.
+    NotModified,
+    /// 5xx, 429, timeout, unreachable, or a body that is not usable JSON.
+    Error,
+    /// 401/403/404/410: the stream was refused.
+    Refused,
+}
+
+/// Why a request was turned away by a limit.
+#[derive(Debug, Clone, Copy)]
+pub enum Limit {
+    /// `[sse] max_streams`.
+    MaxStreams,
+}
+
+/// Process-wide counters of one proxy.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Open client connections over TLS.
+    pub connections_tls: AtomicI64,
+    /// Open plaintext client connections.
+    pub connections_plain: AtomicI64,
+    /// Requests answered, by kind.
+    pub requests_stream: AtomicU64,
+    /// Passthrough requests answered.
+    pub requests_passthrough: AtomicU64,
+    /// Requests refused before routing further (bad parameters).
+    pub requests_rejected: AtomicU64,
+    /// Event streams started.
+    pub streams_started: AtomicU64,
+    /// Frames (events, state bursts, notices) written to stream clients.
+    pub frames_sent: AtomicU64,
+    /// Bytes written to stream clients.
+    pub stream_bytes_sent: AtomicU64,
+    /// Heartbeat comments written.
+    pub heartbeats_sent: AtomicU64,
+    polls: [AtomicU64; 5],
+    /// Sum of poll latencies, in microseconds, and their count is the sum of `polls`.
+    pub poll_micros: AtomicU64,
+    /// Slow clients skipped ahead to the current state.
+    pub resyncs_lagged: AtomicU64,
+    /// Reconnects whose `Last-Event-ID` was unknown or expired.
+    pub resyncs_unknown_id: AtomicU64,
+    /// Reconnects that got exactly the difference since their `Last-Event-ID`.
+    pub resumes: AtomicU64,
+    /// Token verdicts answered from the cache.
+    pub auth_cache_hits: AtomicU64,
+    /// Calls made to the origin's validator.
+    pub validator_calls: AtomicU64,
+    /// Requests whose token was rejected or missing.
+    pub auth_rejects: AtomicU64,
+    limits: [AtomicU64; 1],
+}
+
+impl Metrics {
+    /// Adds one to a counter.
+    pub fn inc(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a finished poll and its latency.
+    pub fn poll(&self, outcome: PollOutcome, micros: u64) {
+        Metrics::inc(&self.polls[outcome as usize]);
+        self.poll_micros.fetch_add(micros, Ordering::Relaxed);
+    }
+
+    /// Counts a request turned away by a limit.
+    pub fn limited(&self, limit: Limit) {
+        Metrics::inc(&self.limits[limit as usize]);
+    }
+
+    /// Polls that ended with `outcome` so far.
+    pub fn polls(&self, outcome: PollOutcome) -> u64 {
+        self.polls[outcome as usize].load(Ordering::Relaxed)
+    }
+
+    /// The Prometheus text exposition, with the gauges only the caller knows.
+    pub fn render(&self, gauges: &Gauges) -> String {
+        let mut out = String::with_capacity(4096);
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, f64)]| {
+            let _ = writeln!(out, "# HELP sse_edge_{name} {help}");
+            let _ = writeln!(out, "# TYPE sse_edge_{name} {kind}");
+            for (labels, value) in samples {
+                let _ = writeln!(out, "sse_edge_{name}{labels} {value}");
+            }
+        };
+        metric(
+            "connections_open",
+            "gauge",
+            "Open client connections.",
+            &[
+                (
+                    "{listener=\"https\"}",
+                    self.connections_tls.load(Ordering::Relaxed) as f64,
+                ),
+                (
+                    "{listener=\"http\"}",
+                    self.connections_plain.load(Ordering::Relaxed) as f64,
+                ),
+            ],
+        );
+        metric(
+            "requests_total",
+            "counter",
+            "Requests answered, by route kind.",
+            &[
+                ("{route=\"stream\"}", get(&self.requests_stream) as f64),
+                (
+                    "{route=\"passthrough\"}",
+                    get(&self.requests_passthrough) as f64,
+                ),
+                ("{route=\"rejected\"}", get(&self.requests_rejected) as f64),
+            ],
+        );
+        metric(
+            "streams_open",
+            "gauge",
+            "Event streams open now.",
+            &[("", gauges.streams_open as f64)],
+        );
+        metric(
+            "pollers",
+            "gauge",
+            "Stream keys with a running poller.",
+            &[("", gauges.pollers as f64)],
+        );
+        metric(
+            "subscribers",
+            "gauge",
+            "Clients attached to stream keys.",
+            &[("", gauges.subscribers as f64)],
+        );
+        metric(
+            "streams_started_total",
+            "counter",
+            "Event streams started.",
+            &[("", get(&self.streams_started) as f64)],
+        );
+        metric(
+            "frames_sent_total",
+            "counter",
+            "Frames written to stream clients.",
+            &[("", get(&self.frames_sent) as f64)],
+        );
+        metric(
+            "stream_bytes_sent_total",
+            "counter",
+            "Bytes written to stream clients.",
+            &[("", get(&self.stream_bytes_sent) as f64)],
+        );
+        metric(
+            "heartbeats_sent_total",
+            "counter",
+            "Heartbeat comments written.",
+            &[("", get(&self.heartbeats_sent) as f64)],
+        );
+        let names = ["changed", "unchanged", "not_modified", "error", "refused"];
+        let polls: Vec<(String, f64)> = names
+            .iter()
+            .zip(&self.polls)
+            .map(|(n, c)| (format!("{{outcome=\"{n}\"}}"), get(c) as f64))
+            .collect();
+        let polls: Vec<(&str, f64)> = polls.iter().map(|(l, v)| (l.as_str(), *v)).collect();
+        metric("polls_total", "counter", "Origin polls by outcome.", &polls);
+        metric(
+            "poll_seconds_sum",
+            "counter",
+            "Total time spent in origin polls.",
+            &[("", get(&self.poll_micros) as f64 / 1e6)],
+        );
+        metric(
+            "resyncs_total",
+            "counter",
+            "Clients sent the full state: lagged (slow client) or unknown_id (reconnect).",
+            &[
+                ("{reason=\"lagged\"}", get(&self.resyncs_lagged) as f64),
+                (
+                    "{reason=\"unknown_id\"}",
+                    get(&self.resyncs_unknown_id) as f64,
+                ),
+            ],
+        );
+        metric(
+            "resumes_total",
+            "counter",
+            "Reconnects served exactly the missing changes.",
+            &[("", get(&self.resumes) as f64)],
+        );
+        metric(
+            "auth_total",
+            "counter",
+            "Token checks: cache hits, validator calls, rejections.",
+            &[
+                ("{result=\"cache_hit\"}", get(&self.auth_cache_hits) as f64),
+                (
+                    "{result=\"validator_call\"}",
+                    get(&self.validator_calls) as f64,
+                ),
+                ("{result=\"reject\"}", get(&self.auth_rejects) as f64),
+            ],
+        );
+        metric(
+            "limit_rejections_total",
+            "counter",
+            "Requests refused by a limit.",
+            &[(
+                "{reason=\"max_streams\"}",
+                get(&self.limits[Limit::MaxStreams as usize]) as f64,
+            )],
+        );
+        out
+    }
+}
+
+/// Values the metrics module cannot count itself.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Gauges {
+    /// Event streams open now.
+    pub streams_open: usize,
+    /// Stream keys with a poller.
+    pub pollers: usize,
+    /// Clients attached to stream keys.
+    pub subscribers: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prometheus_text() {
+        let metrics = Metrics::default();
+        metrics.poll(PollOutcome::NotModified, 1500);
+        Metrics::inc(&metrics.resyncs_lagged);
+        metrics.limited(Limit::MaxStreams);
+        let text = metrics.render(&Gauges {
+            streams_open: 2,
+            pollers: 1,
+            subscribers: 2,
+        });
+        assert!(
+            text.contains("sse_edge_polls_total{outcome=\"not_modified\"} 1\n"),
+            "{text}"
+        );
+        assert!(text.contains("sse_edge_resyncs_total{reason=\"lagged\"} 1\n"));
+        assert!(text.contains("sse_edge_limit_rejections_total{reason=\"max_streams\"} 1\n"));
+        assert!(text.contains("sse_edge_streams_open 2\n"));
+        assert!(text.contains("sse_edge_poll_seconds_sum 0.0015\n"));
+        assert!(text.contains("# TYPE sse_edge_pollers gauge"));
+    }
+}
