@@ -16,6 +16,7 @@
 //! - [`error`]: every failure a client can see, as JSON with a status and who caused it.
 //! - [`metrics`] and [`admin`]: counters for operators, on `/metrics` of the admin listener.
 //! - [`demo`]: a built-in buffered sample origin for trying it out.
+//! - [`probe`]: `sse-edge probe URL`, which tells why an SSE endpoint times out.
 //!
 //! [`Proxy::start`] binds the listeners and runs everything in the background; tests use it on
 //! port 0 and read the bound addresses back.
@@ -31,6 +32,7 @@ pub mod error;
 pub mod listener;
 pub mod metrics;
 pub mod passthrough;
+pub mod probe;
 pub mod router;
 pub mod service;
 pub mod shutdown;

@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use sse_edge::Proxy;
@@ -28,6 +29,35 @@ struct Cli {
 enum Command {
     /// Run the proxy in front of a built-in buffered sample origin, and print what to try.
     Demo,
+    /// Diagnose an SSE endpoint: timeline and one verdict; exits 0 only for `streaming`.
+    Probe(ProbeArgs),
+}
+
+#[derive(clap::Args)]
+struct ProbeArgs {
+    /// The endpoint, for example https://api.example.com/api/v2/stream.
+    url: String,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 10.0)]
+    timeout: f64,
+    /// How many events to wait for.
+    #[arg(long, default_value_t = 3)]
+    events: usize,
+    /// An extra request header, `Name: value` (repeatable).
+    #[arg(short = 'H', long = "header")]
+    headers: Vec<String>,
+    /// Speak HTTP/2 (ALPN h2; prior knowledge over http://).
+    #[arg(long)]
+    http2: bool,
+    /// Accept any TLS certificate (self-signed development endpoints).
+    #[arg(short = 'k', long)]
+    insecure: bool,
+    /// Print the timeline and verdict as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Silences longer than this many seconds are an idle risk (CloudFront: 30, ALB: 60).
+    #[arg(long, default_value_t = 30.0)]
+    idle_threshold: f64,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -58,7 +88,12 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    let served = match cli.command {
+        Some(Command::Probe(args)) => return runtime.block_on(probe(args)),
+        Some(Command::Demo) => runtime.block_on(serve(cli.config, true)),
+        None => runtime.block_on(serve(cli.config, false)),
+    };
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             eprintln!("sse-edge: {message}");
@@ -67,15 +102,55 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> Result<(), String> {
-    let proxy = match cli.command {
-        Some(Command::Demo) => sse_edge::demo::run(&cli.config)
-            .await
-            .map_err(|e| e.to_string())?,
-        None => {
-            let config = Config::load(&cli.config).map_err(|e| e.to_string())?;
-            Proxy::start(config).await.map_err(|e| e.to_string())?
+async fn probe(args: ProbeArgs) -> ExitCode {
+    let seconds = |s: f64, what: &str| {
+        Duration::try_from_secs_f64(s)
+            .map_err(|_| format!("--{what} must be a positive number of seconds"))
+    };
+    let (timeout, idle_threshold) = match (
+        seconds(args.timeout, "timeout"),
+        seconds(args.idle_threshold, "idle-threshold"),
+    ) {
+        (Ok(t), Ok(i)) => (t, i),
+        (Err(message), _) | (_, Err(message)) => {
+            eprintln!("sse-edge: {message}");
+            return ExitCode::from(2);
         }
+    };
+    let options = sse_edge::probe::ProbeOptions {
+        url: args.url,
+        headers: args.headers,
+        events: args.events.max(1),
+        timeout,
+        http2: args.http2,
+        insecure: args.insecure,
+        idle_threshold,
+    };
+    let report = sse_edge::probe::run(&options).await;
+    if args.json {
+        match serde_json::to_string_pretty(&report) {
+            Ok(json) => println!("{json}"),
+            Err(error) => eprintln!("sse-edge: cannot print the report: {error}"),
+        }
+    } else {
+        print!("{}", report.to_text());
+    }
+    if report.verdict == sse_edge::probe::verdict::Verdict::Streaming {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// Runs the proxy (in front of the demo origin when `demo`) until SIGINT or SIGTERM.
+async fn serve(config: PathBuf, demo: bool) -> Result<(), String> {
+    let proxy = if demo {
+        sse_edge::demo::run(&config)
+            .await
+            .map_err(|e| e.to_string())?
+    } else {
+        let config = Config::load(&config).map_err(|e| e.to_string())?;
+        Proxy::start(config).await.map_err(|e| e.to_string())?
     };
     stop_signal().await;
     tracing::info!("shutting down");
