@@ -7,7 +7,7 @@
 //! `negative_ttl`; a validator failure (unreachable, 5xx, garbage) is a 503 and is not cached,
 //! so the next request asks again.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -16,7 +16,7 @@ use moka::future::Cache;
 
 use crate::config::{AuthConfig, TokenSource};
 use crate::error::{ProxyError, origin_detail};
-use crate::metrics::Metrics;
+use crate::metrics::{Limit, Metrics};
 use crate::upstream::Upstream;
 
 /// Longest token accepted; anything longer is rejected without asking the origin.
@@ -69,6 +69,38 @@ pub struct Authenticator {
     cache: Cache<[u8; 32], Verdict>,
     /// Cache hits, validator calls and rejections are counted here.
     metrics: Arc<Metrics>,
+    /// Bounds validator calls, so a flood of random tokens cannot flood the origin.
+    rate: RateLimit,
+}
+
+/// A token bucket: `rate` calls a second, with a burst of `rate`.
+struct RateLimit {
+    rate: f64,
+    /// Tokens left and when they were last refilled.
+    bucket: Mutex<(f64, Instant)>,
+}
+
+impl RateLimit {
+    fn new(rate: u64) -> RateLimit {
+        let rate = rate as f64;
+        RateLimit {
+            rate,
+            bucket: Mutex::new((rate, Instant::now())),
+        }
+    }
+
+    fn try_take(&self) -> bool {
+        let mut bucket = self.bucket.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        let refill = now.duration_since(bucket.1).as_secs_f64() * self.rate;
+        *bucket = ((bucket.0 + refill).min(self.rate), now);
+        if bucket.0 >= 1.0 {
+            bucket.0 -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 impl Authenticator {
@@ -79,6 +111,7 @@ impl Authenticator {
             .expire_after(VerdictExpiry)
             .build();
         Authenticator {
+            rate: RateLimit::new(config.max_validations_per_s),
             config,
             cache,
             metrics,
@@ -180,6 +213,10 @@ impl Authenticator {
 
     /// One call to the origin's validator. `Err` means "could not tell" and is not cached.
     async fn validate(&self, token: &str, upstream: &Upstream) -> Result<Verdict, String> {
+        if !self.rate.try_take() {
+            self.metrics.limited(Limit::ValidationRate);
+            return Err("too many new tokens to validate right now; try again shortly".to_owned());
+        }
         Metrics::inc(&self.metrics.validator_calls);
         let mut headers = HeaderMap::new();
         let bearer = HeaderValue::from_str(&format!("Bearer {token}"))
@@ -294,6 +331,7 @@ mod tests {
                 cache_ttl: Duration::from_secs(60),
                 negative_ttl: Duration::from_secs(5),
                 cache_capacity: 10,
+                max_validations_per_s: 10,
             },
             Arc::default(),
         )
@@ -349,6 +387,16 @@ mod tests {
         assert!(seconds_until("2000-01-01T00:00:00Z").is_none());
         assert!(seconds_until("tomorrow").is_none());
         assert!(seconds_until("2999-01-01T00:00:00Z").is_some());
+    }
+
+    #[test]
+    fn the_rate_limit_allows_a_burst_then_refills() {
+        let limit = RateLimit::new(3);
+        assert!((0..3).all(|_| limit.try_take()));
+        assert!(!limit.try_take());
+        limit.bucket.lock().expect("bucket").1 -= Duration::from_millis(400);
+        assert!(limit.try_take(), "one token back after a third of a second");
+        assert!(!limit.try_take());
     }
 
     #[test]

@@ -79,6 +79,8 @@ pub struct ListenConfig {
     pub tls_handshake_timeout: Duration,
     /// Bound on reading a request's headers (HTTP/1.1), against slowloris.
     pub header_read_timeout: Duration,
+    /// Bound on a write the client does not read: past it the connection is closed.
+    pub write_timeout: Duration,
     /// How long in-flight passthrough requests may take to finish on shutdown.
     pub shutdown_grace: Duration,
 }
@@ -124,6 +126,8 @@ pub struct AuthConfig {
     pub negative_ttl: Duration,
     /// Most tokens remembered at once; the cache evicts beyond it.
     pub cache_capacity: u64,
+    /// Most validator calls per second (with an equal burst); beyond it new tokens get 503.
+    pub max_validations_per_s: u64,
 }
 
 /// One place a token may be found in a request.
@@ -160,6 +164,8 @@ pub struct SseConfig {
     pub retry_ms: u64,
     /// Open streams at once over all routes; beyond it 503 with `Retry-After`.
     pub max_streams: usize,
+    /// Open streams at once for one validated user; beyond it 429.
+    pub max_streams_per_user: usize,
     /// How long a new stream waits for its first poll before starting anyway.
     pub first_poll_wait: Duration,
     /// How long a poller keeps running after its last client left, so a reconnect reuses it.
@@ -243,6 +249,8 @@ struct RawListen {
     tls_handshake_timeout_ms: Spanned<u64>,
     #[serde(default = "defaults::header_read_timeout_ms")]
     header_read_timeout_ms: Spanned<u64>,
+    #[serde(default = "defaults::write_timeout_ms")]
+    write_timeout_ms: Spanned<u64>,
     #[serde(default = "defaults::shutdown_grace_s")]
     shutdown_grace_s: Spanned<u64>,
 }
@@ -279,6 +287,8 @@ struct RawAuth {
     negative_ttl_s: Spanned<u64>,
     #[serde(default = "defaults::cache_capacity")]
     cache_capacity: Spanned<u64>,
+    #[serde(default = "defaults::max_validations_per_s")]
+    max_validations_per_s: Spanned<u64>,
 }
 
 #[derive(Deserialize)]
@@ -290,6 +300,8 @@ struct RawSse {
     retry_ms: Spanned<u64>,
     #[serde(default = "defaults::max_streams")]
     max_streams: Spanned<u64>,
+    #[serde(default = "defaults::max_streams_per_user")]
+    max_streams_per_user: Spanned<u64>,
     #[serde(default = "defaults::first_poll_wait_ms")]
     first_poll_wait_ms: Spanned<u64>,
     #[serde(default = "defaults::linger_ms")]
@@ -308,6 +320,7 @@ impl Default for RawSse {
             heartbeat_s: defaults::heartbeat_s(),
             retry_ms: defaults::retry_ms(),
             max_streams: defaults::max_streams(),
+            max_streams_per_user: defaults::max_streams_per_user(),
             first_poll_wait_ms: defaults::first_poll_wait_ms(),
             linger_ms: defaults::linger_ms(),
             history_events: defaults::history_events(),
@@ -359,6 +372,9 @@ mod defaults {
     pub fn header_read_timeout_ms() -> Spanned<u64> {
         at0(10_000)
     }
+    pub fn write_timeout_ms() -> Spanned<u64> {
+        at0(30_000)
+    }
     pub fn shutdown_grace_s() -> Spanned<u64> {
         at0(10)
     }
@@ -369,7 +385,7 @@ mod defaults {
         at0(30_000)
     }
     pub fn max_poll_body_bytes() -> Spanned<u64> {
-        at0(8 * 1024 * 1024)
+        at0(4 * 1024 * 1024)
     }
     pub fn sources() -> Vec<Spanned<String>> {
         vec![at0("bearer".to_owned())]
@@ -390,6 +406,12 @@ mod defaults {
         at0(3_000)
     }
     pub fn max_streams() -> Spanned<u64> {
+        at0(100)
+    }
+    pub fn max_streams_per_user() -> Spanned<u64> {
+        at0(20)
+    }
+    pub fn max_validations_per_s() -> Spanned<u64> {
         at0(100)
     }
     pub fn first_poll_wait_ms() -> Spanned<u64> {
@@ -511,6 +533,17 @@ impl Resolver<'_> {
         let upstream = self.upstream(&raw.upstream)?;
         let auth = raw.auth.as_ref().map(|a| self.auth(a)).transpose()?;
         let sse = self.sse(&raw.sse)?;
+        if sse.history_bytes < upstream.max_poll_body_bytes {
+            return Err(self.error(
+                raw.sse.history_bytes.span(),
+                "sse.history_bytes",
+                format!(
+                    "must be at least upstream.max_poll_body_bytes ({}): the events of one large \
+                     poll would not fit in the history, and every client would be resynced",
+                    upstream.max_poll_body_bytes
+                ),
+            ));
+        }
         let mut streams = Vec::with_capacity(raw.stream.len());
         let mut seen_paths = HashSet::new();
         for (index, stream) in raw.stream.iter().enumerate() {
@@ -547,7 +580,10 @@ impl Resolver<'_> {
             self.error(
                 value.span(),
                 key,
-                format!("`{text}` is not an address like \"127.0.0.1:8080\" or \"[::]:8443\""),
+                format!(
+                    "`{}` is not an address like \"127.0.0.1:8080\" or \"[::]:8443\"",
+                    value.get_ref()
+                ),
             )
         })
     }
@@ -578,6 +614,9 @@ impl Resolver<'_> {
             header_read_timeout: Duration::from_millis(
                 self.positive(&raw.header_read_timeout_ms, "listen.header_read_timeout_ms")?,
             ),
+            write_timeout: Duration::from_millis(
+                self.positive(&raw.write_timeout_ms, "listen.write_timeout_ms")?,
+            ),
             shutdown_grace: Duration::from_secs(*raw.shutdown_grace_s.get_ref()),
         })
     }
@@ -600,11 +639,13 @@ impl Resolver<'_> {
     fn upstream(&self, raw: &RawUpstream) -> Result<UpstreamConfig, ConfigError> {
         let key = "upstream.url";
         let text = self.expand(&raw.url, key)?;
+        // Messages quote the value as written: the expanded one may hold a secret.
+        let written = raw.url.get_ref();
         let bad = |why: &str| {
             self.error(
                 raw.url.span(),
                 key,
-                format!("`{text}` {why}; expected something like \"https://abc.lambda-url.us-east-1.on.aws\""),
+                format!("`{written}` {why}; expected something like \"https://abc.lambda-url.us-east-1.on.aws\""),
             )
         };
         let uri: Uri = text.parse().map_err(|_| bad("is not a URL"))?;
@@ -665,6 +706,8 @@ impl Resolver<'_> {
             cache_ttl: Duration::from_secs(self.positive(&raw.cache_ttl_s, "auth.cache_ttl_s")?),
             negative_ttl: Duration::from_secs(*raw.negative_ttl_s.get_ref()),
             cache_capacity: self.positive(&raw.cache_capacity, "auth.cache_capacity")?,
+            max_validations_per_s: self
+                .positive(&raw.max_validations_per_s, "auth.max_validations_per_s")?,
         })
     }
 
@@ -673,6 +716,9 @@ impl Resolver<'_> {
             heartbeat: Duration::from_secs(self.positive(&raw.heartbeat_s, "sse.heartbeat_s")?),
             retry_ms: *raw.retry_ms.get_ref(),
             max_streams: self.positive(&raw.max_streams, "sse.max_streams")? as usize,
+            max_streams_per_user: self
+                .positive(&raw.max_streams_per_user, "sse.max_streams_per_user")?
+                as usize,
             first_poll_wait: Duration::from_millis(*raw.first_poll_wait_ms.get_ref()),
             linger: Duration::from_millis(*raw.linger_ms.get_ref()),
             history_events: self.positive(&raw.history_events, "sse.history_events")? as usize,
@@ -1006,6 +1052,17 @@ path = "/api/v2/stream"
         );
         let config = parse(&text).expect("valid");
         assert_eq!(config.streams[0].sources[0].headers[0].1, "Bearer s3cret");
+    }
+
+    #[test]
+    fn url_errors_quote_the_value_as_written_not_the_secret() {
+        let text = MINIMAL.replace("http://127.0.0.1:9000/prod/", "https://h/prod?key=${KEY}");
+        let (_, key, message) = invalid(&text);
+        assert_eq!(key, "upstream.url");
+        assert!(
+            message.contains("${KEY}") && !message.contains("s3cret"),
+            "{message}"
+        );
     }
 
     #[test]

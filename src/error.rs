@@ -50,6 +50,12 @@ pub enum ProxyError {
         /// Seconds the client should wait, also sent as `Retry-After`.
         retry_after_s: u64,
     },
+    /// `[sse] max_streams_per_user` is reached for this user.
+    #[error("too many open streams for this user ({max}); close one or retry later")]
+    TooManyUserStreams {
+        /// The configured per-user limit.
+        max: usize,
+    },
     /// The upstream refused or dropped the connection.
     #[error("upstream unreachable: {0}")]
     UpstreamUnreachable(String),
@@ -83,6 +89,7 @@ impl ProxyError {
             ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::MissingCredentials(_) => StatusCode::UNAUTHORIZED,
             ProxyError::TooManyStreams { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::TooManyUserStreams { .. } => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::UpstreamUnreachable(_) | ProxyError::UpstreamProtocol(_) => {
                 StatusCode::BAD_GATEWAY
             }
@@ -99,6 +106,7 @@ impl ProxyError {
             | ProxyError::MethodNotAllowed(_)
             | ProxyError::MissingCredentials(_)
             | ProxyError::TooManyStreams { .. }
+            | ProxyError::TooManyUserStreams { .. }
             // The origin judged the client's request (a bad token, an unknown resource).
             | ProxyError::Relayed { .. } => Blame::Client,
             ProxyError::UpstreamUnreachable(_)
@@ -115,6 +123,7 @@ impl ProxyError {
             ProxyError::MethodNotAllowed(_) => "method_not_allowed",
             ProxyError::MissingCredentials(_) => "missing_credentials",
             ProxyError::TooManyStreams { .. } => "too_many_streams",
+            ProxyError::TooManyUserStreams { .. } => "too_many_user_streams",
             ProxyError::UpstreamUnreachable(_) => "upstream_unreachable",
             ProxyError::UpstreamTimeout(_) => "upstream_timeout",
             ProxyError::UpstreamProtocol(_) => "upstream_protocol",
@@ -130,6 +139,11 @@ impl ProxyError {
             ProxyError::Relayed {
                 body: Some(body), ..
             } => body.clone(),
+            ProxyError::TooManyUserStreams { max } => json_bytes(&json!({
+                "detail": self.to_string(),
+                "error": self.code(),
+                "max_streams_per_user": max,
+            })),
             ProxyError::TooManyStreams { max, retry_after_s } => json_bytes(&json!({
                 "detail": self.to_string(),
                 "error": self.code(),

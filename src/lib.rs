@@ -39,6 +39,7 @@ pub mod shutdown;
 pub mod stream;
 pub mod tls;
 pub mod upstream;
+pub mod write_timeout;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -131,7 +132,12 @@ impl Proxy {
             .auth
             .clone()
             .map(|a| Authenticator::new(a, metrics.clone()));
+        let user_header_is_a_token = config.auth.as_ref().is_some_and(|a| {
+            a.sources
+                .contains(&config::TokenSource::Header(passthrough::USER_HEADER))
+        });
         let app = Arc::new(App {
+            strip_user_header: !user_header_is_a_token,
             router: Router::new(config.streams.iter().map(|s| s.path.clone()).collect()),
             upstream: upstream.clone(),
             streams: Streams::new(hub, routes, auth, upstream, config.sse.clone()),

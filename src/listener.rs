@@ -4,13 +4,14 @@
 //! (`[listen] max_connections`), so over the limit the kernel's backlog absorbs the burst
 //! instead of the process running out of file descriptors. Each connection is then bounded
 //! while it has not yet sent a request: the TLS handshake by `tls_handshake_timeout`, HTTP/1.1
-//! headers by `header_read_timeout`. HTTPS connections are served as HTTP/2 or HTTP/1.1 by
+//! headers by `header_read_timeout`, and a write the client does not read by `write_timeout`
+//! ([`WriteTimeout`]). HTTPS connections are served as HTTP/2 or HTTP/1.1 by
 //! ALPN; plaintext ones auto-detect HTTP/1.1 or h2c. On shutdown the loop stops accepting and
 //! every connection is asked to finish gracefully.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::Duration;
 
 use hyper::service::service_fn;
@@ -26,6 +27,7 @@ use crate::config::ListenConfig;
 use crate::metrics::Metrics;
 use crate::service::App;
 use crate::shutdown::ShutdownSignal;
+use crate::write_timeout::WriteTimeout;
 
 /// Largest HTTP/1.1 read buffer: bounds the request line and headers (431 beyond).
 const MAX_H1_BUFFER: usize = 64 * 1024;
@@ -35,6 +37,10 @@ const MAX_H2_HEADER_LIST: u32 = 64 * 1024;
 const MAX_H2_STREAMS: u32 = 256;
 /// Kernel accept backlog, so bursts of new streams queue instead of being refused.
 const BACKLOG: u32 = 4096;
+/// HTTP/2 PINGs find dead peers on long-lived, quiet stream connections.
+const H2_PING_INTERVAL: Duration = Duration::from_secs(30);
+/// A PING unanswered this long closes the connection.
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// What the request handler knows about the connection a request came on.
 #[derive(Debug, Clone, Copy)]
@@ -100,7 +106,9 @@ impl Builders {
         auto.http2()
             .timer(TokioTimer::new())
             .max_header_list_size(MAX_H2_HEADER_LIST)
-            .max_concurrent_streams(MAX_H2_STREAMS);
+            .max_concurrent_streams(MAX_H2_STREAMS)
+            .keep_alive_interval(H2_PING_INTERVAL)
+            .keep_alive_timeout(H2_PING_TIMEOUT);
         Builders {
             http1: auto.clone().http1_only(),
             http2: auto.clone().http2_only(),
@@ -148,17 +156,19 @@ pub async fn serve(
             }
         };
         let _ = stream.set_nodelay(true);
+        let stream = WriteTimeout::new(stream, config.write_timeout);
         let conn = ConnInfo { peer, tls };
         let watcher = graceful.watcher();
         let builders = builders.clone();
         let app = app.clone();
         let acceptor = acceptor.clone().filter(|_| tls);
         let handshake_timeout = config.tls_handshake_timeout;
+        let first_request = config.header_read_timeout;
         tokio::spawn(async move {
             let _permit = permit;
             let _open = OpenConnection::new(app.metrics.clone(), tls);
             match acceptor {
-                None => serve_io(stream, &builders.auto, app, conn, watcher).await,
+                None => serve_io(stream, &builders.auto, app, conn, watcher, first_request).await,
                 Some(acceptor) => {
                     let tls_stream = match tokio::time::timeout(
                         handshake_timeout,
@@ -178,7 +188,7 @@ pub async fn serve(
                     };
                     let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
                     let builder = if h2 { &builders.http2 } else { &builders.http1 };
-                    serve_io(tls_stream, builder, app, conn, watcher).await;
+                    serve_io(tls_stream, builder, app, conn, watcher, first_request).await;
                 }
             }
         });
@@ -231,21 +241,39 @@ async fn accept(listener: Option<&TcpListener>) -> std::io::Result<(TcpStream, S
     }
 }
 
+/// Serves one connection. It must send its first request within `first_request`: neither
+/// the HTTP/1.1-or-h2c detection nor an HTTP/2 connection waiting for its preface has a timer
+/// of its own, and a silent socket must not hold a connection slot.
 async fn serve_io<I>(
     io: I,
     builder: &auto::Builder<TokioExecutor>,
     app: Arc<App>,
     conn: ConnInfo,
     watcher: Watcher,
+    first_request: Duration,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let seen = Arc::new(AtomicBool::new(false));
+    let saw = seen.clone();
     let service = service_fn(move |request| {
+        saw.store(true, Ordering::Relaxed);
         let app = app.clone();
         async move { Ok::<_, std::convert::Infallible>(app.handle(request, conn).await) }
     });
-    let connection = builder.serve_connection(TokioIo::new(io), service);
-    if let Err(error) = watcher.watch(connection).await {
-        tracing::debug!(peer = %conn.peer, error = %error, "connection ended with an error");
+    let connection = watcher.watch(builder.serve_connection(TokioIo::new(io), service));
+    let silent = async {
+        tokio::time::sleep(first_request).await;
+        if seen.load(Ordering::Relaxed) {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        result = connection => {
+            if let Err(error) = result {
+                tracing::debug!(peer = %conn.peer, error = %error, "connection ended with an error");
+            }
+        }
+        _ = silent => tracing::debug!(peer = %conn.peer, "no request in time; closed"),
     }
 }

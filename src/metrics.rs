@@ -27,6 +27,26 @@ pub enum PollOutcome {
 pub enum Limit {
     /// `[sse] max_streams`.
     MaxStreams,
+    /// `[sse] max_streams_per_user`.
+    MaxStreamsPerUser,
+    /// `[auth] max_validations_per_s`.
+    ValidationRate,
+}
+
+impl Limit {
+    const ALL: [Limit; 3] = [
+        Limit::MaxStreams,
+        Limit::MaxStreamsPerUser,
+        Limit::ValidationRate,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Limit::MaxStreams => "{reason=\"max_streams\"}",
+            Limit::MaxStreamsPerUser => "{reason=\"max_streams_per_user\"}",
+            Limit::ValidationRate => "{reason=\"validation_rate\"}",
+        }
+    }
 }
 
 /// Process-wide counters of one proxy.
@@ -65,7 +85,7 @@ pub struct Metrics {
     pub validator_calls: AtomicU64,
     /// Requests whose token was rejected or missing.
     pub auth_rejects: AtomicU64,
-    limits: [AtomicU64; 1],
+    limits: [AtomicU64; 3],
 }
 
 impl Metrics {
@@ -220,10 +240,7 @@ impl Metrics {
             "limit_rejections_total",
             "counter",
             "Requests refused by a limit.",
-            &[(
-                "{reason=\"max_streams\"}",
-                get(&self.limits[Limit::MaxStreams as usize]) as f64,
-            )],
+            &Limit::ALL.map(|l| (l.label(), get(&self.limits[l as usize]) as f64)),
         );
         out
     }

@@ -26,11 +26,19 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::PROXY_AUTHORIZATION,
 ];
 
-/// Forwards one request and returns the origin's streaming answer.
+/// The header pollers use to tell the origin the validated user.
+pub const USER_HEADER: HeaderName = HeaderName::from_static("x-user-id");
+
+/// Forwards one request and returns the origin's streaming answer. With `strip_user_header`,
+/// a client-sent `X-User-ID` is dropped: on polls that header is the proxy's statement of the
+/// validated user, and a client must not be able to make the same statement through
+/// passthrough. (When `x-user-id` is a configured token source it is a credential the origin
+/// validates, and goes through.)
 pub async fn forward(
     upstream: &Upstream,
     request: Request<Incoming>,
     conn: &ConnInfo,
+    strip_user_header: bool,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let (mut parts, body) = request.into_parts();
     let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
@@ -45,6 +53,10 @@ pub async fn forward(
     let headers = &mut parts.headers;
     strip_hop_by_hop(headers);
     headers.remove(header::HOST);
+    if strip_user_header {
+        headers.remove(USER_HEADER);
+    }
+    join_cookies(headers);
     let peer = conn.peer.ip().to_string();
     let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
         Some(earlier) => format!("{earlier}, {peer}"),
@@ -69,6 +81,22 @@ pub async fn forward(
     Ok(Response::from_parts(parts, ProxyBody::Upstream(body)))
 }
 
+/// HTTP/2 clients send each cookie as its own field; an HTTP/1.1 origin expects one
+/// `Cookie` header (RFC 9113 §8.2.3), so they are joined with `; `.
+fn join_cookies(headers: &mut HeaderMap) {
+    if headers.get_all(header::COOKIE).iter().count() < 2 {
+        return;
+    }
+    let joined: Vec<&[u8]> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .map(HeaderValue::as_bytes)
+        .collect();
+    if let Ok(value) = HeaderValue::from_bytes(&joined.join(&b"; "[..])) {
+        headers.insert(header::COOKIE, value);
+    }
+}
+
 /// Removes hop-by-hop headers, including any the `Connection` header names.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers
@@ -86,6 +114,16 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn split_cookies_are_joined() {
+        let mut headers = HeaderMap::new();
+        headers.append(header::COOKIE, HeaderValue::from_static("a=1"));
+        headers.append(header::COOKIE, HeaderValue::from_static("b=2"));
+        join_cookies(&mut headers);
+        assert_eq!(headers.get_all(header::COOKIE).iter().count(), 1);
+        assert_eq!(headers[header::COOKIE], "a=1; b=2");
+    }
 
     #[test]
     fn hop_by_hop_headers_and_connection_listed_ones_are_removed() {

@@ -34,6 +34,8 @@ pub struct App {
     pub retry_ms: u64,
     /// The proxy's counters.
     pub metrics: Arc<Metrics>,
+    /// Drop a client-sent `X-User-ID` on passthrough (it is not a token source).
+    pub strip_user_header: bool,
 }
 
 impl App {
@@ -47,7 +49,7 @@ impl App {
             Err(error) => ("rejected", Err(error)),
             Ok(Route::Passthrough) => (
                 "passthrough",
-                passthrough::forward(&self.upstream, request, &conn).await,
+                passthrough::forward(&self.upstream, request, &conn, self.strip_user_header).await,
             ),
             Ok(Route::Stream { index, params }) => {
                 let (parts, _body) = request.into_parts();

@@ -117,7 +117,14 @@ async fn polling_stops_when_the_client_goes_away() {
 async fn fifty_concurrent_first_requests_with_one_token_validate_once() {
     let origin = origin_with_alice().await;
     let validator = origin.hold("/api/v2/auth/validate");
-    let proxy = start_proxy(&origin, Options::default()).await;
+    let proxy = start_proxy(
+        &origin,
+        Options {
+            max_streams_per_user: 50,
+            ..Options::default()
+        },
+    )
+    .await;
     let mut clients = JoinSet::new();
     for _ in 0..50 {
         let client = proxy.client.clone();
@@ -438,4 +445,56 @@ async fn hostile_path_parameters_are_400_and_never_forwarded() {
         .await;
     assert_eq!(response.status(), 405);
     assert_eq!(response.headers()["allow"], "GET");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_is_cut_off_after_the_write_timeout() {
+    let origin = origin_with_alice().await;
+    let pad = "x".repeat(1000);
+    let document = move |round: u32| {
+        serde_json::Value::Array(
+            (0..1000)
+                .map(|i| json!({"symbol": format!("T{i}"), "round": round, "pad": pad}))
+                .collect(),
+        )
+    };
+    origin.set_configuration("cfg1", "alice", document(0));
+    let proxy = start_proxy(
+        &origin,
+        Options {
+            write_timeout_ms: 300,
+            ..Options::default()
+        },
+    )
+    .await;
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("rcvbuf");
+    let mut stalled = socket
+        .connect(proxy.proxy.http_addr().expect("http listener"))
+        .await
+        .expect("connect");
+    let request = "GET /api/v2/configurations/cfg1/stream HTTP/1.1\r\nhost: x\r\nauthorization: Bearer tok-alice\r\n\r\n";
+    tokio::io::AsyncWriteExt::write_all(&mut stalled, request.as_bytes())
+        .await
+        .expect("request");
+    eventually("the stream to open", WAIT, || {
+        proxy.proxy.open_streams() == 1
+    })
+    .await;
+    // Keep data flowing (1 MB a round) until the proxy gives up on the client.
+    let feeder = {
+        let origin = origin.clone();
+        tokio::spawn(async move {
+            for round in 1..=200 {
+                origin.set_configuration("cfg1", "alice", document(round));
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    eventually("the stalled client to be cut off", WAIT, || {
+        proxy.proxy.open_streams() == 0
+    })
+    .await;
+    feeder.abort();
+    drop(stalled);
 }

@@ -12,6 +12,7 @@ use bytes::Bytes;
 use http_body::Frame;
 use tokio::sync::OwnedSemaphorePermit;
 
+use super::UserSlot;
 use super::channel::{Cursor, Next};
 use super::hub::Subscription;
 use super::sse::HEARTBEAT;
@@ -29,6 +30,8 @@ pub struct SseBody {
     finished: bool,
     /// The global stream slot, released when the body is dropped.
     _slot: OwnedSemaphorePermit,
+    /// The user's stream slot on `auth = true` routes, likewise.
+    _user_slot: Option<UserSlot>,
     /// For the log line at the end: when it opened and how many frames it sent.
     opened: Instant,
     frames: u64,
@@ -41,6 +44,7 @@ impl SseBody {
         first: Bytes,
         cursor: Cursor,
         slot: OwnedSemaphorePermit,
+        user_slot: Option<UserSlot>,
     ) -> SseBody {
         SseBody {
             subscription,
@@ -48,6 +52,7 @@ impl SseBody {
             first: Some(first),
             finished: false,
             _slot: slot,
+            _user_slot: user_slot,
             opened: Instant::now(),
             frames: 0,
         }

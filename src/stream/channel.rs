@@ -364,7 +364,11 @@ impl Channel {
         log.next_seq += 1;
         log.bytes += entry.frame.len();
         log.entries.push_back(entry);
-        while log.entries.len() > self.history_events || log.bytes > self.history_bytes {
+        // The newest entry always stays, even when it alone is over the byte bound: an empty
+        // log would make every subscriber look lagged.
+        while log.entries.len() > 1
+            && (log.entries.len() > self.history_events || log.bytes > self.history_bytes)
+        {
             let Some(old) = log.entries.pop_front() else {
                 break;
             };
@@ -474,9 +478,21 @@ fn is_latest(log: &Log, entry: &Entry) -> bool {
         .is_some_and(|slot| log.latest.get(slot) == Some(&entry.seq))
 }
 
+/// The current state as a compacted replay, ending on the current state's id.
 fn full_state(log: &Log, out: &mut BytesMut) {
     for entry in log.live.values() {
         out.put_slice(&entry.frame);
+    }
+    // Each replayed frame keeps the id it was published with. When slots were removed after
+    // the newest live one, that id names a state the client never had, and resuming from it
+    // could skip an item that later came back; so end on the current state's id. A frame
+    // with an id and no data sets `lastEventId` without dispatching an event.
+    let current = state_id(log.state_hash);
+    let last = log.live.values().next_back().and_then(|e| e.id.as_deref());
+    if !log.live.is_empty() && last != Some(current.as_str()) {
+        out.put_slice(b"id: ");
+        out.put_slice(current.as_bytes());
+        out.put_slice(b"\n\n");
     }
 }
 
@@ -633,6 +649,34 @@ mod tests {
         poll_document(&two, &mut t2, &[("b", 2), ("a", 1)]);
         let id = |ch: &Channel| last_id(std::str::from_utf8(&ch.start(None, 0).0).expect("utf-8"));
         assert_eq!(id(&one), id(&two));
+    }
+
+    #[test]
+    fn the_full_state_ends_on_the_current_id_so_a_readded_item_is_not_lost() {
+        let (ch, mut t) = channel(100);
+        poll_document(&ch, &mut t, &[("a", 1)]);
+        poll_document(&ch, &mut t, &[("a", 1), ("b", 1)]);
+        poll_document(&ch, &mut t, &[("b", 1)]);
+        let (first, _) = ch.start(None, 0);
+        let id = last_id(std::str::from_utf8(&first).expect("utf-8"));
+        poll_document(&ch, &mut t, &[("a", 1), ("b", 1)]);
+        let (resumed, _) = ch.start(Some(&id), 0);
+        let resumed = std::str::from_utf8(&resumed).expect("utf-8");
+        assert!(resumed.contains(r#""k":"a""#), "{resumed}");
+    }
+
+    #[test]
+    fn a_frame_over_the_byte_bound_stays_and_nobody_lags() {
+        let (ch, mut t) = channel(100);
+        let big = Channel::new(ch.key.clone(), ch.route.clone(), 100, 64, Arc::default());
+        poll_document(&big, &mut t, &[("a", 1)]);
+        let (_, mut cursor) = big.start(None, 0);
+        poll_document(&big, &mut t, &[("a", 2)]);
+        let text = drain(&big, &mut cursor);
+        assert!(!text.contains("lagged"), "{text}");
+        assert!(text.contains(r#""v":2"#));
+        assert_eq!(big.lock().entries.len(), 1);
+        drop(ch);
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! refusal as an HTTP status without asking the origin again.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -38,6 +38,9 @@ pub struct HubShared {
     shutdown: ShutdownSignal,
     /// Counters shared with every channel.
     pub metrics: Arc<Metrics>,
+    /// Set (under the channels' lock) when the proxy starts shutting down: the frame that
+    /// ends every stream, including ones that subscribe afterwards.
+    closing: OnceLock<Bytes>,
 }
 
 /// Creates, shares and retires channels.
@@ -98,6 +101,7 @@ impl Hub {
                 negative_ttl,
                 shutdown,
                 metrics,
+                closing: OnceLock::new(),
             }),
         }
     }
@@ -107,6 +111,9 @@ impl Hub {
         let mut channels = self.shared.lock();
         if let Some(existing) = channels.get(&key) {
             existing.attach(identity);
+            if let Some(frame) = self.shared.closing.get() {
+                existing.end(frame.clone());
+            }
             return Subscription {
                 channel: existing.clone(),
             };
@@ -121,6 +128,11 @@ impl Hub {
         ));
         // Attach (with the credentials the pollers forward) before they start.
         channel.attach(identity);
+        if let Some(frame) = self.shared.closing.get() {
+            // Shutting down: no poller, and the stream ends as soon as it starts.
+            channel.end(frame.clone());
+            return Subscription { channel };
+        }
         channels.insert(key, channel.clone());
         tokio::spawn(supervise(self.shared.clone(), channel.clone()));
         Subscription { channel }
@@ -147,7 +159,11 @@ impl Hub {
         sse::retry_into(&mut frame, retry_ms);
         sse::comment_into(&mut frame, "server shutting down; reconnect");
         let frame: Bytes = frame.freeze();
-        let channels: Vec<Arc<Channel>> = self.shared.lock().values().cloned().collect();
+        let channels: Vec<Arc<Channel>> = {
+            let channels = self.shared.lock();
+            let _ = self.shared.closing.set(frame.clone());
+            channels.values().cloned().collect()
+        };
         for channel in channels {
             channel.end(frame.clone());
         }

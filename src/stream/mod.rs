@@ -20,7 +20,8 @@ pub mod hub;
 pub mod poller;
 pub mod sse;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use http::{HeaderValue, Method, Response, StatusCode, header, request};
 use percent_encoding::percent_decode_str;
@@ -52,6 +53,8 @@ pub struct Streams {
     upstream: Arc<Upstream>,
     /// Free stream slots (`max_streams`).
     slots: Arc<Semaphore>,
+    /// Open streams per validated user (`max_streams_per_user`).
+    per_user: Arc<Mutex<HashMap<String, usize>>>,
     /// Retry hint, first-poll wait, limits.
     sse: SseConfig,
 }
@@ -71,6 +74,7 @@ impl Streams {
             auth,
             upstream,
             slots: Arc::new(Semaphore::new(sse.max_streams)),
+            per_user: Arc::default(),
             sse,
         }
     }
@@ -107,6 +111,10 @@ impl Streams {
                 retry_after_s: self.sse.retry_ms.div_ceil(1000).max(1),
             }
         })?;
+        let user_slot = match &identity {
+            Some(identity) => Some(self.user_slot(&identity.user_id)?),
+            None => None,
+        };
         let key = StreamKey {
             route: index,
             params,
@@ -129,6 +137,7 @@ impl Streams {
             first,
             cursor,
             slot,
+            user_slot,
         )));
         *response.status_mut() = StatusCode::OK;
         let headers = response.headers_mut();
@@ -139,6 +148,43 @@ impl Streams {
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
         headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
         Ok(response)
+    }
+}
+
+impl Streams {
+    /// Takes one of the user's stream slots, or refuses with 429.
+    fn user_slot(&self, user: &str) -> Result<UserSlot, ProxyError> {
+        let mut counts = self.per_user.lock().unwrap_or_else(|e| e.into_inner());
+        let open = counts.entry(user.to_owned()).or_default();
+        if *open >= self.sse.max_streams_per_user {
+            self.hub.metrics().limited(Limit::MaxStreamsPerUser);
+            return Err(ProxyError::TooManyUserStreams {
+                max: self.sse.max_streams_per_user,
+            });
+        }
+        *open += 1;
+        Ok(UserSlot {
+            counts: self.per_user.clone(),
+            user: user.to_owned(),
+        })
+    }
+}
+
+/// One of a user's stream slots, given back when the stream's body is dropped.
+pub struct UserSlot {
+    counts: Arc<Mutex<HashMap<String, usize>>>,
+    user: String,
+}
+
+impl Drop for UserSlot {
+    fn drop(&mut self) {
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(open) = counts.get_mut(&self.user) {
+            *open -= 1;
+            if *open == 0 {
+                counts.remove(&self.user);
+            }
+        }
     }
 }
 

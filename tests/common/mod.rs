@@ -41,6 +41,14 @@ pub struct Options {
     pub metrics_wait_s: Option<u64>,
     /// `[sse] history_bytes`.
     pub history_bytes: usize,
+    /// `[listen] write_timeout_ms`.
+    pub write_timeout_ms: u64,
+    /// `[auth] sources`, as TOML array items.
+    pub token_sources: &'static str,
+    /// `[sse] max_streams_per_user`.
+    pub max_streams_per_user: usize,
+    /// `[auth] max_validations_per_s`.
+    pub max_validations_per_s: u64,
 }
 
 impl Default for Options {
@@ -57,6 +65,10 @@ impl Default for Options {
             upstream_ca: None,
             metrics_wait_s: None,
             history_bytes: 4 << 20,
+            write_timeout_ms: 30_000,
+            token_sources: r#""bearer", "x-user-id", "query:user_token""#,
+            max_streams_per_user: 20,
+            max_validations_per_s: 100,
         }
     }
 }
@@ -84,6 +96,7 @@ http = "127.0.0.1:0"
 admin = "127.0.0.1:0"
 tls_handshake_timeout_ms = 2000
 header_read_timeout_ms = 2000
+write_timeout_ms = {write_timeout_ms}
 shutdown_grace_s = 2
 
 [tls]
@@ -98,14 +111,16 @@ timeout_ms = {timeout_ms}
 
 [auth]
 validate = "/api/v2/auth/validate"
-sources = ["bearer", "x-user-id", "query:user_token"]
+sources = [{token_sources}]
 cache_ttl_s = 60
 negative_ttl_s = 5
+max_validations_per_s = {max_validations_per_s}
 
 [sse]
 heartbeat_s = {heartbeat_s}
 retry_ms = 1000
 max_streams = {max_streams}
+max_streams_per_user = {max_streams_per_user}
 first_poll_wait_ms = {first_poll_wait_ms}
 linger_ms = {linger_ms}
 history_events = {history_events}
@@ -146,6 +161,10 @@ auth = true
         linger_ms = options.linger_ms,
         history_events = options.history_events,
         history_bytes = options.history_bytes,
+        write_timeout_ms = options.write_timeout_ms,
+        token_sources = options.token_sources,
+        max_validations_per_s = options.max_validations_per_s,
+        max_streams_per_user = options.max_streams_per_user,
         every = options.every_ms,
         wait = options
             .metrics_wait_s
