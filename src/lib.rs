@@ -56,7 +56,7 @@ use crate::service::App;
 use crate::shutdown::Shutdown;
 use crate::stream::Streams;
 use crate::stream::hub::Hub;
-use crate::tls::TlsError;
+use crate::tls::{ReloadableCert, TlsError};
 use crate::upstream::Upstream;
 
 /// Why the proxy could not start.
@@ -80,6 +80,8 @@ pub struct Proxy {
     admin_addr: Option<SocketAddr>,
     /// Shared state, for introspection.
     app: Arc<App>,
+    /// The HTTPS listener's certificate, reloadable.
+    cert: Option<Arc<ReloadableCert>>,
     /// Firing it starts a graceful shutdown.
     shutdown: Shutdown,
     /// The accept loop; it ends when every connection has drained (or the grace ran out).
@@ -90,12 +92,15 @@ impl Proxy {
     /// Loads certificates, binds the listeners and starts serving in the background.
     pub async fn start(config: Config) -> Result<Proxy, StartError> {
         let upstream = Arc::new(Upstream::new(&config.upstream)?);
-        let tls = match &config.tls {
-            Some(files) if config.listen.https.is_some() => {
-                Some(TlsAcceptor::from(tls::server_config(files)?))
-            }
+        let cert = match &config.tls {
+            Some(files) if config.listen.https.is_some() => Some(ReloadableCert::load(files)?),
             _ => None,
         };
+        let tls = cert
+            .clone()
+            .map(tls::server_config)
+            .transpose()?
+            .map(TlsAcceptor::from);
         let (https, https_addr) = match (config.listen.https, tls) {
             (Some(addr), Some(acceptor)) => {
                 let (listener, bound) = listener::bind(addr)?;
@@ -166,6 +171,7 @@ impl Proxy {
             http_addr,
             admin_addr,
             app,
+            cert,
             shutdown,
             serving,
         })
@@ -184,6 +190,15 @@ impl Proxy {
     /// The bound admin address, if that listener is configured.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin_addr
+    }
+
+    /// Reads the TLS certificate and key again (certificate rotation): new connections get
+    /// the new pair, open ones keep going. On error the old pair stays. `Ok(false)`: no HTTPS.
+    pub fn reload_tls(&self) -> Result<bool, TlsError> {
+        match &self.cert {
+            Some(cert) => cert.reload().map(|()| true),
+            None => Ok(false),
+        }
     }
 
     /// Channels with running pollers now (one per distinct stream key).

@@ -2,7 +2,7 @@
 
 #![forbid(unsafe_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -31,6 +31,9 @@ enum Command {
     Demo,
     /// Diagnose an SSE endpoint: timeline and one verdict; exits 0 only for `streaming`.
     Probe(ProbeArgs),
+    /// Validate the configuration (keys, environment variables, certificate and key, CA)
+    /// and print every problem; exits 0 when it would start.
+    Check,
 }
 
 #[derive(clap::Args)]
@@ -90,6 +93,7 @@ fn main() -> ExitCode {
     };
     let served = match cli.command {
         Some(Command::Probe(args)) => return runtime.block_on(probe(args)),
+        Some(Command::Check) => return check(&cli.config),
         Some(Command::Demo) => runtime.block_on(serve(cli.config, true)),
         None => runtime.block_on(serve(cli.config, false)),
     };
@@ -152,32 +156,63 @@ async fn serve(config: PathBuf, demo: bool) -> Result<(), String> {
         let config = Config::load(&config).map_err(|e| e.to_string())?;
         Proxy::start(config).await.map_err(|e| e.to_string())?
     };
-    stop_signal().await;
+    let waited = signals(&proxy).await;
     tracing::info!("shutting down");
     proxy.shutdown().await;
-    Ok(())
+    waited
 }
 
-/// Resolves on SIGINT or SIGTERM.
-async fn stop_signal() {
-    let interrupt = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut terminate) => {
-                tokio::select! {
-                    _ = interrupt => {}
-                    _ = terminate.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = interrupt.await;
-            }
+/// Waits for SIGINT or SIGTERM; SIGHUP meanwhile reloads the TLS certificate and key.
+async fn signals(proxy: &Proxy) -> Result<(), String> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let listen = |kind| signal(kind).map_err(|e| format!("cannot listen for signals: {e}"));
+    let mut terminate = listen(SignalKind::terminate())?;
+    let mut interrupt = listen(SignalKind::interrupt())?;
+    let mut hangup = listen(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = terminate.recv() => return Ok(()),
+            _ = interrupt.recv() => return Ok(()),
+            _ = hangup.recv() => match proxy.reload_tls() {
+                Ok(true) => tracing::info!("SIGHUP: TLS certificate and key reloaded"),
+                Ok(false) => tracing::info!("SIGHUP: no HTTPS listener, nothing to reload"),
+                Err(error) => tracing::error!(%error, "SIGHUP: TLS reload failed; the current certificate stays"),
+            },
         }
     }
-    #[cfg(not(unix))]
-    {
-        let _ = interrupt.await;
+}
+
+/// `sse-edge check`: every problem with a config, without starting anything.
+fn check(path: &Path) -> ExitCode {
+    let config = match Config::load(path) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("{error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut problems = Vec::new();
+    if let (Some(files), Some(_)) = (&config.tls, config.listen.https) {
+        if let Err(error) = sse_edge::tls::certified_key(files) {
+            problems.push(format!("[tls]: {error}"));
+        }
+    }
+    if let Err(error) = sse_edge::tls::origin_roots(config.upstream.ca.as_deref()) {
+        problems.push(format!("[upstream] ca: {error}"));
+    }
+    if problems.is_empty() {
+        println!(
+            "{}: ok ({} stream route(s), upstream {}://{})",
+            path.display(),
+            config.streams.len(),
+            config.upstream.scheme,
+            config.upstream.authority
+        );
+        ExitCode::SUCCESS
+    } else {
+        for problem in problems {
+            eprintln!("{}: {problem}", path.display());
+        }
+        ExitCode::FAILURE
     }
 }

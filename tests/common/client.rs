@@ -214,8 +214,10 @@ impl SseEvent {
 pub enum ReadError {
     /// Nothing within the wait.
     Timeout,
-    /// The response body ended.
+    /// The response body ended cleanly.
     Ended,
+    /// The connection broke before the body's end.
+    Broken,
 }
 
 /// A response being read as an event stream.
@@ -285,7 +287,7 @@ impl SseStream {
             match self.read_more(deadline).await {
                 Ok(_) => continue,
                 Err(ReadError::Ended) => return true,
-                Err(ReadError::Timeout) => return false,
+                Err(ReadError::Timeout | ReadError::Broken) => return false,
             }
         }
     }
@@ -305,7 +307,8 @@ impl SseStream {
         loop {
             let frame = match tokio::time::timeout_at(deadline, self.body.frame()).await {
                 Err(_) => return Err(ReadError::Timeout),
-                Ok(None) | Ok(Some(Err(_))) => return Err(ReadError::Ended),
+                Ok(None) => return Err(ReadError::Ended),
+                Ok(Some(Err(_))) => return Err(ReadError::Broken),
                 Ok(Some(Ok(frame))) => frame,
             };
             if let Ok(data) = frame.into_data() {
