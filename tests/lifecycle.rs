@@ -47,6 +47,13 @@ impl Running {
                 lines.lock().expect("log").push(line);
             }
         });
+        // Owned by `Running` from here on, so `Drop` reaps it even if startup fails.
+        let mut running = Running {
+            child,
+            https: SocketAddr::from(([0, 0, 0, 0], 0)),
+            http: SocketAddr::from(([0, 0, 0, 0], 0)),
+            log,
+        };
         let deadline = Instant::now() + WAIT;
         let address = |line: &str, field: &str| -> Option<SocketAddr> {
             let value: serde_json::Value = serde_json::from_str(line).ok()?;
@@ -54,24 +61,22 @@ impl Running {
             text.strip_prefix("Some(")?.strip_suffix(')')?.parse().ok()
         };
         loop {
-            let found = log
+            let found = running
+                .log
                 .lock()
                 .expect("log")
                 .iter()
                 .find(|l| l.contains("sse-edge listening"))
                 .and_then(|l| Some((address(l, "https")?, address(l, "http")?)));
             if let Some((https, http)) = found {
-                return Running {
-                    child,
-                    https,
-                    http,
-                    log,
-                };
+                running.https = https;
+                running.http = http;
+                return running;
             }
             assert!(
                 Instant::now() < deadline,
                 "sse-edge did not start: {:?}",
-                log.lock().expect("log")
+                running.log.lock().expect("log")
             );
             std::thread::sleep(Duration::from_millis(20));
         }
