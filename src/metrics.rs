@@ -7,6 +7,11 @@
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
+/// Upper bounds of the poll-latency histogram, in seconds (the last bucket is `+Inf`).
+const POLL_BUCKETS: [f64; 11] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
 /// How one poll ended.
 #[derive(Debug, Clone, Copy)]
 pub enum PollOutcome {
@@ -71,8 +76,10 @@ pub struct Metrics {
     /// Heartbeat comments written.
     pub heartbeats_sent: AtomicU64,
     polls: [AtomicU64; 5],
-    /// Sum of poll latencies, in microseconds, and their count is the sum of `polls`.
-    pub poll_micros: AtomicU64,
+    /// Sum of poll latencies, in microseconds; their count is the sum of `polls`.
+    poll_micros: AtomicU64,
+    /// Polls at most as long as each of [`POLL_BUCKETS`] (not cumulative; summed on render).
+    poll_buckets: [AtomicU64; POLL_BUCKETS.len()],
     /// Slow clients skipped ahead to the current state.
     pub resyncs_lagged: AtomicU64,
     /// Reconnects whose `Last-Event-ID` was unknown or expired.
@@ -98,6 +105,10 @@ impl Metrics {
     pub fn poll(&self, outcome: PollOutcome, micros: u64) {
         Metrics::inc(&self.polls[outcome as usize]);
         self.poll_micros.fetch_add(micros, Ordering::Relaxed);
+        let seconds = micros as f64 / 1e6;
+        if let Some(bucket) = POLL_BUCKETS.iter().position(|&le| seconds <= le) {
+            Metrics::inc(&self.poll_buckets[bucket]);
+        }
     }
 
     /// Counts a request turned away by a limit.
@@ -199,11 +210,25 @@ impl Metrics {
             .collect();
         let polls: Vec<(&str, f64)> = polls.iter().map(|(l, v)| (l.as_str(), *v)).collect();
         metric("polls_total", "counter", "Origin polls by outcome.", &polls);
+        let count: u64 = self.polls.iter().map(get).sum();
+        let mut cumulative = 0;
+        let mut buckets: Vec<(String, f64)> = POLL_BUCKETS
+            .iter()
+            .zip(&self.poll_buckets)
+            .map(|(le, n)| {
+                cumulative += get(n);
+                (format!("_bucket{{le=\"{le}\"}}"), cumulative as f64)
+            })
+            .collect();
+        buckets.push(("_bucket{le=\"+Inf\"}".to_owned(), count as f64));
+        buckets.push(("_sum".to_owned(), get(&self.poll_micros) as f64 / 1e6));
+        buckets.push(("_count".to_owned(), count as f64));
+        let buckets: Vec<(&str, f64)> = buckets.iter().map(|(l, v)| (l.as_str(), *v)).collect();
         metric(
-            "poll_seconds_sum",
-            "counter",
-            "Total time spent in origin polls.",
-            &[("", get(&self.poll_micros) as f64 / 1e6)],
+            "poll_duration_seconds",
+            "histogram",
+            "Time from sending a poll to having its whole body.",
+            &buckets,
         );
         metric(
             "resyncs_total",
@@ -279,7 +304,13 @@ mod tests {
         assert!(text.contains("sse_edge_resyncs_total{reason=\"lagged\"} 1\n"));
         assert!(text.contains("sse_edge_limit_rejections_total{reason=\"max_streams\"} 1\n"));
         assert!(text.contains("sse_edge_streams_open 2\n"));
-        assert!(text.contains("sse_edge_poll_seconds_sum 0.0015\n"));
+        assert!(
+            text.contains("sse_edge_poll_duration_seconds_sum 0.0015\n"),
+            "{text}"
+        );
+        assert!(text.contains("sse_edge_poll_duration_seconds_bucket{le=\"0.005\"} 1\n"));
+        assert!(text.contains("sse_edge_poll_duration_seconds_bucket{le=\"+Inf\"} 1\n"));
+        assert!(text.contains("sse_edge_poll_duration_seconds_count 1\n"));
         assert!(text.contains("# TYPE sse_edge_pollers gauge"));
     }
 }

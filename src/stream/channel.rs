@@ -124,6 +124,8 @@ struct Log {
     end: Option<Bytes>,
     /// Which sources have answered at least once.
     answered: Vec<bool>,
+    /// Each source's current outage notice, sent to clients who join during the outage.
+    outages: Vec<Option<Bytes>>,
 }
 
 /// The shared state of one stream key.
@@ -176,6 +178,7 @@ impl Channel {
                 wake_epoch: 1,
                 end: None,
                 answered: vec![false; sources],
+                outages: vec![None; sources],
             }),
             phase: watch::Sender::new(Phase::Pending),
             subscribers: AtomicUsize::new(0),
@@ -306,15 +309,19 @@ impl Channel {
         wakers.into_iter().for_each(Waker::wake);
     }
 
-    /// Sends a live-only notice (a poll error) to current subscribers; never replayed.
-    pub fn notice(&self, event: &str, data: &str) {
+    /// Reports that `source` is failing: an `error` event for current subscribers, and for
+    /// anyone who joins until [`Channel::recovered`]. Never replayed on resume.
+    pub fn outage(&self, source: usize, data: &str) {
         let frame = sse::encode(&Event {
             id: None,
-            event: Some(event),
+            event: Some("error"),
             data,
         });
         let wakers = {
             let mut log = self.lock();
+            if let Some(outage) = log.outages.get_mut(source) {
+                *outage = Some(frame.clone());
+            }
             let entry = Arc::new(Entry {
                 seq: log.next_seq,
                 slot: None,
@@ -325,6 +332,13 @@ impl Channel {
             self.drain_wakers(&mut log)
         };
         wakers.into_iter().for_each(Waker::wake);
+    }
+
+    /// `source` answers again: clients who join from now on are not told of the outage.
+    pub fn recovered(&self, source: usize) {
+        if let Some(outage) = self.lock().outages.get_mut(source) {
+            *outage = None;
+        }
     }
 
     /// Asks every subscriber to send a heartbeat comment.
@@ -418,6 +432,9 @@ impl Channel {
                     full_state(&log, &mut out);
                 }
             },
+        }
+        for notice in log.outages.iter().flatten() {
+            out.put_slice(notice);
         }
         if out.len() == before {
             let note = if log.live.is_empty() {

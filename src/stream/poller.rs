@@ -145,7 +145,10 @@ pub async fn run(hub: Arc<HubShared>, channel: Arc<Channel>, index: usize) {
         };
         let pause = match outcome {
             Ok(()) => {
-                failures = 0;
+                if failures > 0 {
+                    failures = 0;
+                    channel.recovered(index);
+                }
                 if held { Duration::ZERO } else { spec.every }
             }
             Err((status, detail, retry_after)) => {
@@ -156,7 +159,7 @@ pub async fn run(hub: Arc<HubShared>, channel: Arc<Channel>, index: usize) {
                         "status": status.map(|s| s.as_u16()),
                         "detail": detail,
                     });
-                    channel.notice("error", &data.to_string());
+                    channel.outage(index, &data.to_string());
                 }
                 failures = failures.saturating_add(1);
                 backoff(spec.every, hub.sse.max_backoff, failures, retry_after)
