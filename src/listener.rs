@@ -1,8 +1,9 @@
 //! Listeners: accept, TLS, and serving each connection with the protocol it chose.
 //!
-//! One accept loop serves both listeners. A connection permit is taken *before* accepting
-//! (`[listen] max_connections`), so over the limit the kernel's backlog absorbs the burst
-//! instead of the process running out of file descriptors. Each connection is then bounded
+//! One accept loop serves both listeners. A connection permit (`[listen] max_connections`) is
+//! taken before a connection is served, so the process never runs out of file descriptors.
+//! Over the limit, newcomers are answered at once: a plaintext one gets a JSON 503 with
+//! `Connection: close`, a TLS one (which would need a handshake first) is closed. Each connection is then bounded
 //! while it has not yet sent a request: the TLS handshake by `tls_handshake_timeout`, HTTP/1.1
 //! headers by `header_read_timeout`, and a write the client does not read by `write_timeout`
 //! ([`WriteTimeout`]). HTTPS connections are served as HTTP/2 or HTTP/1.1 by
@@ -132,13 +133,27 @@ pub async fn serve(
         None => (None, None),
     };
     let http = listeners.http;
+    let refusals = Arc::new(Semaphore::new(MAX_REFUSALS));
     loop {
-        let permit = tokio::select! {
-            permit = permits.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break,
+        let permit = match permits.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            // Over the cap: wait for a free slot, and meanwhile answer newcomers clearly
+            // instead of leaving them in the backlog.
+            Err(_) => tokio::select! {
+                permit = permits.clone().acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => break,
+                },
+                accepted = accept(https.as_ref()) => {
+                    refuse(accepted, true, &refusals, &app.metrics);
+                    continue;
+                }
+                accepted = accept(http.as_ref()) => {
+                    refuse(accepted, false, &refusals, &app.metrics);
+                    continue;
+                }
+                _ = shutdown.fired() => break,
             },
-            _ = shutdown.fired() => break,
         };
         let (accepted, tls) = tokio::select! {
             accepted = accept(https.as_ref()) => (accepted, true),
@@ -205,6 +220,42 @@ pub async fn serve(
             "connections still open after the shutdown grace period"
         );
     }
+}
+
+/// Connections being refused at once; beyond it, extra ones are simply closed.
+const MAX_REFUSALS: usize = 64;
+
+/// The body of the answer to a plaintext connection over `max_connections`.
+const OVER_CAPACITY: &str = "{\"detail\":\"the proxy is at its connection limit; retry shortly\",\"error\":\"too_many_connections\"}\n";
+
+/// Answers a connection over the cap: a plaintext one gets a 503, a TLS one (which would need
+/// a handshake first) is closed. Either way its file descriptor is released at once.
+fn refuse(
+    accepted: std::io::Result<(TcpStream, SocketAddr)>,
+    tls: bool,
+    refusals: &Arc<Semaphore>,
+    metrics: &Metrics,
+) {
+    let Ok((mut stream, _)) = accepted else {
+        return;
+    };
+    metrics.limited(crate::metrics::Limit::MaxConnections);
+    let Ok(refusal) = refusals.clone().try_acquire_owned() else {
+        return;
+    };
+    if tls {
+        return;
+    }
+    tokio::spawn(async move {
+        let _refusal = refusal;
+        let answer = format!(
+            "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\n\
+             connection: close\r\ncontent-length: {}\r\n\r\n{OVER_CAPACITY}",
+            OVER_CAPACITY.len()
+        );
+        let write = tokio::io::AsyncWriteExt::write_all(&mut stream, answer.as_bytes());
+        let _ = tokio::time::timeout(Duration::from_secs(1), write).await;
+    });
 }
 
 /// Counts a connection in the open-connections gauge for as long as it lives.

@@ -36,13 +36,16 @@ pub enum Limit {
     MaxStreamsPerUser,
     /// `[auth] max_validations_per_s`.
     ValidationRate,
+    /// `[listen] max_connections`.
+    MaxConnections,
 }
 
 impl Limit {
-    const ALL: [Limit; 3] = [
+    const ALL: [Limit; 4] = [
         Limit::MaxStreams,
         Limit::MaxStreamsPerUser,
         Limit::ValidationRate,
+        Limit::MaxConnections,
     ];
 
     fn label(self) -> &'static str {
@@ -50,6 +53,7 @@ impl Limit {
             Limit::MaxStreams => "{reason=\"max_streams\"}",
             Limit::MaxStreamsPerUser => "{reason=\"max_streams_per_user\"}",
             Limit::ValidationRate => "{reason=\"validation_rate\"}",
+            Limit::MaxConnections => "{reason=\"max_connections\"}",
         }
     }
 }
@@ -92,7 +96,7 @@ pub struct Metrics {
     pub validator_calls: AtomicU64,
     /// Requests whose token was rejected or missing.
     pub auth_rejects: AtomicU64,
-    limits: [AtomicU64; 3],
+    limits: [AtomicU64; 4],
 }
 
 impl Metrics {

@@ -235,3 +235,60 @@ async fn a_flood_of_random_tokens_is_held_to_the_validation_rate() {
     let limited = "sse_edge_limit_rejections_total{reason=\"validation_rate\"}";
     assert!(proxy.metric(limited).await >= 10.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_the_connection_cap_newcomers_get_503_and_admin_stays_up() {
+    let origin = origin().await;
+    let proxy = start_proxy(
+        &origin,
+        Options {
+            max_connections: 2,
+            ..Options::default()
+        },
+    )
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut stream = proxy
+            .client
+            .stream(Proto::H1Plain, "/api/v2/stream", &[])
+            .await;
+        stream.next(WAIT).await;
+        held.push(stream);
+    }
+    let mut newcomer = TcpStream::connect(proxy.proxy.http_addr().expect("http"))
+        .await
+        .expect("connect");
+    let answer = String::from_utf8_lossy(&read_until_closed(&mut newcomer).await).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(
+        answer.contains("\"error\":\"too_many_connections\""),
+        "{answer}"
+    );
+    let over = "sse_edge_limit_rejections_total{reason=\"max_connections\"}";
+    assert!(
+        proxy.metric(over).await >= 1.0,
+        "admin answers over the cap"
+    );
+    held.pop();
+    // The connection's slot frees when its task ends, just after the stream's.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        // Raw HTTP: over the cap the 503 may come before the request is even sent.
+        let mut conn = TcpStream::connect(proxy.proxy.http_addr().expect("http"))
+            .await
+            .expect("connect");
+        let request = b"GET /api/v2/stream/status HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n";
+        let _ = conn.write_all(request).await;
+        let answer = String::from_utf8_lossy(&read_until_closed(&mut conn).await).into_owned();
+        if answer.starts_with("HTTP/1.1 200") {
+            break;
+        }
+        assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never served again under the cap"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -49,6 +49,8 @@ pub struct Options {
     pub max_streams_per_user: usize,
     /// `[auth] max_validations_per_s`.
     pub max_validations_per_s: u64,
+    /// `[listen] max_connections`.
+    pub max_connections: usize,
 }
 
 impl Default for Options {
@@ -69,6 +71,7 @@ impl Default for Options {
             token_sources: r#""bearer", "x-user-id", "query:user_token""#,
             max_streams_per_user: 20,
             max_validations_per_s: 100,
+            max_connections: 10_000,
         }
     }
 }
@@ -94,6 +97,7 @@ pub fn config_text(origin_url: &str, dir: &Path, options: &Options) -> String {
 https = "127.0.0.1:0"
 http = "127.0.0.1:0"
 admin = "127.0.0.1:0"
+max_connections = {max_connections}
 tls_handshake_timeout_ms = 2000
 header_read_timeout_ms = 2000
 write_timeout_ms = {write_timeout_ms}
@@ -165,6 +169,7 @@ auth = true
         token_sources = options.token_sources,
         max_validations_per_s = options.max_validations_per_s,
         max_streams_per_user = options.max_streams_per_user,
+        max_connections = options.max_connections,
         every = options.every_ms,
         wait = options
             .metrics_wait_s
