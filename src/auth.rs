@@ -368,6 +368,36 @@ mod tests {
         assert!(a.find_token(&HeaderMap::new(), Some("other=1")).is_none());
     }
 
+    proptest::proptest! {
+        #[test]
+        fn token_lookup_survives_any_input_and_returns_part_of_it(
+            authorization in proptest::collection::vec(proptest::num::u8::ANY, 0..80),
+            cookie in proptest::collection::vec(proptest::num::u8::ANY, 0..80),
+            query in ".{0,80}",
+        ) {
+            let a = auth(vec![
+                TokenSource::Bearer,
+                TokenSource::Cookie("sid".into()),
+                TokenSource::Query("user_token".into()),
+            ]);
+            let mut headers = HeaderMap::new();
+            if let Ok(value) = HeaderValue::from_bytes(&authorization) {
+                headers.insert(header::AUTHORIZATION, value);
+            }
+            if let Ok(value) = HeaderValue::from_bytes(&cookie) {
+                headers.insert(header::COOKIE, value);
+            }
+            if let Some(token) = a.find_token(&headers, Some(&query)) {
+                let inputs = [
+                    String::from_utf8_lossy(&authorization).into_owned(),
+                    String::from_utf8_lossy(&cookie).into_owned(),
+                    query.clone(),
+                ];
+                proptest::prop_assert!(inputs.iter().any(|i| i.contains(token)));
+            }
+        }
+    }
+
     #[test]
     fn basic_auth_is_not_a_bearer_token() {
         let a = auth(vec![TokenSource::Bearer]);

@@ -225,6 +225,26 @@ mod tests {
         builder.body(()).expect("request").into_parts().0
     }
 
+    proptest::proptest! {
+        #[test]
+        fn last_event_id_survives_any_input(
+            header in proptest::collection::vec(proptest::num::u8::ANY, 0..400),
+            query in "[ -~]{0,400}",
+        ) {
+            let mut builder = http::Request::builder();
+            if let Ok(uri) = format!("/s?{query}").parse::<http::Uri>() {
+                builder = builder.uri(uri);
+            }
+            if let Ok(value) = HeaderValue::from_bytes(&header) {
+                builder = builder.header("last-event-id", value);
+            }
+            if let Ok(request) = builder.body(()) {
+                let id = last_event_id(&request.into_parts().0);
+                proptest::prop_assert!(id.is_none_or(|id| id.len() <= MAX_EVENT_ID_LEN));
+            }
+        }
+    }
+
     #[test]
     fn last_event_id_from_header_or_query() {
         assert_eq!(
