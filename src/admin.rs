@@ -65,11 +65,9 @@ fn answer(app: &App, request: &Request<Incoming>) -> Response<ProxyBody> {
             ),
         ),
         "/metrics" => {
-            let hub = &app.streams.hub;
             let text = app.metrics.render(&Gauges {
                 streams_open: app.streams.open_streams(),
-                pollers: hub.channel_count(),
-                subscribers: hub.subscriber_count(),
+                routes: app.streams.hub.per_route(),
             });
             let mut response = Response::new(ProxyBody::full(Bytes::from(text)));
             response.headers_mut().insert(

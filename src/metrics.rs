@@ -170,17 +170,34 @@ impl Metrics {
             "Event streams open now.",
             &[("", gauges.streams_open as f64)],
         );
+        let by_route = |pick: fn(&RouteGauge) -> usize| -> Vec<(String, f64)> {
+            gauges
+                .routes
+                .iter()
+                .map(|r| {
+                    (
+                        format!("{{route=\"{}\"}}", label_value(&r.route)),
+                        pick(r) as f64,
+                    )
+                })
+                .collect()
+        };
+        let pollers = by_route(|r| r.pollers);
+        let pollers: Vec<(&str, f64)> = pollers.iter().map(|(l, v)| (l.as_str(), *v)).collect();
         metric(
             "pollers",
             "gauge",
-            "Stream keys with a running poller.",
-            &[("", gauges.pollers as f64)],
+            "Stream keys with a running poller, by route.",
+            &pollers,
         );
+        let subscribers = by_route(|r| r.subscribers);
+        let subscribers: Vec<(&str, f64)> =
+            subscribers.iter().map(|(l, v)| (l.as_str(), *v)).collect();
         metric(
             "subscribers",
             "gauge",
-            "Clients attached to stream keys.",
-            &[("", gauges.subscribers as f64)],
+            "Clients (open streams) attached to stream keys, by route.",
+            &subscribers,
         );
         metric(
             "streams_started_total",
@@ -276,14 +293,30 @@ impl Metrics {
 }
 
 /// Values the metrics module cannot count itself.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Gauges {
     /// Event streams open now.
     pub streams_open: usize,
-    /// Stream keys with a poller.
+    /// Pollers and subscribers of each configured stream route.
+    pub routes: Vec<RouteGauge>,
+}
+
+/// One stream route's live figures.
+#[derive(Debug, Clone, Default)]
+pub struct RouteGauge {
+    /// The route's path pattern.
+    pub route: String,
+    /// Stream keys of this route with a running poller.
     pub pollers: usize,
-    /// Clients attached to stream keys.
+    /// Clients attached to them.
     pub subscribers: usize,
+}
+
+/// Escapes a Prometheus label value.
+fn label_value(text: &str) -> String {
+    text.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 #[cfg(test)]
@@ -298,9 +331,17 @@ mod tests {
         metrics.limited(Limit::MaxStreams);
         let text = metrics.render(&Gauges {
             streams_open: 2,
-            pollers: 1,
-            subscribers: 2,
+            routes: vec![RouteGauge {
+                route: "/a/{id}/s".into(),
+                pollers: 1,
+                subscribers: 2,
+            }],
         });
+        assert!(
+            text.contains("sse_edge_subscribers{route=\"/a/{id}/s\"} 2\n"),
+            "{text}"
+        );
+        assert_eq!(label_value("a\"b\\c"), "a\\\"b\\\\c");
         assert!(
             text.contains("sse_edge_polls_total{outcome=\"not_modified\"} 1\n"),
             "{text}"

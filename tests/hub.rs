@@ -90,7 +90,8 @@ async fn a_thousand_clients_cost_the_origin_one_poll_per_interval() {
         streams.push(stream.expect("client"));
     }
     assert_eq!(proxy.proxy.pollers(), 1);
-    assert_eq!(proxy.metric("sse_edge_subscribers").await, 1000.0);
+    let subscribers = "sse_edge_subscribers{route=\"/api/v2/stream\"}";
+    assert_eq!(proxy.metric(subscribers).await, 1000.0);
     for change in 2..=5 {
         origin.set_metrics(json!({"requests": change}));
         for stream in &mut streams {

@@ -161,6 +161,20 @@ async fn sigterm_ends_every_stream_cleanly_and_exits_zero() {
         stream.next(WAIT).await;
         streams.push(stream);
     }
+    // A passthrough request in flight when the signal comes.
+    let slow_origin = origin.hold("/api/v2/stream/status");
+    let in_flight = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            client
+                .get_json(Proto::H1Plain, "/api/v2/stream/status", &[])
+                .await
+                .0
+        })
+    };
+    origin
+        .wait_for_count("/api/v2/stream/status", 1, WAIT)
+        .await;
     proxy.signal("TERM");
     for stream in &mut streams {
         match stream.try_next(WAIT).await {
@@ -172,6 +186,12 @@ async fn sigterm_ends_every_stream_cleanly_and_exits_zero() {
             "the last frame tells the client to reconnect"
         );
     }
+    slow_origin.release();
+    assert_eq!(
+        in_flight.await.expect("request task"),
+        200,
+        "in-flight passthrough finishes within the grace period"
+    );
     assert_eq!(proxy.exit_code().await, Some(0));
 }
 

@@ -18,7 +18,7 @@ use super::poller;
 use super::sse;
 use crate::auth::Identity;
 use crate::config::{SseConfig, StreamConfig};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RouteGauge};
 use crate::shutdown::ShutdownSignal;
 use crate::upstream::Upstream;
 
@@ -148,9 +148,24 @@ impl Hub {
         &self.shared.metrics
     }
 
-    /// Clients attached to any channel now.
-    pub fn subscriber_count(&self) -> usize {
-        self.shared.lock().values().map(|c| c.subscribers()).sum()
+    /// Pollers and subscribers of each configured route now.
+    pub fn per_route(&self) -> Vec<RouteGauge> {
+        let mut routes: Vec<RouteGauge> = self
+            .shared
+            .routes
+            .iter()
+            .map(|r| RouteGauge {
+                route: r.path.to_string(),
+                ..RouteGauge::default()
+            })
+            .collect();
+        for channel in self.shared.lock().values() {
+            if let Some(route) = routes.get_mut(channel.key.route) {
+                route.pollers += 1;
+                route.subscribers += channel.subscribers();
+            }
+        }
+        routes
     }
 
     /// Ends every stream with a `retry:` hint so `EventSource` reconnects (to another instance).
