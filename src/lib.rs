@@ -17,6 +17,7 @@
 //! - [`metrics`] and [`admin`]: counters for operators, on `/metrics` of the admin listener.
 //! - [`demo`]: a built-in buffered sample origin for trying it out.
 //! - [`probe`]: `sse-edge probe URL`, which tells why an SSE endpoint times out.
+//! - [`load`]: `sse-edge load URL`, the SSE load generator used by the benchmarks.
 //!
 //! [`Proxy::start`] binds the listeners and runs everything in the background; tests use it on
 //! port 0 and read the bound addresses back.
@@ -30,6 +31,7 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod listener;
+pub mod load;
 pub mod metrics;
 pub mod passthrough;
 pub mod probe;

@@ -31,9 +31,38 @@ enum Command {
     Demo,
     /// Diagnose an SSE endpoint: timeline and one verdict; exits 0 only for `streaming`.
     Probe(ProbeArgs),
+    /// Open many event streams and measure them (loopback load testing; bounded in time).
+    Load(LoadArgs),
     /// Validate the configuration (keys, environment variables, certificate and key, CA)
     /// and print every problem; exits 0 when it would start.
     Check,
+}
+
+#[derive(clap::Args)]
+struct LoadArgs {
+    /// The stream URL, for example http://127.0.0.1:8080/api/v2/stream.
+    url: String,
+    /// Streams to open.
+    #[arg(long, default_value_t = 100)]
+    streams: usize,
+    /// Connections to multiplex them over with --http2 (HTTP/1.1 opens one per stream).
+    #[arg(long, default_value_t = 10)]
+    connections: usize,
+    /// Speak HTTP/2 (ALPN h2; prior knowledge over http://).
+    #[arg(long)]
+    http2: bool,
+    /// Accept any TLS certificate.
+    #[arg(short = 'k', long)]
+    insecure: bool,
+    /// Seconds to hold the streams open once they are all open.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// An extra request header, `Name: value` (repeatable).
+    #[arg(short = 'H', long = "header")]
+    headers: Vec<String>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args)]
@@ -94,6 +123,7 @@ fn main() -> ExitCode {
     let served = match cli.command {
         Some(Command::Probe(args)) => return runtime.block_on(probe(args)),
         Some(Command::Check) => return check(&cli.config),
+        Some(Command::Load(args)) => return runtime.block_on(load(args)),
         Some(Command::Demo) => runtime.block_on(serve(cli.config, true)),
         None => runtime.block_on(serve(cli.config, false)),
     };
@@ -102,6 +132,42 @@ fn main() -> ExitCode {
         Err(message) => {
             eprintln!("sse-edge: {message}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+async fn load(args: LoadArgs) -> ExitCode {
+    let Ok(duration) = Duration::try_from_secs_f64(args.duration) else {
+        eprintln!("sse-edge: --duration must be a positive number of seconds");
+        return ExitCode::from(2);
+    };
+    let options = sse_edge::load::LoadOptions {
+        url: args.url,
+        streams: args.streams.max(1),
+        connections: args.connections.max(1),
+        http2: args.http2,
+        insecure: args.insecure,
+        duration,
+        headers: args.headers,
+    };
+    match sse_edge::load::run(&options).await {
+        Ok(report) if args.json => match serde_json::to_string_pretty(&report) {
+            Ok(json) => {
+                println!("{json}");
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("sse-edge: cannot print the report: {error}");
+                ExitCode::FAILURE
+            }
+        },
+        Ok(report) => {
+            print!("{}", report.to_text(&options));
+            ExitCode::SUCCESS
+        }
+        Err(message) => {
+            eprintln!("sse-edge: {message}");
+            ExitCode::from(2)
         }
     }
 }

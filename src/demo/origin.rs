@@ -246,7 +246,16 @@ impl Origin {
             .unwrap_or(24)
             .clamp(1, 720);
         self.seen(format!("metrics:{hours}"));
-        reply(StatusCode::OK, &metrics_document(hours, self.tick()))
+        let tick = self.tick();
+        let mut document = metrics_document(hours, tick);
+        // When this sample's data changed, for measuring origin-to-client latency.
+        let changed = self.started + self.options.tick.saturating_mul(tick as u32);
+        let changed_us = SystemTime::now()
+            .checked_sub(changed.elapsed())
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_micros() as u64);
+        document["ts_us"] = json!(changed_us);
+        reply(StatusCode::OK, &document)
     }
 
     fn anonymous(&self) -> Response<Full<Bytes>> {
