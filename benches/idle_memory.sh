@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Proxy memory per idle stream and stream open rate, plaintext HTTP/1.1 and TLS (HTTP/1.1 and
+# HTTP/2), measured on the release binary in front of the demo origin. Loopback only; every
+# run is bounded in streams and time.
+#
+#   benches/idle_memory.sh [STREAMS]      (default 10000; at most ~19000 on this machine)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+streams=${1:-10000}
+cargo build --release --quiet
+bin=target/release/sse-edge
+export RUST_LOG=warn
+proxy=
+start_proxy() { # a fresh process per case, so no case reuses memory another one freed
+  stop_proxy
+  $bin demo --config benches/load.toml >/dev/null &
+  proxy=$!
+  for _ in $(seq 100); do curl -fs http://127.0.0.1:19901/healthz >/dev/null 2>&1 && break; sleep 0.1; done
+  # One stream first, so the poller, the origin's cold start and lazy allocations are not counted.
+  $bin load http://127.0.0.1:18080/api/v2/stream --streams 1 --duration 0.5 >/dev/null
+}
+stop_proxy() { [ -n "$proxy" ] && { kill "$proxy" 2>/dev/null; wait "$proxy" 2>/dev/null || true; }; proxy=; }
+trap stop_proxy EXIT
+rss() { awk '/VmRSS/ {print $2}' /proc/$proxy/status; }
+open_streams() { curl -fs http://127.0.0.1:19901/metrics | awk '$1 == "sse_edge_streams_open" {print $2}'; }
+
+measure() { # name, url, extra load flags
+  local name=$1 url=$2; shift 2
+  local before after
+  start_proxy
+  before=$(rss)
+  $bin load "$url" --streams "$streams" --duration 6 --json "$@" > /tmp/sse-edge-load.json &
+  local load=$!
+  for _ in $(seq 300); do [ "$(open_streams)" = "$streams" ] && break; sleep 0.1; done
+  sleep 2
+  after=$(rss)
+  local held; held=$(open_streams)
+  wait $load
+  python3 - "$name" "$held" "$before" "$after" <<'PY'
+import json, sys
+name, held, before, after = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+r = json.load(open("/tmp/sse-edge-load.json"))
+ff = r["first_frame"]
+print(f"{name:<22} {held:>6} streams held | proxy RSS {before:>7} -> {after:>7} KiB | "
+      f"{(after - before) / max(held, 1):5.1f} KiB per stream | opened {r['opened']}/{r['streams']} "
+      f"at {r['opened_per_second']:.0f}/s | first frame p50 {ff['p50_ms']:.1f} ms, p99 {ff['p99_ms']:.1f} ms")
+PY
+}
+
+echo "sse-edge idle streams: $streams per run, $(nproc) cores, $(date -u +%F)"
+measure "plaintext HTTP/1.1" "http://127.0.0.1:18080/api/v2/stream"
+measure "TLS HTTP/1.1" "https://localhost:18443/api/v2/stream" -k
+measure "TLS HTTP/2 (100/conn)" "https://localhost:18443/api/v2/stream" -k --http2 --connections $((streams / 100))
