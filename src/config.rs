@@ -77,7 +77,8 @@ pub struct ListenConfig {
     pub max_connections: usize,
     /// Bound on the TLS handshake, so a silent client cannot hold a connection slot.
     pub tls_handshake_timeout: Duration,
-    /// Bound on reading a request's headers (HTTP/1.1), against slowloris.
+    /// Bound on reading a request's headers (HTTP/1.1, against slowloris), and on a
+    /// connection's idleness with nothing in flight (any protocol).
     pub header_read_timeout: Duration,
     /// Bound on a write the client does not read: past it the connection is closed.
     pub write_timeout: Duration,

@@ -30,6 +30,7 @@ pub mod body;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod idle;
 pub mod listener;
 pub mod load;
 pub mod metrics;

@@ -12,7 +12,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use hyper::service::service_fn;
@@ -25,6 +25,7 @@ use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::ListenConfig;
+use crate::idle::{Activity, Tracked};
 use crate::metrics::Metrics;
 use crate::service::App;
 use crate::shutdown::ShutdownSignal;
@@ -145,11 +146,11 @@ pub async fn serve(
                     Err(_) => break,
                 },
                 accepted = accept(https.as_ref()) => {
-                    refuse(accepted, true, &refusals, &app.metrics);
+                    refuse(accepted, true, &refusals, &app.metrics).await;
                     continue;
                 }
                 accepted = accept(http.as_ref()) => {
-                    refuse(accepted, false, &refusals, &app.metrics);
+                    refuse(accepted, false, &refusals, &app.metrics).await;
                     continue;
                 }
                 _ = shutdown.fired() => break,
@@ -166,7 +167,7 @@ pub async fn serve(
                 // Out of file descriptors or a transient kernel error: back off briefly
                 // instead of spinning on the same error.
                 tracing::warn!(%error, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
                 continue;
             }
         };
@@ -178,12 +179,12 @@ pub async fn serve(
         let app = app.clone();
         let acceptor = acceptor.clone().filter(|_| tls);
         let handshake_timeout = config.tls_handshake_timeout;
-        let first_request = config.header_read_timeout;
+        let idle_limit = config.header_read_timeout;
         tokio::spawn(async move {
             let _permit = permit;
             let _open = OpenConnection::new(app.metrics.clone(), tls);
             match acceptor {
-                None => serve_io(stream, &builders.auto, app, conn, watcher, first_request).await,
+                None => serve_io(stream, &builders.auto, app, conn, watcher, idle_limit).await,
                 Some(acceptor) => {
                     let tls_stream = match tokio::time::timeout(
                         handshake_timeout,
@@ -203,7 +204,7 @@ pub async fn serve(
                     };
                     let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
                     let builder = if h2 { &builders.http2 } else { &builders.http1 };
-                    serve_io(tls_stream, builder, app, conn, watcher, first_request).await;
+                    serve_io(tls_stream, builder, app, conn, watcher, idle_limit).await;
                 }
             }
         });
@@ -222,6 +223,9 @@ pub async fn serve(
     }
 }
 
+/// Pause after a failed accept (out of file descriptors), so the loop does not spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
 /// Connections being refused at once; beyond it, extra ones are simply closed.
 const MAX_REFUSALS: usize = 64;
 
@@ -229,15 +233,21 @@ const MAX_REFUSALS: usize = 64;
 const OVER_CAPACITY: &str = "{\"detail\":\"the proxy is at its connection limit; retry shortly\",\"error\":\"too_many_connections\"}\n";
 
 /// Answers a connection over the cap: a plaintext one gets a 503, a TLS one (which would need
-/// a handshake first) is closed. Either way its file descriptor is released at once.
-fn refuse(
+/// a handshake first) is closed. Either way its file descriptor is released at once. A failed
+/// accept (out of file descriptors) backs off instead of spinning on the same error.
+async fn refuse(
     accepted: std::io::Result<(TcpStream, SocketAddr)>,
     tls: bool,
     refusals: &Arc<Semaphore>,
     metrics: &Metrics,
 ) {
-    let Ok((mut stream, _)) = accepted else {
-        return;
+    let (mut stream, _) = match accepted {
+        Ok(pair) => pair,
+        Err(error) => {
+            tracing::warn!(%error, "accept failed");
+            tokio::time::sleep(ACCEPT_BACKOFF).await;
+            return;
+        }
     };
     metrics.limited(crate::metrics::Limit::MaxConnections);
     let Ok(refusal) = refusals.clone().try_acquire_owned() else {
@@ -292,39 +302,35 @@ async fn accept(listener: Option<&TcpListener>) -> std::io::Result<(TcpStream, S
     }
 }
 
-/// Serves one connection. It must send its first request within `first_request`: neither
-/// the HTTP/1.1-or-h2c detection nor an HTTP/2 connection waiting for its preface has a timer
-/// of its own, and a silent socket must not hold a connection slot.
+/// Serves one connection, closing it once it has been idle (no response in flight, nothing
+/// arriving) for `idle_limit`: see [`crate::idle`].
 async fn serve_io<I>(
     io: I,
     builder: &auto::Builder<TokioExecutor>,
     app: Arc<App>,
     conn: ConnInfo,
     watcher: Watcher,
-    first_request: Duration,
+    idle_limit: Duration,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let seen = Arc::new(AtomicBool::new(false));
-    let saw = seen.clone();
+    let activity = Activity::new();
+    let requests = activity.clone();
     let service = service_fn(move |request| {
-        saw.store(true, Ordering::Relaxed);
+        let busy = requests.begin();
         let app = app.clone();
-        async move { Ok::<_, std::convert::Infallible>(app.handle(request, conn).await) }
+        async move {
+            let response = app.handle(request, conn).await;
+            Ok::<_, std::convert::Infallible>(response.map(|body| Tracked { body, busy }))
+        }
     });
     let connection = watcher.watch(builder.serve_connection(TokioIo::new(io), service));
-    let silent = async {
-        tokio::time::sleep(first_request).await;
-        if seen.load(Ordering::Relaxed) {
-            std::future::pending::<()>().await;
-        }
-    };
     tokio::select! {
         result = connection => {
             if let Err(error) = result {
                 tracing::debug!(peer = %conn.peer, error = %error, "connection ended with an error");
             }
         }
-        _ = silent => tracing::debug!(peer = %conn.peer, "no request in time; closed"),
+        _ = activity.idle(idle_limit) => tracing::debug!(peer = %conn.peer, "idle; closed"),
     }
 }

@@ -136,10 +136,16 @@ fn main() -> ExitCode {
     }
 }
 
+/// Longest `--timeout`, `--idle-threshold` or `--duration` accepted.
+const MAX_SECONDS: Duration = Duration::from_secs(86_400);
+
 async fn load(args: LoadArgs) -> ExitCode {
-    let Ok(duration) = Duration::try_from_secs_f64(args.duration) else {
-        eprintln!("sse-edge: --duration must be a positive number of seconds");
-        return ExitCode::from(2);
+    let duration = match Duration::try_from_secs_f64(args.duration) {
+        Ok(d) if d <= MAX_SECONDS => d,
+        _ => {
+            eprintln!("sse-edge: --duration must be from 0 to one day, in seconds");
+            return ExitCode::from(2);
+        }
     };
     let options = sse_edge::load::LoadOptions {
         url: args.url,
@@ -173,9 +179,11 @@ async fn load(args: LoadArgs) -> ExitCode {
 }
 
 async fn probe(args: ProbeArgs) -> ExitCode {
-    let seconds = |s: f64, what: &str| {
-        Duration::try_from_secs_f64(s)
-            .map_err(|_| format!("--{what} must be a positive number of seconds"))
+    let seconds = |s: f64, what: &str| match Duration::try_from_secs_f64(s) {
+        Ok(d) if !d.is_zero() && d <= MAX_SECONDS => Ok(d),
+        _ => Err(format!(
+            "--{what} must be more than 0 and at most one day, in seconds"
+        )),
     };
     let (timeout, idle_threshold) = match (
         seconds(args.timeout, "timeout"),
@@ -224,6 +232,13 @@ async fn serve(config: PathBuf, demo: bool) -> Result<(), String> {
     };
     let waited = signals(&proxy).await;
     tracing::info!("shutting down");
+    // A second SIGINT or SIGTERM during the grace period stops at once.
+    tokio::spawn(async {
+        if signals_again().await {
+            tracing::warn!("second signal: exiting without waiting for the grace period");
+            std::process::exit(1);
+        }
+    });
     proxy.shutdown().await;
     waited
 }
@@ -280,5 +295,20 @@ fn check(path: &Path) -> ExitCode {
             eprintln!("{}: {problem}", path.display());
         }
         ExitCode::FAILURE
+    }
+}
+
+/// Resolves `true` on the next SIGINT or SIGTERM (`false` if they cannot be listened for).
+async fn signals_again() -> bool {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut terminate), Ok(mut interrupt)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return false;
+    };
+    tokio::select! {
+        _ = terminate.recv() => true,
+        _ = interrupt.recv() => true,
     }
 }

@@ -82,8 +82,9 @@ pub struct Metrics {
     polls: [AtomicU64; 5],
     /// Sum of poll latencies, in microseconds; their count is the sum of `polls`.
     poll_micros: AtomicU64,
-    /// Polls at most as long as each of [`POLL_BUCKETS`] (not cumulative; summed on render).
-    poll_buckets: [AtomicU64; POLL_BUCKETS.len()],
+    /// Polls at most as long as each of [`POLL_BUCKETS`] (not cumulative; summed on render),
+    /// and in the last slot, longer than all of them.
+    poll_buckets: [AtomicU64; POLL_BUCKETS.len() + 1],
     /// Slow clients skipped ahead to the current state.
     pub resyncs_lagged: AtomicU64,
     /// Reconnects whose `Last-Event-ID` was unknown or expired.
@@ -110,9 +111,11 @@ impl Metrics {
         Metrics::inc(&self.polls[outcome as usize]);
         self.poll_micros.fetch_add(micros, Ordering::Relaxed);
         let seconds = micros as f64 / 1e6;
-        if let Some(bucket) = POLL_BUCKETS.iter().position(|&le| seconds <= le) {
-            Metrics::inc(&self.poll_buckets[bucket]);
-        }
+        let bucket = POLL_BUCKETS
+            .iter()
+            .position(|&le| seconds <= le)
+            .unwrap_or(POLL_BUCKETS.len());
+        Metrics::inc(&self.poll_buckets[bucket]);
     }
 
     /// Counts a request turned away by a limit.
@@ -231,13 +234,16 @@ impl Metrics {
             .collect();
         let polls: Vec<(&str, f64)> = polls.iter().map(|(l, v)| (l.as_str(), *v)).collect();
         metric("polls_total", "counter", "Origin polls by outcome.", &polls);
-        let count: u64 = self.polls.iter().map(get).sum();
+        // Each bucket is read once, and +Inf and the count are their total, so a poll recorded
+        // while rendering cannot make the histogram non-monotonic.
+        let counts: Vec<u64> = self.poll_buckets.iter().map(get).collect();
+        let count: u64 = counts.iter().sum();
         let mut cumulative = 0;
         let mut buckets: Vec<(String, f64)> = POLL_BUCKETS
             .iter()
-            .zip(&self.poll_buckets)
+            .zip(&counts)
             .map(|(le, n)| {
-                cumulative += get(n);
+                cumulative += n;
                 (format!("_bucket{{le=\"{le}\"}}"), cumulative as f64)
             })
             .collect();
@@ -322,6 +328,31 @@ fn label_value(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_histogram_stays_monotonic_while_polls_are_recorded() {
+        let metrics = std::sync::Arc::new(Metrics::default());
+        let writers: Vec<_> = (0..3)
+            .map(|n| {
+                let metrics = metrics.clone();
+                std::thread::spawn(move || {
+                    for i in 0..20_000u64 {
+                        metrics.poll(PollOutcome::Unchanged, (i * 7919 + n) % 20_000_000);
+                    }
+                })
+            })
+            .collect();
+        for _ in 0..200 {
+            let text = metrics.render(&Gauges::default());
+            let values: Vec<f64> = text
+                .lines()
+                .filter(|l| l.starts_with("sse_edge_poll_duration_seconds_bucket"))
+                .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+                .collect();
+            assert!(values.windows(2).all(|w| w[0] <= w[1]), "{values:?}");
+        }
+        writers.into_iter().for_each(|w| w.join().expect("writer"));
+    }
 
     #[test]
     fn renders_prometheus_text() {

@@ -292,3 +292,53 @@ async fn over_the_connection_cap_newcomers_get_503_and_admin_stays_up() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_http2_connection_gives_its_slot_back() {
+    let origin = origin().await;
+    let proxy = start_proxy(
+        &origin,
+        Options {
+            max_connections: 1,
+            ..Options::default()
+        },
+    )
+    .await;
+    let http = proxy.proxy.http_addr().expect("http");
+    // One h2c request, then the connection stays open and quiet (the client still answers
+    // PINGs), holding the only slot.
+    let tcp = TcpStream::connect(http).await.expect("connect");
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .expect("h2c");
+    tokio::spawn(connection);
+    let request = http::Request::get(format!("http://{http}/api/v2/stream/status"))
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .expect("request");
+    let response = sender.send_request(request).await.expect("response");
+    assert_eq!(response.status(), 200);
+    drop(response);
+    // Once it has been idle past the limit (2 s here), a newcomer is served again.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let mut conn = TcpStream::connect(http).await.expect("connect");
+        let _ = conn
+            .write_all(
+                b"GET /api/v2/stream/status HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+            )
+            .await;
+        let answer = String::from_utf8_lossy(&read_until_closed(&mut conn).await).into_owned();
+        if answer.starts_with("HTTP/1.1 200") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the idle HTTP/2 connection kept the slot: {answer}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(sender);
+}

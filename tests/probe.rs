@@ -298,3 +298,29 @@ async fn the_binary_exits_zero_only_for_streaming_and_prints_json() {
     let json: serde_json::Value = serde_json::from_slice(&buffered.stdout).expect("JSON report");
     assert_eq!(json["verdict"], "buffered");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_tls_handshake_is_a_connection_problem_not_a_buffering_origin() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let held = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    let report = run(&ProbeOptions {
+        timeout: Duration::from_millis(500),
+        ..options(format!("https://localhost:{}/stream", addr.port()))
+    })
+    .await;
+    assert_eq!(report.verdict, Verdict::Unreachable, "{}", report.to_text());
+    assert!(
+        report.reason.contains("did not finish"),
+        "{}",
+        report.reason
+    );
+    held.abort();
+}

@@ -6,6 +6,8 @@
 
 /// Longest line kept; the rest of a longer line is dropped.
 pub const MAX_LINE: usize = 1 << 20;
+/// Most data kept for one event; further `data:` lines of the same event are dropped.
+pub const MAX_EVENT: usize = 4 << 20;
 
 /// Something the stream said.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,10 +102,12 @@ impl Decoder {
         };
         match name {
             "data" => {
-                if self.has_data {
-                    self.data.push('\n');
+                if self.data.len() + value.len() < MAX_EVENT {
+                    if self.has_data {
+                        self.data.push('\n');
+                    }
+                    self.data.push_str(value);
                 }
-                self.data.push_str(value);
                 self.has_data = true;
             }
             "event" => self.event = value.to_owned(),
@@ -202,5 +206,13 @@ mod tests {
         assert!(decoder.line.len() <= MAX_LINE);
         decoder.feed(b"\n\n", &mut out);
         assert_eq!(out.len(), 1);
+        let line = [b"data: ".as_slice(), &vec![b'b'; MAX_LINE - 10], b"\n"].concat();
+        for _ in 0..16 {
+            decoder.feed(&line, &mut out);
+        }
+        assert!(
+            decoder.data.len() < MAX_EVENT,
+            "one event's data is bounded too"
+        );
     }
 }

@@ -180,7 +180,14 @@ pub async fn run(options: &ProbeOptions) -> Report {
             observed.connect_error = Some(error);
             return finish(report, observed);
         }
-        Err(_) => return finish(report, observed),
+        Err(_) => {
+            // No request was sent: this is a network or TLS problem, not a buffering origin.
+            observed.connect_error = Some(format!(
+                "DNS, TCP connect or the TLS handshake did not finish within {:.1} s",
+                options.timeout.as_secs_f64()
+            ));
+            return finish(report, observed);
+        }
     };
     report.address = Some(connected.address.to_string());
     report.timeline.insert("dns", connected.dns_ms);

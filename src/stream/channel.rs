@@ -17,7 +17,7 @@
 //! current state sends nothing; an unknown or expired id gets `resync` and the full state.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
@@ -63,6 +63,15 @@ pub struct FatalAnswer {
     pub detail: String,
     /// The origin's JSON body, relayed as is when there was one.
     pub body: Option<Bytes>,
+}
+
+/// Credentials of the subscribers attached to a channel.
+#[derive(Default)]
+struct Identities {
+    /// By subscriber number, oldest first.
+    attached: Vec<(u64, Identity)>,
+    /// The last subscriber's, once all have left (used while the poller lingers).
+    departed: Option<Identity>,
 }
 
 /// A slot of the state: one source's document, or one item of an items source.
@@ -144,8 +153,10 @@ pub struct Channel {
     pub idle: Notify,
     /// Signalled when the origin refuses the stream.
     pub failed: Notify,
-    /// The credentials forwarded on polls (latest subscriber's), for `auth = true` routes.
-    identity: Mutex<Option<Identity>>,
+    /// The credentials of attached subscribers, for polls on `auth = true` routes.
+    identities: Mutex<Identities>,
+    /// Numbers subscribers, so each one's credentials leave with it.
+    next_subscriber: AtomicU64,
     /// History bounds from `[sse]`.
     history_events: usize,
     history_bytes: usize,
@@ -184,7 +195,8 @@ impl Channel {
             subscribers: AtomicUsize::new(0),
             idle: Notify::new(),
             failed: Notify::new(),
-            identity: Mutex::new(None),
+            identities: Mutex::new(Identities::default()),
+            next_subscriber: AtomicU64::new(0),
             history_events,
             history_bytes,
             metrics,
@@ -197,19 +209,36 @@ impl Channel {
         self.log.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Attaches a subscriber (called under the hub's lock) and refreshes poll credentials.
-    pub fn attach(&self, identity: Option<Identity>) {
+    /// Attaches a subscriber (called under the hub's lock) with its credentials; returns its
+    /// number, to give to [`Channel::detach`].
+    pub fn attach(&self, identity: Option<Identity>) -> u64 {
         self.subscribers.fetch_add(1, Ordering::SeqCst);
-        if identity.is_some() {
-            *self.identity.lock().unwrap_or_else(|e| e.into_inner()) = identity;
+        let id = self.next_subscriber.fetch_add(1, Ordering::Relaxed);
+        if let Some(identity) = identity {
+            self.identities().attached.push((id, identity));
         }
+        id
     }
 
-    /// Detaches a subscriber; the last one out signals `idle`.
-    pub fn detach(&self) {
+    /// Detaches subscriber `id`, and its credentials with it; the last one out signals `idle`.
+    pub fn detach(&self, id: u64) {
+        {
+            let mut identities = self.identities();
+            if let Some(at) = identities.attached.iter().position(|(i, _)| *i == id) {
+                let (_, identity) = identities.attached.remove(at);
+                if identities.attached.is_empty() {
+                    // Nobody left: keep polling (while lingering) as the last one did.
+                    identities.departed = Some(identity);
+                }
+            }
+        }
         if self.subscribers.fetch_sub(1, Ordering::SeqCst) == 1 {
             self.idle.notify_one();
         }
+    }
+
+    fn identities(&self) -> MutexGuard<'_, Identities> {
+        self.identities.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Attached subscribers now.
@@ -217,12 +246,15 @@ impl Channel {
         self.subscribers.load(Ordering::SeqCst)
     }
 
-    /// The credentials to poll with.
+    /// The credentials to poll with: the newest attached subscriber's, so a token that left
+    /// with its client is never used again while another client is attached.
     pub fn identity(&self) -> Option<Identity> {
-        self.identity
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        let identities = self.identities();
+        identities
+            .attached
+            .last()
+            .map(|(_, identity)| identity.clone())
+            .or_else(|| identities.departed.clone())
     }
 
     /// A receiver of the channel's phase, for clients waiting to start.
@@ -724,6 +756,33 @@ mod tests {
         assert!(log.entries.len() <= 8);
         assert!(log.latest.len() <= 9, "latest grew to {}", log.latest.len());
         assert_eq!(log.live.len(), 1);
+    }
+
+    #[test]
+    fn polls_use_the_credentials_of_a_subscriber_still_attached() {
+        let (ch, _) = channel(10);
+        let who = |user: &str| Identity {
+            user_id: "u".into(),
+            authorization: http::HeaderValue::from_str(&format!("Bearer {user}")).expect("value"),
+        };
+        let a = ch.attach(Some(who("a")));
+        let b = ch.attach(Some(who("b")));
+        assert_eq!(
+            ch.identity().map(|i| i.authorization),
+            Some(who("b").authorization)
+        );
+        ch.detach(b);
+        assert_eq!(
+            ch.identity().map(|i| i.authorization),
+            Some(who("a").authorization)
+        );
+        ch.detach(a);
+        assert_eq!(
+            ch.identity().map(|i| i.authorization),
+            Some(who("a").authorization),
+            "kept while lingering"
+        );
+        assert_eq!(ch.subscribers(), 0);
     }
 
     #[test]

@@ -52,6 +52,8 @@ pub struct Hub {
 /// A client's membership in a channel; leaving is dropping it.
 pub struct Subscription {
     channel: Arc<Channel>,
+    /// This subscriber's number in the channel.
+    id: u64,
 }
 
 impl Subscription {
@@ -78,7 +80,7 @@ impl Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        self.channel.detach();
+        self.channel.detach(self.id);
     }
 }
 
@@ -110,12 +112,13 @@ impl Hub {
     pub fn subscribe(&self, key: StreamKey, identity: Option<Identity>) -> Subscription {
         let mut channels = self.shared.lock();
         if let Some(existing) = channels.get(&key) {
-            existing.attach(identity);
+            let id = existing.attach(identity);
             if let Some(frame) = self.shared.closing.get() {
                 existing.end(frame.clone());
             }
             return Subscription {
                 channel: existing.clone(),
+                id,
             };
         }
         let route = self.shared.routes[key.route].clone();
@@ -127,15 +130,15 @@ impl Hub {
             self.shared.metrics.clone(),
         ));
         // Attach (with the credentials the pollers forward) before they start.
-        channel.attach(identity);
+        let id = channel.attach(identity);
         if let Some(frame) = self.shared.closing.get() {
             // Shutting down: no poller, and the stream ends as soon as it starts.
             channel.end(frame.clone());
-            return Subscription { channel };
+            return Subscription { channel, id };
         }
         channels.insert(key, channel.clone());
         tokio::spawn(supervise(self.shared.clone(), channel.clone()));
-        Subscription { channel }
+        Subscription { channel, id }
     }
 
     /// Channels (and so pollers) alive now.
