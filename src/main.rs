@@ -28,7 +28,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the proxy in front of a built-in buffered sample origin, and print what to try.
-    Demo,
+    Demo(DemoArgs),
     /// Diagnose an SSE endpoint: timeline and one verdict; exits 0 only for `streaming`.
     Probe(ProbeArgs),
     /// Open many event streams and measure them (loopback load testing; bounded in time).
@@ -36,6 +36,16 @@ enum Command {
     /// Validate the configuration (keys, environment variables, certificate and key, CA)
     /// and print every problem; exits 0 when it would start.
     Check,
+}
+
+#[derive(clap::Args)]
+struct DemoArgs {
+    /// How often the sample origin's data changes, in milliseconds.
+    #[arg(long, default_value_t = 3000)]
+    tick_ms: u64,
+    /// How long the sample origin's first answer after a quiet spell takes, in milliseconds.
+    #[arg(long, default_value_t = 2000)]
+    cold_start_ms: u64,
 }
 
 #[derive(clap::Args)]
@@ -124,8 +134,14 @@ fn main() -> ExitCode {
         Some(Command::Probe(args)) => return runtime.block_on(probe(args)),
         Some(Command::Check) => return check(&cli.config),
         Some(Command::Load(args)) => return runtime.block_on(load(args)),
-        Some(Command::Demo) => runtime.block_on(serve(cli.config, true)),
-        None => runtime.block_on(serve(cli.config, false)),
+        Some(Command::Demo(args)) => {
+            let clock = sse_edge::demo::DemoClock {
+                cold_start: Duration::from_millis(args.cold_start_ms),
+                tick: Duration::from_millis(args.tick_ms.max(1)),
+            };
+            runtime.block_on(serve(cli.config, Some(clock)))
+        }
+        None => runtime.block_on(serve(cli.config, None)),
     };
     match served {
         Ok(()) => ExitCode::SUCCESS,
@@ -220,15 +236,16 @@ async fn probe(args: ProbeArgs) -> ExitCode {
     }
 }
 
-/// Runs the proxy (in front of the demo origin when `demo`) until SIGINT or SIGTERM.
-async fn serve(config: PathBuf, demo: bool) -> Result<(), String> {
-    let proxy = if demo {
-        sse_edge::demo::run(&config)
+/// Runs the proxy (in front of the demo origin, with this clock, when `demo`) until SIGINT or SIGTERM.
+async fn serve(config: PathBuf, demo: Option<sse_edge::demo::DemoClock>) -> Result<(), String> {
+    let proxy = match demo {
+        Some(clock) => sse_edge::demo::run(&config, clock)
             .await
-            .map_err(|e| e.to_string())?
-    } else {
-        let config = Config::load(&config).map_err(|e| e.to_string())?;
-        Proxy::start(config).await.map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?,
+        None => {
+            let config = Config::load(&config).map_err(|e| e.to_string())?;
+            Proxy::start(config).await.map_err(|e| e.to_string())?
+        }
     };
     let waited = signals(&proxy).await;
     tracing::info!("shutting down");

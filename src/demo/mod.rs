@@ -42,8 +42,26 @@ pub enum DemoError {
     Start(#[from] StartError),
 }
 
+/// How the demo origin's clock runs.
+#[derive(Debug, Clone, Copy)]
+pub struct DemoClock {
+    /// Delay of the origin's first answer after a quiet spell.
+    pub cold_start: Duration,
+    /// How often its data changes.
+    pub tick: Duration,
+}
+
+impl Default for DemoClock {
+    fn default() -> Self {
+        DemoClock {
+            cold_start: Duration::from_secs(2),
+            tick: Duration::from_secs(3),
+        }
+    }
+}
+
 /// Starts the sample origin and the proxy, and prints what to try.
-pub async fn run(config_path: &Path) -> Result<Proxy, DemoError> {
+pub async fn run(config_path: &Path, clock: DemoClock) -> Result<Proxy, DemoError> {
     let api_key = std::env::var("DASHBOARD_API_KEY")
         .unwrap_or_else(|_| format!("demo-key-{:08x}", fastrand::u32(..)));
     let text = std::fs::read_to_string(config_path).map_err(|source| ConfigError::Read {
@@ -82,8 +100,8 @@ pub async fn run(config_path: &Path) -> Result<Proxy, DemoError> {
     };
     let options = origin::OriginOptions {
         api_key,
-        cold_start: Duration::from_secs(2),
-        tick: Duration::from_secs(3),
+        cold_start: clock.cold_start,
+        tick: clock.tick,
     };
     origin::spawn(origin_addr, options)
         .await
@@ -92,11 +110,11 @@ pub async fn run(config_path: &Path) -> Result<Proxy, DemoError> {
             source,
         })?;
     let proxy = Proxy::start(config).await?;
-    print_instructions(&proxy, origin_addr);
+    print_instructions(&proxy, origin_addr, clock);
     Ok(proxy)
 }
 
-fn print_instructions(proxy: &Proxy, origin: SocketAddr) {
+fn print_instructions(proxy: &Proxy, origin: SocketAddr, clock: DemoClock) {
     let base = match (proxy.https_addr(), proxy.http_addr()) {
         (Some(addr), _) => format!("https://localhost:{}", addr.port()),
         (None, Some(addr)) => format!("http://{addr}"),
@@ -111,7 +129,7 @@ fn print_instructions(proxy: &Proxy, origin: SocketAddr) {
     let id = origin::DEMO_CONFIGURATION;
     println!(
         "\nsse-edge demo: a buffered sample API on http://{origin}, sse-edge in front of it.\n\
-         The origin answers its first request after a 2 s cold start; data changes every 3 s.\n\n\
+         The origin answers its first request after a {:?} cold start; data changes every {:?}.\n\n\
          Live metrics (no login):\n  curl -N{k} {base}/api/v2/stream\n\n\
          Per-user sentiment and refresh events (demo token and configuration):\n  \
          curl -N{k} -H 'Authorization: Bearer {token}' {base}/api/v2/configurations/{id}/stream\n\n\
@@ -122,6 +140,7 @@ fn print_instructions(proxy: &Proxy, origin: SocketAddr) {
          Passthrough:  curl -s{k} {base}/api/v2/stream/status\n\
          The problem, for comparison (the buffered origin holds the stream, then sends it all at once):\n  \
          curl -N http://{origin}/api/v2/stream\n\n\
-         Ctrl-C stops.\n"
+         Ctrl-C stops.\n",
+        clock.cold_start, clock.tick
     );
 }
