@@ -132,14 +132,8 @@ impl Metrics {
     pub fn render(&self, gauges: &Gauges) -> String {
         let mut out = String::with_capacity(4096);
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, f64)]| {
-            let _ = writeln!(out, "# HELP sse_edge_{name} {help}");
-            let _ = writeln!(out, "# TYPE sse_edge_{name} {kind}");
-            for (labels, value) in samples {
-                let _ = writeln!(out, "sse_edge_{name}{labels} {value}");
-            }
-        };
-        metric(
+        family(
+            &mut out,
             "connections_open",
             "gauge",
             "Open client connections.",
@@ -154,7 +148,8 @@ impl Metrics {
                 ),
             ],
         );
-        metric(
+        family(
+            &mut out,
             "requests_total",
             "counter",
             "Requests answered, by route kind.",
@@ -167,7 +162,8 @@ impl Metrics {
                 ("{route=\"rejected\"}", get(&self.requests_rejected) as f64),
             ],
         );
-        metric(
+        family(
+            &mut out,
             "streams_open",
             "gauge",
             "Event streams open now.",
@@ -186,41 +182,44 @@ impl Metrics {
                 .collect()
         };
         let pollers = by_route(|r| r.pollers);
-        let pollers: Vec<(&str, f64)> = pollers.iter().map(|(l, v)| (l.as_str(), *v)).collect();
-        metric(
+        family(
+            &mut out,
             "pollers",
             "gauge",
             "Stream keys with a running poller, by route.",
             &pollers,
         );
         let subscribers = by_route(|r| r.subscribers);
-        let subscribers: Vec<(&str, f64)> =
-            subscribers.iter().map(|(l, v)| (l.as_str(), *v)).collect();
-        metric(
+        family(
+            &mut out,
             "subscribers",
             "gauge",
             "Clients (open streams) attached to stream keys, by route.",
             &subscribers,
         );
-        metric(
+        family(
+            &mut out,
             "streams_started_total",
             "counter",
             "Event streams started.",
             &[("", get(&self.streams_started) as f64)],
         );
-        metric(
+        family(
+            &mut out,
             "frames_sent_total",
             "counter",
             "Frames written to stream clients.",
             &[("", get(&self.frames_sent) as f64)],
         );
-        metric(
+        family(
+            &mut out,
             "stream_bytes_sent_total",
             "counter",
             "Bytes written to stream clients.",
             &[("", get(&self.stream_bytes_sent) as f64)],
         );
-        metric(
+        family(
+            &mut out,
             "heartbeats_sent_total",
             "counter",
             "Heartbeat comments written.",
@@ -232,8 +231,13 @@ impl Metrics {
             .zip(&self.polls)
             .map(|(n, c)| (format!("{{outcome=\"{n}\"}}"), get(c) as f64))
             .collect();
-        let polls: Vec<(&str, f64)> = polls.iter().map(|(l, v)| (l.as_str(), *v)).collect();
-        metric("polls_total", "counter", "Origin polls by outcome.", &polls);
+        family(
+            &mut out,
+            "polls_total",
+            "counter",
+            "Origin polls by outcome.",
+            &polls,
+        );
         // Each bucket is read once, and +Inf and the count are their total, so a poll recorded
         // while rendering cannot make the histogram non-monotonic.
         let counts: Vec<u64> = self.poll_buckets.iter().map(get).collect();
@@ -250,14 +254,15 @@ impl Metrics {
         buckets.push(("_bucket{le=\"+Inf\"}".to_owned(), count as f64));
         buckets.push(("_sum".to_owned(), get(&self.poll_micros) as f64 / 1e6));
         buckets.push(("_count".to_owned(), count as f64));
-        let buckets: Vec<(&str, f64)> = buckets.iter().map(|(l, v)| (l.as_str(), *v)).collect();
-        metric(
+        family(
+            &mut out,
             "poll_duration_seconds",
             "histogram",
             "Time from sending a poll to having its whole body.",
             &buckets,
         );
-        metric(
+        family(
+            &mut out,
             "resyncs_total",
             "counter",
             "Clients sent the full state: lagged (slow client) or unknown_id (reconnect).",
@@ -269,13 +274,15 @@ impl Metrics {
                 ),
             ],
         );
-        metric(
+        family(
+            &mut out,
             "resumes_total",
             "counter",
             "Reconnects served exactly the missing changes.",
             &[("", get(&self.resumes) as f64)],
         );
-        metric(
+        family(
+            &mut out,
             "auth_total",
             "counter",
             "Token checks: cache hits, validator calls, rejections.",
@@ -288,13 +295,29 @@ impl Metrics {
                 ("{result=\"reject\"}", get(&self.auth_rejects) as f64),
             ],
         );
-        metric(
+        family(
+            &mut out,
             "limit_rejections_total",
             "counter",
             "Requests refused by a limit.",
             &Limit::ALL.map(|l| (l.label(), get(&self.limits[l as usize]) as f64)),
         );
         out
+    }
+}
+
+/// Writes one metric family: its help, its type, and its samples (`labels`, value).
+fn family<L: AsRef<str>>(
+    out: &mut String,
+    name: &str,
+    kind: &str,
+    help: &str,
+    samples: &[(L, f64)],
+) {
+    let _ = writeln!(out, "# HELP sse_edge_{name} {help}");
+    let _ = writeln!(out, "# TYPE sse_edge_{name} {kind}");
+    for (labels, value) in samples {
+        let _ = writeln!(out, "sse_edge_{name}{} {value}", labels.as_ref());
     }
 }
 

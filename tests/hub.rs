@@ -9,7 +9,7 @@ use common::client::{Proto, ReadError, SseEvent, SseStream};
 use common::origin::FakeOrigin;
 use common::{Options, TestProxy, WAIT, start_proxy};
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::task::JoinSet;
 
 const METRICS: &str = "/api/v2/metrics";
@@ -266,14 +266,7 @@ async fn resuming_on_a_second_instance_works_the_same() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_is_resynced_not_buffered() {
     let origin = origin().await;
-    let pad = "x".repeat(1000);
-    let document = |round: u32| {
-        Value::Array(
-            (0..1000)
-                .map(|i| json!({"symbol": format!("T{i}"), "round": round, "pad": pad}))
-                .collect(),
-        )
-    };
+    let document = common::padded_tickers;
     origin.set_configuration("cfg1", "alice", document(0));
     let proxy = start_proxy(
         &origin,
@@ -290,19 +283,8 @@ async fn a_client_that_stops_reading_is_resynced_not_buffered() {
     }
 
     // A client with a tiny receive buffer that sends its request and then never reads.
-    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
-    socket.set_recv_buffer_size(4096).expect("rcvbuf");
-    let mut stalled = socket
-        .connect(proxy.proxy.http_addr().expect("http listener"))
-        .await
-        .expect("connect");
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer tok-alice\r\n\r\n"
-    );
-    stalled
-        .write_all(request.as_bytes())
-        .await
-        .expect("request");
+    let http = proxy.proxy.http_addr().expect("http listener");
+    let mut stalled = common::stalled_client(http, path, "tok-alice").await;
     common::eventually("the stalled stream to open", WAIT, || {
         proxy.proxy.open_streams() == 2
     })
@@ -331,7 +313,7 @@ async fn a_client_that_stops_reading_is_resynced_not_buffered() {
         assert!(read > 0, "the stream stays open");
         received.extend_from_slice(&buffer[..read]);
     }
-    let total_flowed = 10 * 1000 * (pad.len() + 60);
+    let total_flowed = 10 * 1000 * 1060; // 10 rounds of 1,000 items of ~1,060 bytes
     assert!(
         received.len() < total_flowed / 2,
         "received {} bytes before the resync; {} flowed",

@@ -450,14 +450,7 @@ async fn hostile_path_parameters_are_400_and_never_forwarded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_never_reads_is_cut_off_after_the_write_timeout() {
     let origin = origin_with_alice().await;
-    let pad = "x".repeat(1000);
-    let document = move |round: u32| {
-        serde_json::Value::Array(
-            (0..1000)
-                .map(|i| json!({"symbol": format!("T{i}"), "round": round, "pad": pad}))
-                .collect(),
-        )
-    };
+    let document = common::padded_tickers;
     origin.set_configuration("cfg1", "alice", document(0));
     let proxy = start_proxy(
         &origin,
@@ -467,16 +460,12 @@ async fn a_client_that_never_reads_is_cut_off_after_the_write_timeout() {
         },
     )
     .await;
-    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
-    socket.set_recv_buffer_size(4096).expect("rcvbuf");
-    let mut stalled = socket
-        .connect(proxy.proxy.http_addr().expect("http listener"))
-        .await
-        .expect("connect");
-    let request = "GET /api/v2/configurations/cfg1/stream HTTP/1.1\r\nhost: x\r\nauthorization: Bearer tok-alice\r\n\r\n";
-    tokio::io::AsyncWriteExt::write_all(&mut stalled, request.as_bytes())
-        .await
-        .expect("request");
+    let stalled = common::stalled_client(
+        proxy.proxy.http_addr().expect("http listener"),
+        "/api/v2/configurations/cfg1/stream",
+        "tok-alice",
+    )
+    .await;
     eventually("the stream to open", WAIT, || {
         proxy.proxy.open_streams() == 1
     })

@@ -222,6 +222,35 @@ impl TestProxy {
     }
 }
 
+/// 1,000 tickers of ~1 KB each (about 1 MB a document), all stamped with `round`: enough to
+/// fill socket buffers within a few rounds.
+pub fn padded_tickers(round: u32) -> serde_json::Value {
+    let pad = "x".repeat(1000);
+    serde_json::Value::Array(
+        (0..1000)
+            .map(|i| serde_json::json!({"symbol": format!("T{i}"), "round": round, "pad": pad}))
+            .collect(),
+    )
+}
+
+/// A plaintext client with a tiny receive buffer that sends a GET for `path` with `token` and
+/// then never reads.
+pub async fn stalled_client(
+    addr: std::net::SocketAddr,
+    path: &str,
+    token: &str,
+) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("rcvbuf");
+    let mut stream = socket.connect(addr).await.expect("connect");
+    let request =
+        format!("GET {path} HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer {token}\r\n\r\n");
+    tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes())
+        .await
+        .expect("request");
+    stream
+}
+
 /// Waits (bounded) until `check` holds, re-checking whenever the origin sees a request or
 /// at most every 10 ms; for conditions no event announces (a poller stopping).
 pub async fn eventually(what: &str, within: Duration, mut check: impl FnMut() -> bool) {
