@@ -43,8 +43,9 @@ struct DemoArgs {
     /// How often the sample origin's data changes, in milliseconds.
     #[arg(long, default_value_t = 3000)]
     tick_ms: u64,
-    /// How long the sample origin's first answer after a quiet spell takes, in milliseconds.
-    #[arg(long, default_value_t = 2000)]
+    /// How long the sample origin's first answer after a quiet spell takes, in milliseconds
+    /// (above `first_poll_wait_ms`, streams start before the origin answers).
+    #[arg(long, default_value_t = 700)]
     cold_start_ms: u64,
 }
 

@@ -54,7 +54,7 @@ pub struct DemoClock {
 impl Default for DemoClock {
     fn default() -> Self {
         DemoClock {
-            cold_start: Duration::from_secs(2),
+            cold_start: Duration::from_millis(700),
             tick: Duration::from_secs(3),
         }
     }
