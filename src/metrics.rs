@@ -123,11 +123,6 @@ impl Metrics {
         Metrics::inc(&self.limits[limit as usize]);
     }
 
-    /// Polls that ended with `outcome` so far.
-    pub fn polls(&self, outcome: PollOutcome) -> u64 {
-        self.polls[outcome as usize].load(Ordering::Relaxed)
-    }
-
     /// The Prometheus text exposition, with the gauges only the caller knows.
     pub fn render(&self, gauges: &Gauges) -> String {
         let mut out = String::with_capacity(4096);

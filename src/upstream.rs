@@ -154,11 +154,6 @@ impl Upstream {
         })
     }
 
-    /// The origin's `host[:port]`, sent as `Host` by the client.
-    pub fn authority(&self) -> &http::uri::Authority {
-        &self.authority
-    }
-
     /// The absolute origin URI for a path and query as the client sent it.
     pub fn uri(&self, path_and_query: &str) -> Result<Uri, UpstreamError> {
         let mut full = String::with_capacity(self.base_path.len() + path_and_query.len());

@@ -32,11 +32,6 @@ impl<T> WriteTimeout<T> {
         }
     }
 
-    /// The wrapped IO.
-    pub fn get_ref(&self) -> &T {
-        &self.inner
-    }
-
     /// Turns a pending write into a timeout once it has been pending for too long.
     fn check<R>(
         &mut self,
