@@ -4,7 +4,9 @@
 //!
 //! - [`config`]: `proxy.toml`, parsed, `${ENV}`-expanded and validated.
 //! - [`listener`]: accept (a permit per connection), TLS ([`tls`]) with ALPN, and serving
-//!   each connection as HTTP/1.1 or HTTP/2.
+//!   each connection as HTTP/1.1 or HTTP/2. HTTP/1.1 connections start on
+//!   [`h1_stream`], which serves event streams without per-connection buffers and hands
+//!   everything else to hyper ([`rewind`]).
 //! - [`service`]: the request phases: route, then stream or passthrough, then the access log.
 //! - [`router`]: which paths are stream routes, with checked path parameters.
 //! - [`auth`]: token extraction and cached validation for `auth = true` routes.
@@ -30,12 +32,14 @@ pub mod body;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod h1_stream;
 pub mod idle;
 pub mod listener;
 pub mod load;
 pub mod metrics;
 pub mod passthrough;
 pub mod probe;
+pub mod rewind;
 pub mod router;
 pub mod service;
 pub mod shutdown;

@@ -10,7 +10,9 @@
 //! ALPN; plaintext ones auto-detect HTTP/1.1 or h2c. On shutdown the loop stops accepting and
 //! every connection is asked to finish gracefully.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
@@ -21,10 +23,11 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::ListenConfig;
+use crate::h1_stream::Outcome;
 use crate::idle::{Activity, Tracked};
 use crate::metrics::Metrics;
 use crate::service::App;
@@ -176,38 +179,43 @@ pub async fn serve(
         let conn = ConnInfo { peer, tls };
         let watcher = graceful.watcher();
         let builders = builders.clone();
+        let metrics = app.metrics.clone();
         let app = app.clone();
         let acceptor = acceptor.clone().filter(|_| tls);
         let handshake_timeout = config.tls_handshake_timeout;
-        let idle_limit = config.header_read_timeout;
-        tokio::spawn(async move {
-            let _permit = permit;
-            let _open = OpenConnection::new(app.metrics.clone(), tls);
-            match acceptor {
-                None => serve_io(stream, &builders.auto, app, conn, watcher, idle_limit).await,
-                Some(acceptor) => {
-                    let tls_stream = match tokio::time::timeout(
-                        handshake_timeout,
-                        acceptor.accept(stream),
-                    )
-                    .await
-                    {
-                        Ok(Ok(tls_stream)) => tls_stream,
-                        Ok(Err(error)) => {
-                            tracing::debug!(%peer, %error, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::debug!(%peer, "TLS handshake timed out");
-                            return;
-                        }
-                    };
-                    let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
-                    let builder = if h2 { &builders.http2 } else { &builders.http1 };
-                    serve_io(tls_stream, builder, app, conn, watcher, idle_limit).await;
-                }
-            }
-        });
+        let serving = Serving {
+            app,
+            conn,
+            watcher,
+            idle_limit: config.header_read_timeout,
+            shutdown: shutdown.clone(),
+            _open: OpenConnection::new(metrics.clone(), tls),
+            _permit: permit,
+        };
+        // Plaintext and TLS connections are separate tasks so that each is only as large as
+        // what its own kind of connection holds (a TLS session is over 1 KiB).
+        match acceptor {
+            None => tokio::spawn(serving.serve(stream, builders, true)),
+            Some(acceptor) => tokio::spawn(async move {
+                let handshake = Box::pin(tokio::time::timeout(
+                    handshake_timeout,
+                    acceptor.accept(stream),
+                ));
+                let tls_stream = match handshake.await {
+                    Ok(Ok(tls_stream)) => tls_stream,
+                    Ok(Err(error)) => {
+                        tracing::debug!(%peer, %error, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                        return;
+                    }
+                };
+                let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                serving.serve(tls_stream, builders, !h2).await;
+            }),
+        };
     }
     drop(https);
     drop(http);
@@ -302,35 +310,94 @@ async fn accept(listener: Option<&TcpListener>) -> std::io::Result<(TcpStream, S
     }
 }
 
-/// Serves one connection, closing it once it has been idle (no response in flight, nothing
-/// arriving) for `idle_limit`: see [`crate::idle`].
-async fn serve_io<I>(
-    io: I,
-    builder: &auto::Builder<TokioExecutor>,
+/// One accepted connection and what serving it needs.
+struct Serving {
     app: Arc<App>,
     conn: ConnInfo,
+    /// Keeps graceful shutdown waiting until this connection is done.
     watcher: Watcher,
+    /// How long a connection may wait for a request head, or stay idle between requests.
     idle_limit: Duration,
-) where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let activity = Activity::new();
-    let requests = activity.clone();
-    let service = service_fn(move |request| {
-        let busy = requests.begin();
-        let app = app.clone();
-        async move {
-            let response = app.handle(request, conn).await;
-            Ok::<_, std::convert::Infallible>(response.map(|body| Tracked { body, busy }))
+    /// Closes a connection still waiting for its first request when shutdown begins.
+    shutdown: ShutdownSignal,
+    /// Counts the connection as open while it lives.
+    _open: OpenConnection,
+    /// Its slot under `max_connections`, given back when it closes.
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Serving {
+    /// Serves a connection: HTTP/1.1 ones (`h1`, or plaintext that may turn out to be h2c)
+    /// start on the event-stream fast path ([`crate::h1_stream`]) and go to hyper at the
+    /// first request it does not serve; HTTP/2 ones go to hyper at once.
+    async fn serve<I>(mut self, io: I, builders: Arc<Builders>, h1: bool)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let builder = move |builders: &Builders| match (self.conn.tls, h1) {
+            (false, _) => builders.auto.clone(),
+            (true, true) => builders.http1.clone(),
+            (true, false) => builders.http2.clone(),
+        };
+        if !h1 {
+            return self.serve_hyper(io, builder(&builders)).await;
         }
-    });
-    let connection = watcher.watch(builder.serve_connection(TokioIo::new(io), service));
-    tokio::select! {
-        result = connection => {
-            if let Err(error) = result {
-                tracing::debug!(peer = %conn.peer, error = %error, "connection ended with an error");
+        let outcome = crate::h1_stream::serve(
+            io,
+            &self.app,
+            self.conn,
+            self.idle_limit,
+            &mut self.shutdown,
+        )
+        .await;
+        match outcome {
+            Outcome::Closed => {}
+            Outcome::Handoff(io) => self.serve_hyper(io, builder(&builders)).await,
+        }
+    }
+
+    /// Serves a connection with hyper, closing it once it has been idle (no response in
+    /// flight, nothing arriving) for `idle_limit`: see [`crate::idle`].
+    ///
+    /// Boxed: hyper's connection state is large, and connections that never reach hyper (the
+    /// fast path's event streams) must not carry room for it in their task.
+    fn serve_hyper<I>(
+        self,
+        io: I,
+        builder: auto::Builder<TokioExecutor>,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send>>
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        Box::pin(async move {
+            let Serving {
+                app,
+                conn,
+                watcher,
+                idle_limit,
+                _open,
+                _permit,
+                ..
+            } = self;
+            let activity = Activity::new();
+            let requests = activity.clone();
+            let service = service_fn(move |request| {
+                let busy = requests.begin();
+                let app = app.clone();
+                async move {
+                    let response = app.handle(request, conn).await;
+                    Ok::<_, std::convert::Infallible>(response.map(|body| Tracked { body, busy }))
+                }
+            });
+            let connection = watcher.watch(builder.serve_connection(TokioIo::new(io), service));
+            tokio::select! {
+                result = connection => {
+                    if let Err(error) = result {
+                        tracing::debug!(peer = %conn.peer, error = %error, "connection ended with an error");
+                    }
+                }
+                _ = activity.idle(idle_limit) => tracing::debug!(peer = %conn.peer, "idle; closed"),
             }
-        }
-        _ = activity.idle(idle_limit) => tracing::debug!(peer = %conn.peer, "idle; closed"),
+        })
     }
 }

@@ -8,10 +8,11 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::{Request, Response};
+use http::{Method, Request, Response, Version, request};
 use hyper::body::Incoming;
 
 use crate::body::ProxyBody;
+use crate::error::ProxyError;
 use crate::listener::ConnInfo;
 use crate::metrics::Metrics;
 use crate::passthrough;
@@ -41,10 +42,7 @@ pub struct App {
 impl App {
     /// Serves one request through its phases; never fails (errors become responses).
     pub async fn handle(&self, request: Request<Incoming>, conn: ConnInfo) -> Response<ProxyBody> {
-        let started = Instant::now();
-        let method = request.method().clone();
-        let version = request.version();
-        let path = loggable(request.uri().path()).to_owned();
+        let log = RequestLog::of(request.method(), request.version(), request.uri().path());
         let (kind, result) = match self.router.route(request.uri().path()) {
             Err(error) => ("rejected", Err(error)),
             Ok(Route::Passthrough) => (
@@ -56,6 +54,31 @@ impl App {
                 ("stream", self.streams.open(index, params, &parts).await)
             }
         };
+        self.finish(log, kind, result, conn)
+    }
+
+    /// Serves a request the HTTP/1.1 fast path ([`crate::h1_stream`]) has already routed to
+    /// stream route `index`: the stream phase and the access log, as [`App::handle`] does.
+    pub async fn handle_stream(
+        &self,
+        parts: &request::Parts,
+        index: usize,
+        params: Vec<String>,
+        conn: ConnInfo,
+    ) -> Response<ProxyBody> {
+        let log = RequestLog::of(&parts.method, parts.version, parts.uri.path());
+        let result = self.streams.open(index, params, parts).await;
+        self.finish(log, "stream", result, conn)
+    }
+
+    /// Counts the request, turns an error into its JSON answer, and writes the access log line.
+    fn finish(
+        &self,
+        log: RequestLog,
+        kind: &'static str,
+        result: Result<Response<ProxyBody>, ProxyError>,
+        conn: ConnInfo,
+    ) -> Response<ProxyBody> {
         Metrics::inc(match kind {
             "stream" => &self.metrics.requests_stream,
             "passthrough" => &self.metrics.requests_passthrough,
@@ -76,15 +99,36 @@ impl App {
         };
         tracing::info!(
             target: "access",
-            %method,
-            path = %path,
+            method = %log.method,
+            path = %log.path,
             route = kind,
             status = response.status().as_u16(),
-            protocol = ?version,
+            protocol = ?log.version,
             tls = conn.tls,
-            ms = started.elapsed().as_millis() as u64,
+            ms = log.started.elapsed().as_millis() as u64,
         );
         response
+    }
+}
+
+/// What the access log line says about a request, taken before the request is consumed.
+struct RequestLog {
+    /// When the request's head had been read.
+    started: Instant,
+    method: Method,
+    version: Version,
+    /// The path, cut to [`MAX_LOGGED_PATH`]; never the query, which may hold a token.
+    path: String,
+}
+
+impl RequestLog {
+    fn of(method: &Method, version: Version, path: &str) -> RequestLog {
+        RequestLog {
+            started: Instant::now(),
+            method: method.clone(),
+            version,
+            path: loggable(path).to_owned(),
+        }
     }
 }
 

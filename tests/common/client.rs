@@ -49,6 +49,76 @@ enum Sender {
     H2(hyper::client::conn::http2::SendRequest<Full<Bytes>>),
 }
 
+impl Sender {
+    async fn send(&mut self, request: Request<Full<Bytes>>) -> Response<Incoming> {
+        // Wait until the connection can take a request (on a kept-alive HTTP/1.1 connection,
+        // until the previous response has been fully read).
+        let response = match self {
+            Sender::H1(s) => match s.ready().await {
+                Ok(()) => s.send_request(request).await,
+                Err(error) => Err(error),
+            },
+            Sender::H2(s) => match s.ready().await {
+                Ok(()) => s.send_request(request).await,
+                Err(error) => Err(error),
+            },
+        };
+        response.expect("response head")
+    }
+}
+
+/// One connection that carries several requests in turn (see [`Client::keep_alive`]).
+pub struct KeepAlive {
+    sender: Sender,
+    proto: Proto,
+    addr: SocketAddr,
+    tls: bool,
+}
+
+impl KeepAlive {
+    /// Sends a GET on this connection; fails if the connection was closed.
+    pub async fn get(&mut self, path: &str, headers: &[(&str, &str)]) -> Response<Incoming> {
+        let request = build(
+            self.proto,
+            self.addr,
+            self.tls,
+            "GET",
+            path,
+            headers,
+            Bytes::new(),
+        );
+        tokio::time::timeout(Duration::from_secs(10), self.sender.send(request))
+            .await
+            .expect("response head within 10 s")
+    }
+}
+
+/// A request as the client sends it over `proto`.
+fn build(
+    proto: Proto,
+    addr: SocketAddr,
+    tls: bool,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Bytes,
+) -> Request<Full<Bytes>> {
+    let scheme = if tls { "https" } else { "http" };
+    let uri = if proto.is_h2() {
+        format!("{scheme}://localhost:{}{path}", addr.port())
+    } else {
+        path.to_owned()
+    };
+    let mut builder = Request::builder().method(method).uri(uri);
+    if !proto.is_h2() {
+        builder = builder.header("host", format!("localhost:{}", addr.port()));
+    }
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    builder.body(Full::new(body)).expect("request")
+}
+
 impl Client {
     /// A client for these addresses, trusting `cert_pem`.
     pub fn new(https: Option<SocketAddr>, http: Option<SocketAddr>, cert_pem: &str) -> Client {
@@ -88,25 +158,22 @@ impl Client {
             Proto::H1Plain | Proto::H2Plain => (self.http.expect("http listener"), false),
         };
         let mut sender = self.connect(addr, tls, proto).await;
-        let scheme = if tls { "https" } else { "http" };
-        let uri = if proto.is_h2() {
-            format!("{scheme}://localhost:{}{path}", addr.port())
-        } else {
-            path.to_owned()
+        let request = build(proto, addr, tls, method, path, headers, body);
+        sender.send(request).await
+    }
+
+    /// Opens one connection to send several requests over, one after another.
+    pub async fn keep_alive(&self, proto: Proto) -> KeepAlive {
+        let (addr, tls) = match proto {
+            Proto::H1Tls | Proto::H2Tls => (self.https.expect("https listener"), true),
+            Proto::H1Plain | Proto::H2Plain => (self.http.expect("http listener"), false),
         };
-        let mut builder = Request::builder().method(method).uri(uri);
-        if !proto.is_h2() {
-            builder = builder.header("host", format!("localhost:{}", addr.port()));
+        KeepAlive {
+            sender: self.connect(addr, tls, proto).await,
+            proto,
+            addr,
+            tls,
         }
-        for (name, value) in headers {
-            builder = builder.header(*name, *value);
-        }
-        let request = builder.body(Full::new(body)).expect("request");
-        let response = match &mut sender {
-            Sender::H1(s) => s.send_request(request).await,
-            Sender::H2(s) => s.send_request(request).await,
-        };
-        response.expect("response head")
     }
 
     async fn connect(&self, addr: SocketAddr, tls: bool, proto: Proto) -> Sender {
