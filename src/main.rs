@@ -74,6 +74,26 @@ struct LoadArgs {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+    /// Spread the load over this many processes (one holds at most ~19,000 connections).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    processes: u16,
+    /// Connect from this many loopback source addresses (127.1.0.1, 127.1.0.2, ...) instead
+    /// of the kernel's choice, past the ~28,000 ephemeral ports one address has.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    source_ips: u32,
+    /// Open this many connections a second instead of all at once (each new client's time
+    /// to first frame is then its own, not a queue's).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Spread the streams over this many stream keys: `{key}` in the URL becomes 0, 1, ...
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    keys: u32,
+    /// Run as one of `--processes`: print a JSON report with raw samples.
+    #[arg(long, hide = true)]
+    worker: bool,
+    /// As a worker, the index of this process's first connection among all.
+    #[arg(long, hide = true, default_value_t = 0)]
+    first_connection: usize,
 }
 
 #[derive(clap::Args)]
@@ -172,8 +192,35 @@ async fn load(args: LoadArgs) -> ExitCode {
         insecure: args.insecure,
         duration,
         headers: args.headers,
+        source_ips: args.source_ips as usize,
+        first_connection: args.first_connection,
+        keep_samples: args.worker,
+        rate: args.rate,
+        keys: args.keys as usize,
     };
-    match sse_edge::load::run(&options).await {
+    if options
+        .rate
+        .is_some_and(|rate| !(rate.is_finite() && rate > 0.0))
+    {
+        eprintln!("sse-edge: --rate must be a positive number of connections per second");
+        return ExitCode::from(2);
+    }
+    let report = if args.processes > 1 {
+        sse_edge::load::processes::run(&options, usize::from(args.processes)).await
+    } else {
+        sse_edge::load::run(&options).await
+    };
+    match report {
+        Ok(report) if args.worker => match serde_json::to_string(&report) {
+            Ok(json) => {
+                println!("{json}");
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("sse-edge: cannot print the report: {error}");
+                ExitCode::FAILURE
+            }
+        },
         Ok(report) if args.json => match serde_json::to_string_pretty(&report) {
             Ok(json) => {
                 println!("{json}");

@@ -117,3 +117,61 @@ async fn the_demo_streams_live_data_through_the_shipped_config() {
         .await;
     assert_eq!(status, 404);
 }
+
+/// The demo origin's long-poll mode, which the latency benchmark drives: `ETag`, `304` for a
+/// known sample, and `Prefer: wait` held until the next sample.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_origin_long_polls() {
+    let addr = origin::spawn(
+        "127.0.0.1:0".parse().expect("addr"),
+        OriginOptions {
+            api_key: "k".into(),
+            cold_start: Duration::ZERO,
+            tick: Duration::from_millis(300),
+        },
+    )
+    .await
+    .expect("demo origin");
+    let client = Client::new(None, Some(addr), "");
+    let auth = ("authorization", "Bearer k");
+    let first = client.get(Proto::H1Plain, "/api/v2/metrics", &[auth]).await;
+    assert_eq!(first.status(), 200);
+    let etag = first.headers()["etag"].to_str().expect("etag").to_owned();
+    let sample =
+        |body: &[u8]| serde_json::from_slice::<Value>(body).expect("JSON")["sample"].clone();
+    let first_sample = sample(&first.into_body().collect().await.expect("body").to_bytes());
+
+    // Held until the next sample, then the new one with a new tag. (Asked right at a tick
+    // boundary, the plain request may already be unchanged-or-not; the held one must differ.)
+    let held = client
+        .get(
+            Proto::H1Plain,
+            "/api/v2/metrics",
+            &[auth, ("if-none-match", &etag), ("prefer", "wait=30")],
+        )
+        .await;
+    assert_eq!(held.status(), 200);
+    assert_eq!(held.headers()["preference-applied"], "wait=30");
+    let new_etag = held.headers()["etag"].to_str().expect("etag").to_owned();
+    assert_ne!(new_etag, etag);
+    let body = tokio::time::timeout(WAIT, held.into_body().collect())
+        .await
+        .expect("body")
+        .expect("body")
+        .to_bytes();
+    assert_ne!(sample(&body), first_sample);
+
+    // Without `Prefer: wait`, a known sample is a 304 (unless the tick just turned).
+    let known = client
+        .get(
+            Proto::H1Plain,
+            "/api/v2/metrics",
+            &[auth, ("if-none-match", &new_etag)],
+        )
+        .await;
+    assert!(
+        known.status() == 304 || known.headers()["etag"] != new_etag.as_str(),
+        "{:?}",
+        known.headers()
+    );
+}

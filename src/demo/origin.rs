@@ -147,7 +147,7 @@ impl Origin {
         match (request.method().clone(), segments.as_slice()) {
             (Method::GET, ["api", "v2", "stream", "status"]) => self.status(),
             (Method::GET, ["api", "v2", "stream"]) => self.buffered_stream().await,
-            (Method::GET, ["api", "v2", "metrics"]) => self.metrics(&request),
+            (Method::GET, ["api", "v2", "metrics"]) => self.metrics(&request).await,
             (Method::POST, ["api", "v2", "auth", "anonymous"]) => self.anonymous(),
             (Method::GET, ["api", "v2", "auth", "validate"]) => match user {
                 Some(user) => reply(
@@ -229,7 +229,10 @@ impl Origin {
         response
     }
 
-    fn metrics(&self, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+    /// The metrics document, with an `ETag`. A poll whose `If-None-Match` names the current
+    /// sample gets `304`, or, with `Prefer: wait=N` (RFC 7240), is held until the next sample
+    /// (at most N seconds, at most [`MAX_WAIT`]): the origin long-poll mode.
+    async fn metrics(&self, request: &Request<Incoming>) -> Response<Full<Bytes>> {
         let expected = format!("Bearer {}", self.options.api_key);
         let authorized = request
             .headers()
@@ -246,16 +249,52 @@ impl Origin {
             .unwrap_or(24)
             .clamp(1, 720);
         self.seen(format!("metrics:{hours}"));
-        let tick = self.tick();
-        let mut document = metrics_document(hours, tick);
-        // When this sample's data changed, for measuring origin-to-client latency.
-        let changed = self.started + self.options.tick.saturating_mul(tick as u32);
-        let changed_us = SystemTime::now()
-            .checked_sub(changed.elapsed())
-            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-            .map_or(0, |d| d.as_micros() as u64);
-        document["ts_us"] = json!(changed_us);
-        reply(StatusCode::OK, &document)
+        let etag = |tick: u64| format!("\"m{hours}-{tick}\"");
+        let asked = request.headers().get(header::IF_NONE_MATCH).cloned();
+        let unchanged = |tick: u64| {
+            asked
+                .as_ref()
+                .is_some_and(|v| v.as_bytes() == etag(tick).as_bytes())
+        };
+        let wait = request
+            .headers()
+            .get("prefer")
+            .and_then(|v| v.to_str().ok())
+            .and_then(prefer_wait)
+            .map(|w| w.min(MAX_WAIT));
+        let mut tick = self.tick();
+        // The preference is applied whether the answer waited or was already there: either
+        // way the poller may ask again at once.
+        let applied = wait;
+        if let (true, Some(wait)) = (unchanged(tick), wait) {
+            let next = self.started + self.options.tick.saturating_mul((tick + 1) as u32);
+            tokio::time::sleep_until(next.min(Instant::now() + wait).into()).await;
+            tick = self.tick();
+        }
+        let mut response = if unchanged(tick) {
+            let mut response = Response::new(Full::new(Bytes::new()));
+            *response.status_mut() = StatusCode::NOT_MODIFIED;
+            response
+        } else {
+            let mut document = metrics_document(hours, tick);
+            // When this sample's data changed, for measuring origin-to-client latency.
+            let changed = self.started + self.options.tick.saturating_mul(tick as u32);
+            let changed_us = SystemTime::now()
+                .checked_sub(changed.elapsed())
+                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_micros() as u64);
+            document["ts_us"] = json!(changed_us);
+            reply(StatusCode::OK, &document)
+        };
+        if let Ok(value) = header::HeaderValue::from_str(&etag(tick)) {
+            response.headers_mut().insert(header::ETAG, value);
+        }
+        if let Some(wait) = applied {
+            if let Ok(value) = header::HeaderValue::from_str(&format!("wait={}", wait.as_secs())) {
+                response.headers_mut().insert("preference-applied", value);
+            }
+        }
+        response
     }
 
     fn anonymous(&self) -> Response<Full<Bytes>> {
@@ -392,6 +431,20 @@ fn metrics_document(hours: u64, tick: u64) -> Value {
         "errors": (h >> 16) % 50,
         "p95_ms": 80 + (h >> 32) % 200,
         "sample": tick,
+    })
+}
+
+/// Longest `Prefer: wait` honoured.
+const MAX_WAIT: Duration = Duration::from_secs(60);
+
+/// The seconds of a `Prefer: wait=N` preference, among others (`respond-async, wait=10`).
+fn prefer_wait(value: &str) -> Option<Duration> {
+    value.split(',').find_map(|item| {
+        let (name, seconds) = item.split_once('=')?;
+        if !name.trim().eq_ignore_ascii_case("wait") {
+            return None;
+        }
+        seconds.trim().parse().ok().map(Duration::from_secs)
     })
 }
 

@@ -1,7 +1,7 @@
 //! The probe's connection: DNS, TCP, TLS (with ALPN), then an HTTP/1.1 or HTTP/2 handshake,
 //! each step timed.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -12,7 +12,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::TlsConnector;
 
 use crate::tls::{origin_roots, provider};
@@ -43,15 +43,33 @@ pub struct Connected {
     pub tls_version: Option<String>,
 }
 
-/// Connects to `host:port`, with TLS when `tls`, speaking HTTP/2 when `http2`.
+/// How to connect, besides where.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ConnectOptions {
+    /// Wrap the connection in TLS.
+    pub tls: bool,
+    /// Speak HTTP/2 (ALPN `h2`, or prior knowledge without TLS).
+    pub http2: bool,
+    /// Accept any certificate.
+    pub insecure: bool,
+    /// The local address to connect from (the load generator spreads its connections over
+    /// loopback addresses); `None` lets the kernel choose.
+    pub source: Option<IpAddr>,
+}
+
+/// Connects to `host:port` as `options` say.
 pub async fn connect(
     started: Instant,
     host: &str,
     port: u16,
-    tls: bool,
-    http2: bool,
-    insecure: bool,
+    options: ConnectOptions,
 ) -> Result<Connected, String> {
+    let ConnectOptions {
+        tls,
+        http2,
+        insecure,
+        source,
+    } = options;
     let ms = || started.elapsed().as_secs_f64() * 1000.0;
     let address = tokio::net::lookup_host((host, port))
         .await
@@ -59,9 +77,11 @@ pub async fn connect(
         .next()
         .ok_or_else(|| format!("DNS lookup of {host} returned no address"))?;
     let dns_ms = ms();
-    let tcp = TcpStream::connect(address)
-        .await
-        .map_err(|e| format!("TCP connect to {address} failed: {e}"))?;
+    let tcp = match source {
+        None => TcpStream::connect(address).await,
+        Some(source) => connect_from(source, address).await,
+    }
+    .map_err(|e| format!("TCP connect to {address} failed: {e}"))?;
     let _ = tcp.set_nodelay(true);
     let connect_ms = ms();
     if !tls {
@@ -117,6 +137,17 @@ pub async fn connect(
         alpn,
         tls_version,
     })
+}
+
+/// Connects from a chosen local address (any port).
+async fn connect_from(source: IpAddr, address: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = if source.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }?;
+    socket.bind(SocketAddr::new(source, 0))?;
+    socket.connect(address).await
 }
 
 async fn handshake<I>(io: I, http2: bool) -> Result<Sender, String>

@@ -173,7 +173,17 @@ pub async fn run(options: &ProbeOptions) -> Report {
         .trim_matches(['[', ']'])
         .to_owned();
     let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
-    let connecting = connect::connect(started, &host, port, tls, options.http2, options.insecure);
+    let connecting = connect::connect(
+        started,
+        &host,
+        port,
+        connect::ConnectOptions {
+            tls,
+            http2: options.http2,
+            insecure: options.insecure,
+            source: None,
+        },
+    );
     let connected = match tokio::time::timeout_at(deadline, connecting).await {
         Ok(Ok(connected)) => connected,
         Ok(Err(error)) => {

@@ -6,9 +6,15 @@
 //! and, when events carry the origin's send time as `"ts_us": <unix microseconds>`, the
 //! end-to-end event latency. Bounded in streams and time; meant for loopback.
 //!
-//! One process holds at most about 19,000 HTTP/1.1 streams here (20,000 open files); HTTP/2
-//! multiplexes many streams per connection and goes far past that.
+//! One process holds at most about 19,000 HTTP/1.1 streams here (20,000 open files): past
+//! that, `--processes` spreads the load over several ([`processes`]). HTTP/2 multiplexes many
+//! streams per connection and goes far past it in one. `--source-ips` spreads connections over
+//! loopback source addresses, since one address reaches a server port through at most ~28,000
+//! ephemeral ports.
 
+pub mod processes;
+
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -16,9 +22,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use http::{Request, Uri};
 use http_body_util::{BodyExt, Empty};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use crate::probe::connect::{Sender, connect};
+use crate::probe::connect::{ConnectOptions, Sender, connect};
 use crate::probe::decode::{Decoder, Item};
 
 /// Most latency and timing samples kept (beyond it, later samples are dropped).
@@ -41,10 +47,46 @@ pub struct LoadOptions {
     pub duration: Duration,
     /// Extra request headers, `Name: value`.
     pub headers: Vec<String>,
+    /// Loopback source addresses to spread connections over (1: let the kernel choose).
+    /// One address and port pair reaches a server port at most ~28,000 times (the
+    /// ephemeral port range); many addresses lift that bound.
+    pub source_ips: usize,
+    /// Index of this run's first connection among all processes' (so that processes
+    /// sharing a load use different source addresses).
+    pub first_connection: usize,
+    /// Keep the raw samples in the report (for merging).
+    pub keep_samples: bool,
+    /// Open this many connections per second instead of all at once, so that each new
+    /// client's time to first frame is its own, not a queue's.
+    pub rate: Option<f64>,
+    /// Spread streams over this many stream keys: `{key}` in the URL becomes 0, 1, ...
+    pub keys: usize,
+}
+
+/// The placeholder in a URL that `keys` fills.
+pub const KEY: &str = "{key}";
+
+impl LoadOptions {
+    /// How many connections the streams travel over.
+    pub fn connection_count(&self) -> usize {
+        if self.http2 {
+            self.connections.clamp(1, self.streams.max(1))
+        } else {
+            self.streams
+        }
+    }
+}
+
+/// The `n`th loopback source address: 127.1.0.1, 127.1.0.2, ... skipping addresses that
+/// end in 0 or 255.
+pub fn source_ip(n: usize) -> IpAddr {
+    let base = u32::from(Ipv4Addr::new(127, 1, 0, 0));
+    let n = n as u32 % (254 * 256 * 254);
+    IpAddr::V4(Ipv4Addr::from(base + (n / 254) * 256 + n % 254 + 1))
 }
 
 /// Percentiles of a set of samples, in milliseconds.
-#[derive(Debug, Clone, Copy, Default, Serialize)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
 pub struct Spread {
     /// How many samples.
     pub count: usize,
@@ -59,7 +101,8 @@ pub struct Spread {
 }
 
 impl Spread {
-    fn of(mut samples: Vec<f64>) -> Spread {
+    /// The spread of `samples`.
+    pub fn of(mut samples: Vec<f64>) -> Spread {
         if samples.is_empty() {
             return Spread::default();
         }
@@ -76,7 +119,7 @@ impl Spread {
 }
 
 /// What a run measured.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LoadReport {
     /// Streams asked for.
     pub streams: usize,
@@ -104,6 +147,21 @@ pub struct LoadReport {
     pub ended_early: usize,
     /// Origin send time to receipt, for events with `ts_us`.
     pub latency: Spread,
+    /// The raw samples behind the spreads, kept when processes' reports are to be merged
+    /// (`--processes`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub samples: Option<Samples>,
+}
+
+/// Raw timing samples, in milliseconds.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Samples {
+    /// Time to response headers.
+    pub headers: Vec<f64>,
+    /// Time to the first body frame.
+    pub first_frame: Vec<f64>,
+    /// Event latency.
+    pub latency: Vec<f64>,
 }
 
 #[derive(Default)]
@@ -142,8 +200,10 @@ impl Tally {
 
 /// Runs the load and reports; `Err` only for a URL that cannot be used at all.
 pub async fn run(options: &LoadOptions) -> Result<LoadReport, String> {
+    // `{key}` is filled per stream; any value parses the same.
     let uri: Uri = options
         .url
+        .replace(KEY, "0")
         .parse()
         .map_err(|_| format!("`{}` is not a URL", options.url))?;
     let tls = match uri.scheme_str() {
@@ -162,15 +222,19 @@ pub async fn run(options: &LoadOptions) -> Result<LoadReport, String> {
         .trim_matches(['[', ']'])
         .to_owned();
     let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
-    let path = uri
-        .path_and_query()
-        .map_or("/", |pq| pq.as_str())
-        .to_owned();
-    let connections = if options.http2 {
-        options.connections.clamp(1, options.streams.max(1))
+    // What goes in the request line: the path for HTTP/1.1 (with a Host header), the whole
+    // URL for HTTP/2 (`:authority`).
+    let target = if options.http2 {
+        options.url.clone()
     } else {
-        options.streams
+        let after_scheme = options.url.split_once("://").map_or("", |(_, rest)| rest);
+        match after_scheme.find('/') {
+            Some(slash) => after_scheme[slash..].to_owned(),
+            None => "/".to_owned(),
+        }
     };
+    let authority = uri.authority().map(|a| a.as_str().to_owned());
+    let connections = options.connection_count();
 
     let tally = Arc::new(Tally::default());
     let started = Instant::now();
@@ -178,37 +242,44 @@ pub async fn run(options: &LoadOptions) -> Result<LoadReport, String> {
     for c in 0..connections {
         // Streams of this connection: an even share, the first ones taking the remainder.
         let share = options.streams / connections + usize::from(c < options.streams % connections);
-        let (host, path, uri, tally) = (host.clone(), path.clone(), uri.clone(), tally.clone());
+        let (host, tally) = (host.clone(), tally.clone());
+        let (target, authority) = (target.clone(), authority.clone());
         let options = options.clone();
+        let global = options.first_connection + c;
+        // With `--rate`, connection `c` starts at its slot; otherwise all start at once.
+        let start_at = options.rate.map_or(started, |rate| {
+            started + Duration::from_secs_f64(c as f64 / rate)
+        });
         tasks.spawn(async move {
-            let connected =
-                match connect(started, &host, port, tls, options.http2, options.insecure).await {
-                    Ok(connected) => connected,
-                    Err(error) => {
-                        for _ in 0..share {
-                            tally.fail(error.clone());
-                        }
-                        return;
+            tokio::time::sleep_until(start_at.into()).await;
+            let began = Instant::now();
+            let how = ConnectOptions {
+                tls,
+                http2: options.http2,
+                insecure: options.insecure,
+                source: (options.source_ips > 1).then(|| source_ip(global % options.source_ips)),
+            };
+            let connected = match connect(began, &host, port, how).await {
+                Ok(connected) => connected,
+                Err(error) => {
+                    for _ in 0..share {
+                        tally.fail(error.clone());
                     }
-                };
+                    return;
+                }
+            };
+            let key = |j: usize| target.replace(KEY, &((global + j) % options.keys).to_string());
             let mut streams = tokio::task::JoinSet::new();
             match connected.sender {
                 Sender::Http1(sender) => {
-                    streams.spawn(stream(
-                        Sender::Http1(sender),
-                        uri,
-                        path,
-                        options,
-                        started,
-                        tally,
-                    ));
+                    let request = build_request(key(0), authority.as_deref(), &options.headers);
+                    streams.spawn(stream(Sender::Http1(sender), request, began, tally));
                 }
                 Sender::Http2(sender) => {
-                    for _ in 0..share {
+                    for j in 0..share {
                         let one = Sender::Http2(sender.clone());
-                        let (uri, path, options, tally) =
-                            (uri.clone(), path.clone(), options.clone(), tally.clone());
-                        streams.spawn(stream(one, uri, path, options, started, tally));
+                        let request = build_request(key(j), None, &options.headers);
+                        streams.spawn(stream(one, request, began, tally.clone()));
                     }
                 }
             }
@@ -218,7 +289,10 @@ pub async fn run(options: &LoadOptions) -> Result<LoadReport, String> {
 
     // Wait until every stream is open or failed, then hold for the duration.
     let all = options.streams;
-    let open_deadline = Instant::now() + options.duration.max(Duration::from_secs(30));
+    let pacing = options.rate.map_or(Duration::ZERO, |rate| {
+        Duration::from_secs_f64(connections as f64 / rate)
+    });
+    let open_deadline = Instant::now() + pacing + options.duration.max(Duration::from_secs(30));
     while tally.opened.load(Ordering::Relaxed) + tally.failed.load(Ordering::Relaxed) < all
         && Instant::now() < open_deadline
     {
@@ -233,6 +307,11 @@ pub async fn run(options: &LoadOptions) -> Result<LoadReport, String> {
     tasks.abort_all();
 
     let opened = tally.opened.load(Ordering::Relaxed);
+    let samples = Samples {
+        headers: Tally::take(&tally.headers_ms),
+        first_frame: Tally::take(&tally.first_frame_ms),
+        latency: Tally::take(&tally.latency_ms),
+    };
     Ok(LoadReport {
         streams: all,
         opened,
@@ -244,39 +323,49 @@ pub async fn run(options: &LoadOptions) -> Result<LoadReport, String> {
             .clone(),
         open_seconds,
         opened_per_second: opened as f64 / open_seconds.max(1e-9),
-        headers: Spread::of(Tally::take(&tally.headers_ms)),
-        first_frame: Spread::of(Tally::take(&tally.first_frame_ms)),
+        headers: Spread::of(samples.headers.clone()),
+        first_frame: Spread::of(samples.first_frame.clone()),
         events: tally.events.load(Ordering::Relaxed),
         events_per_second: events_during as f64 / held.max(1e-9),
         bytes: tally.bytes.load(Ordering::Relaxed),
         ended_early: tally.ended.load(Ordering::Relaxed),
-        latency: Spread::of(Tally::take(&tally.latency_ms)),
+        latency: Spread::of(samples.latency.clone()),
+        samples: options.keep_samples.then_some(samples),
     })
 }
 
-/// One stream: request, then count until the run is aborted.
-async fn stream(
-    sender: Sender,
-    uri: Uri,
-    path: String,
-    options: LoadOptions,
-    started: Instant,
-    tally: Arc<Tally>,
-) {
-    let ms = || started.elapsed().as_secs_f64() * 1000.0;
-    let mut builder = Request::get(if options.http2 { uri.to_string() } else { path })
-        .header("accept", "text/event-stream");
-    if let Some(authority) = uri.authority().filter(|_| !options.http2) {
-        builder = builder.header("host", authority.as_str());
+/// A stream request for `target` (a path with `authority` as Host, or a whole URL).
+fn build_request(
+    target: String,
+    authority: Option<&str>,
+    headers: &[String],
+) -> Result<Request<Empty<Bytes>>, String> {
+    let mut builder = Request::get(target).header("accept", "text/event-stream");
+    if let Some(authority) = authority {
+        builder = builder.header("host", authority);
     }
-    for header in &options.headers {
+    for header in headers {
         if let Some((name, value)) = header.split_once(':') {
             builder = builder.header(name.trim(), value.trim());
         }
     }
-    let Ok(request) = builder.body(Empty::<Bytes>::new()) else {
-        tally.fail("cannot build the request".to_owned());
-        return;
+    builder
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| format!("cannot build the request: {e}"))
+}
+
+/// One stream: request, then count until the run is aborted. Times are from `began`, when
+/// its connection started.
+async fn stream(
+    sender: Sender,
+    request: Result<Request<Empty<Bytes>>, String>,
+    began: Instant,
+    tally: Arc<Tally>,
+) {
+    let ms = || began.elapsed().as_secs_f64() * 1000.0;
+    let request = match request {
+        Ok(request) => request,
+        Err(error) => return tally.fail(error),
     };
     let response = match sender {
         Sender::Http1(mut s) => s.send_request(request).await,
@@ -306,6 +395,9 @@ async fn stream(
         let Ok(data) = frame.into_data() else {
             continue;
         };
+        // The first frame replays the state as it was (stamped with when it last changed),
+        // so only later frames are live changes whose latency means something.
+        let live = !first;
         if first {
             first = false;
             Tally::sample(&tally.first_frame_ms, ms());
@@ -318,7 +410,7 @@ async fn stream(
         for item in items.drain(..) {
             if let Item::Event { data, .. } = item {
                 tally.events.fetch_add(1, Ordering::Relaxed);
-                if let Some(sent) = sent_at_us(&data) {
+                if let Some(sent) = sent_at_us(&data).filter(|_| live) {
                     Tally::sample(
                         &tally.latency_ms,
                         now_us.saturating_sub(sent) as f64 / 1000.0,
@@ -353,11 +445,7 @@ impl LoadReport {
             "load {}: {} streams over {} {} connection(s), held {:.0} s\n",
             options.url,
             self.streams,
-            if options.http2 {
-                options.connections.clamp(1, self.streams.max(1))
-            } else {
-                self.streams
-            },
+            options.connection_count(),
             if options.http2 { "HTTP/2" } else { "HTTP/1.1" },
             options.duration.as_secs_f64()
         );
@@ -389,6 +477,16 @@ impl LoadReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn source_addresses_are_distinct_loopback_hosts() {
+        assert_eq!(source_ip(0).to_string(), "127.1.0.1");
+        assert_eq!(source_ip(253).to_string(), "127.1.0.254");
+        assert_eq!(source_ip(254).to_string(), "127.1.1.1");
+        let all: std::collections::HashSet<_> = (0..100_000).map(source_ip).collect();
+        assert_eq!(all.len(), 100_000);
+        assert!(all.iter().all(|ip| ip.is_loopback()));
+    }
 
     #[test]
     fn percentiles() {

@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# sse-edge alone, three workloads of the load-harness issue, each on a fresh proxy in front of
+# the demo origin (benches/latency.toml), the load from `sse-edge load` in its own processes:
+#  1. event latency, origin change -> client, in origin long-poll mode, SUBSCRIBERS plaintext
+#     HTTP/1.1 clients of one stream whose data changes every TICK_MS;
+#  2. while those are held: time to first frame of NEW clients arriving one at a time
+#     (NEW clients at 50/s), the state already in the hub;
+#  3. SUBSCRIBERS clients over 100 stream keys: origin requests per poll interval.
+# Loopback only; bounded in streams and time.
+#
+#   benches/latency.sh [SUBSCRIBERS=10000]     (env: HOLD=20 TICK_MS=1000 NEW=500)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+subs=${1:-10000}
+hold=${HOLD:-20}
+tick_ms=${TICK_MS:-1000}
+new=${NEW:-500}
+cargo build --release --quiet
+bin=$PWD/target/release/sse-edge
+work=$(mktemp -d)
+proxy=
+stop() { [ -n "$proxy" ] && { kill "$proxy" 2>/dev/null; wait "$proxy" 2>/dev/null || true; }; proxy=; }
+trap 'stop; rm -rf "$work"' EXIT
+start() {
+  stop
+  RUST_LOG=warn DASHBOARD_API_KEY=bench $bin demo --config benches/latency.toml \
+    --tick-ms "$tick_ms" --cold-start-ms 0 >/dev/null &
+  proxy=$!
+  for _ in $(seq 100); do curl -fs http://127.0.0.1:19901/healthz >/dev/null 2>&1 && break; sleep 0.1; done
+}
+metric() { # the sum of a metric's samples over all its labels
+  curl -fs http://127.0.0.1:19901/metrics | awk -v m="$1" '$1 == m || index($1, m "{") == 1 {s += $2} END {print s + 0}'
+}
+report() { # title json
+  python3 - "$1" "$2" <<'PY'
+import json, sys
+title, r = sys.argv[1], json.load(open(sys.argv[2]))
+s = lambda k: r[k]
+f = lambda d: f"p50 {d['p50_ms']:.1f} ms, p90 {d['p90_ms']:.1f} ms, p99 {d['p99_ms']:.1f} ms, max {d['max_ms']:.1f} ms ({d['count']} samples)"
+print(f"{title}: opened {r['opened']}/{r['streams']} ({r['failed']} failed), {r['events_per_second']:.0f} events/s")
+print(f"    first frame  {f(r['first_frame'])}")
+if r['latency']['count']:
+    print(f"    latency      {f(r['latency'])}")
+PY
+}
+
+echo "sse-edge latency: $subs subscribers, data every $tick_ms ms, $hold s holds, $(nproc) cores, $(date -u +%F)"
+start
+$bin load http://127.0.0.1:18080/api/v2/stream --streams 1 --duration 0.5 >/dev/null
+$bin load http://127.0.0.1:18080/api/v2/stream --streams "$subs" --duration "$hold" --json > "$work/held.json" &
+held=$!
+for _ in $(seq 600); do [ "$(metric sse_edge_streams_open)" -ge "$subs" ] && break; sleep 0.1; done
+sleep 2
+$bin load http://127.0.0.1:18080/api/v2/stream --streams "$new" --rate 50 --duration 1 --json > "$work/new.json"
+wait $held
+report "1. long-poll fan-out to $subs subscribers" "$work/held.json"
+report "2. $new new clients at 50/s while $subs are open" "$work/new.json"
+
+start
+polls() { metric sse_edge_polls_total; }
+$bin load "http://127.0.0.1:18080/bench/{key}/stream" --keys 100 --streams "$subs" --duration "$hold" --json > "$work/keys.json" &
+keys=$!
+for _ in $(seq 600); do [ "$(metric sse_edge_streams_open)" -ge "$subs" ] && break; sleep 0.1; done
+sleep 2
+p0=$(polls); t0=$(date +%s.%N); pollers=$(metric sse_edge_pollers)
+sleep $((hold - 6))
+p1=$(polls); t1=$(date +%s.%N)
+wait $keys
+python3 - "$subs" "$pollers" "$p0" "$p1" "$t0" "$t1" <<'PY'
+import sys
+subs, pollers = int(sys.argv[1]), int(float(sys.argv[2]))
+polls, seconds = float(sys.argv[4]) - float(sys.argv[3]), float(sys.argv[6]) - float(sys.argv[5])
+print(f"3. {subs} clients on 100 keys: {pollers} pollers; {polls:.0f} origin requests in {seconds:.1f} s "
+      f"= {polls / seconds:.1f} per 1 s poll interval (one per key: 100)")
+PY
+report "   clients" "$work/keys.json"
