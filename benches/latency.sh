@@ -51,9 +51,21 @@ $bin load http://127.0.0.1:18080/api/v2/stream --streams "$subs" --duration "$ho
 held=$!
 for _ in $(seq 600); do [ "$(metric sse_edge_streams_open)" -ge "$subs" ] && break; sleep 0.1; done
 sleep 2
+cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }  # user + system clock ticks
+frames0=$(metric sse_edge_frames_sent_total); edge0=$(cpu "$proxy"); load0=$(cpu "$held"); t0=$(date +%s.%N)
+sleep 5
+frames1=$(metric sse_edge_frames_sent_total); edge1=$(cpu "$proxy"); load1=$(cpu "$held"); t1=$(date +%s.%N)
 $bin load http://127.0.0.1:18080/api/v2/stream --streams "$new" --rate 50 --duration 1 --json > "$work/new.json"
 wait $held
 report "1. long-poll fan-out to $subs subscribers" "$work/held.json"
+python3 - "$frames0" "$frames1" "$edge0" "$edge1" "$load0" "$load1" "$t0" "$t1" "$(getconf CLK_TCK)" <<'PY'
+import sys
+f0, f1, e0, e1, l0, l1, t0, t1, hz = (float(x) for x in sys.argv[1:])
+frames, seconds = f1 - f0, t1 - t0
+print(f"    CPU over {seconds:.1f} s: proxy {(e1 - e0) / hz / seconds * 100:.0f} % of a core, "
+      f"{(e1 - e0) / hz / frames * 1e6:.1f} us per frame delivered; load generator "
+      f"{(l1 - l0) / hz / seconds * 100:.0f} %, {(l1 - l0) / hz / frames * 1e6:.1f} us per frame received")
+PY
 report "2. $new new clients at 50/s while $subs are open" "$work/new.json"
 
 start

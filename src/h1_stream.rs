@@ -349,7 +349,7 @@ impl<'a, I: AsyncRead + AsyncWrite + Unpin> Pump<'a, I> {
                 }
             }
             if self.out.remaining() > 0 {
-                let mut slices = [IoSlice::new(&[]); 4];
+                let mut slices = [IoSlice::new(&[]); SLICES];
                 let count = self.out.slices(&mut slices);
                 let written =
                     ready!(Pin::new(&mut *self.io).poll_write_vectored(cx, &slices[..count]))?;
@@ -397,14 +397,40 @@ impl<'a, I: AsyncRead + AsyncWrite + Unpin> Pump<'a, I> {
     }
 }
 
-/// Bytes queued for one vectored write: the response head (until written), a chunk-size
-/// line, a frame shared with every other subscriber, and the chunk's closing CRLF.
+/// Most frames queued for one vectored write. A client that keeps up gets each frame as it
+/// comes; one that fell behind (or a burst) gets up to this many per system call, which is
+/// what a write costs on a busy proxy (see BENCHMARKS.md).
+const BATCH: usize = 8;
+/// Slices a full batch takes: the head, then a size line, a frame and a CRLF per chunk.
+const SLICES: usize = 1 + 3 * BATCH;
+
+/// One queued frame: its chunk-size line (when chunked), the frame shared with every other
+/// subscriber, and the chunk's closing CRLF.
+#[derive(Default)]
+struct Chunk {
+    size: [u8; 18],
+    size_len: u8,
+    data: Bytes,
+    trailer: bool,
+}
+
+impl Chunk {
+    fn pieces(&self) -> [&[u8]; 3] {
+        let trailer: &[u8] = if self.trailer { b"\r\n" } else { b"" };
+        [
+            &self.size[..usize::from(self.size_len)],
+            &self.data,
+            trailer,
+        ]
+    }
+}
+
+/// Bytes queued for one vectored write: the response head (until written), then frames.
 struct Out {
     head: Bytes,
-    size: [u8; 18],
-    size_len: usize,
-    data: Bytes,
-    trailer: &'static [u8],
+    chunks: [Chunk; BATCH],
+    /// Chunks in use.
+    len: usize,
     /// How much of the above has been written.
     written: usize,
 }
@@ -413,54 +439,45 @@ impl Out {
     fn head(head: Bytes) -> Out {
         Out {
             head,
-            size: [0; 18],
-            size_len: 0,
-            data: Bytes::new(),
-            trailer: b"",
+            chunks: Default::default(),
+            len: 0,
             written: 0,
         }
     }
 
-    fn pieces(&self) -> [&[u8]; 4] {
-        [
-            &self.head,
-            &self.size[..self.size_len],
-            &self.data,
-            self.trailer,
-        ]
+    fn pieces(&self) -> impl Iterator<Item = &[u8]> {
+        std::iter::once(&self.head[..])
+            .chain(self.chunks[..self.len].iter().flat_map(Chunk::pieces))
     }
 
     fn remaining(&self) -> usize {
-        self.pieces().iter().map(|piece| piece.len()).sum::<usize>() - self.written
+        self.pieces().map(<[u8]>::len).sum::<usize>() - self.written
     }
 
-    /// Whether a frame can be queued: nothing is, or only a head nothing of which is written
-    /// yet (so the head and the first frame go out in one write).
+    /// Whether another frame fits in this batch (the head and the first frame go out in one
+    /// write, and so do frames that are ready together).
     fn takes_frame(&self) -> bool {
-        self.remaining() == 0 || (self.written == 0 && self.size_len == 0 && self.data.is_empty())
+        self.len < BATCH
     }
 
     /// Queues `data`, as a chunk when `chunked`. An empty frame is skipped: as a chunk it
-    /// would end the body.
+    /// would end the body. Call only when [`Out::takes_frame`].
     fn frame(&mut self, data: Bytes, chunked: bool) {
         if data.is_empty() {
             return;
         }
-        if self.remaining() == 0 {
-            self.head = Bytes::new();
-            self.written = 0;
-        }
-        self.size_len = 0;
-        self.trailer = b"";
+        let chunk = &mut self.chunks[self.len];
+        chunk.size_len = 0;
         if chunked {
-            self.size_len = chunk_size_line(data.len(), &mut self.size);
-            self.trailer = b"\r\n";
+            chunk.size_len = chunk_size_line(data.len(), &mut chunk.size) as u8;
         }
-        self.data = data;
+        chunk.trailer = chunked;
+        chunk.data = data;
+        self.len += 1;
     }
 
     /// Fills `into` with what remains to be written; returns how many slices it used.
-    fn slices<'s>(&'s self, into: &mut [IoSlice<'s>; 4]) -> usize {
+    fn slices<'s>(&'s self, into: &mut [IoSlice<'s>; SLICES]) -> usize {
         let mut skip = self.written;
         let mut count = 0;
         for piece in self.pieces() {
@@ -475,8 +492,18 @@ impl Out {
         count
     }
 
+    /// Counts `written` bytes as sent; once all are, empties the batch (releasing the shared
+    /// frames at once).
     fn advance(&mut self, written: usize) {
         self.written += written;
+        if self.remaining() == 0 {
+            self.head = Bytes::new();
+            for chunk in &mut self.chunks[..self.len] {
+                chunk.data = Bytes::new();
+            }
+            self.len = 0;
+            self.written = 0;
+        }
     }
 }
 
@@ -575,11 +602,13 @@ mod tests {
     #[test]
     fn queued_bytes_survive_partial_writes() {
         let mut out = Out::head(Bytes::from_static(b"HEAD"));
-        assert!(out.takes_frame());
         out.frame(Bytes::from_static(b"hello"), true);
+        out.frame(Bytes::new(), true);
+        out.frame(Bytes::from_static(b"0123456789abcdef"), true);
+        assert_eq!(out.len, 2, "empty frames are skipped");
         let mut written = Vec::new();
         while out.remaining() > 0 {
-            let mut slices = [IoSlice::new(&[]); 4];
+            let mut slices = [IoSlice::new(&[]); SLICES];
             let count = out.slices(&mut slices);
             // Write at most 3 bytes at a time, across slice boundaries.
             let mut take = 3;
@@ -589,12 +618,23 @@ mod tests {
                 take -= n;
             }
             out.advance(3 - take);
-            assert!(!out.takes_frame() || out.remaining() == 0);
         }
-        assert_eq!(written, b"HEAD5\r\nhello\r\n");
+        assert_eq!(written, b"HEAD5\r\nhello\r\n10\r\n0123456789abcdef\r\n");
+        assert_eq!(out.len, 0, "a written batch is emptied");
         out.frame(Bytes::from_static(b"x"), false);
         assert_eq!(out.remaining(), 1, "the head is not written twice");
-        out.frame(Bytes::new(), true);
-        assert_eq!(out.remaining(), 1, "empty frames are skipped");
+    }
+
+    #[test]
+    fn a_batch_holds_at_most_batch_frames() {
+        let mut out = Out::head(Bytes::new());
+        for _ in 0..BATCH {
+            assert!(out.takes_frame());
+            out.frame(Bytes::from_static(b"ab"), true);
+        }
+        assert!(!out.takes_frame());
+        let mut slices = [IoSlice::new(&[]); SLICES];
+        assert_eq!(out.slices(&mut slices), 3 * BATCH);
+        assert_eq!(out.remaining(), BATCH * "2\r\nab\r\n".len());
     }
 }

@@ -15,7 +15,7 @@
 pub mod processes;
 
 use std::net::{IpAddr, Ipv4Addr};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -166,6 +166,9 @@ pub struct Samples {
 
 #[derive(Default)]
 struct Tally {
+    /// Set once every stream is open: latency is sampled from then on, so the storm of
+    /// opening (which delays events for reasons of its own) does not count.
+    holding: AtomicBool,
     opened: AtomicUsize,
     failed: AtomicUsize,
     ended: AtomicUsize,
@@ -300,6 +303,7 @@ pub async fn run(options: &LoadOptions) -> Result<LoadReport, String> {
     }
     let open_seconds = started.elapsed().as_secs_f64();
     let events_before = tally.events.load(Ordering::Relaxed);
+    tally.holding.store(true, Ordering::Relaxed);
     let hold_started = Instant::now();
     tokio::time::sleep(options.duration).await;
     let held = hold_started.elapsed().as_secs_f64();
@@ -397,7 +401,7 @@ async fn stream(
         };
         // The first frame replays the state as it was (stamped with when it last changed),
         // so only later frames are live changes whose latency means something.
-        let live = !first;
+        let live = !first && tally.holding.load(Ordering::Relaxed);
         if first {
             first = false;
             Tally::sample(&tally.first_frame_ms, ms());
