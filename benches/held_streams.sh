@@ -46,6 +46,8 @@ ff = r["first_frame"]
 print(f"held {still_open}/{streams} streams in one proxy process ({fds} open files), "
       f"opened {r['opened']} at {r['opened_per_second']:.0f}/s, {r['failed']} failed, {r['ended_early']} ended early")
 print(f"proxy RSS {before} -> {after} KiB: {per:.1f} KiB per stream; 1M streams would take {per * 1e6 / 2**20:.1f} GiB")
-print(f"heartbeats: {beats:.0f} sent in {seconds:.1f} s = {beats / seconds / streams * 5:.2f} per stream per 5 s interval (1.00 = every stream every interval)")
+import math
+print(f"heartbeats: {beats:.0f} sent in {seconds:.1f} s = {beats / streams:.2f} per stream "
+      f"(a 5 s heartbeat gives each stream {math.floor(seconds / 5)} or {math.ceil(seconds / 5)} in that time)")
 print(f"first frame while opening all at once: p50 {ff['p50_ms']:.0f} ms, p99 {ff['p99_ms']:.0f} ms")
 PY
