@@ -211,26 +211,24 @@ async fn load(args: LoadArgs) -> ExitCode {
         sse_edge::load::run(&options).await
     };
     match report {
-        Ok(report) if args.worker => match serde_json::to_string(&report) {
-            Ok(json) => {
-                println!("{json}");
-                ExitCode::SUCCESS
+        Ok(report) if args.worker || args.json => {
+            // A worker's report goes to its parent: compact, with the raw samples.
+            let json = if args.worker {
+                serde_json::to_string(&report)
+            } else {
+                serde_json::to_string_pretty(&report)
+            };
+            match json {
+                Ok(json) => {
+                    println!("{json}");
+                    ExitCode::SUCCESS
+                }
+                Err(error) => {
+                    eprintln!("sse-edge: cannot print the report: {error}");
+                    ExitCode::FAILURE
+                }
             }
-            Err(error) => {
-                eprintln!("sse-edge: cannot print the report: {error}");
-                ExitCode::FAILURE
-            }
-        },
-        Ok(report) if args.json => match serde_json::to_string_pretty(&report) {
-            Ok(json) => {
-                println!("{json}");
-                ExitCode::SUCCESS
-            }
-            Err(error) => {
-                eprintln!("sse-edge: cannot print the report: {error}");
-                ExitCode::FAILURE
-            }
-        },
+        }
         Ok(report) => {
             print!("{}", report.to_text(&options));
             ExitCode::SUCCESS
