@@ -90,14 +90,14 @@ where
         };
         buf.advance(head.len);
         let Head {
-            parts,
+            parts: request,
             index,
             params,
             keep_alive,
             ..
         } = *head;
-        let response = respond(app, &parts, index, params, conn).await;
-        drop(parts);
+        let response = respond(app, &request, index, params, conn).await;
+        drop(request);
         let (parts, body) = response.into_parts();
         let streaming = matches!(body, ProxyBody::Stream(_));
         // A stream ends only when the proxy ends it (shutdown); nothing after it is answered,
@@ -106,9 +106,11 @@ where
         if streaming {
             buf = BytesMut::new();
         }
-        let head_bytes = encode_head(&parts, body.size_hint().exact(), keep_alive);
+        // One decision on framing, for the head and for the body alike.
+        let length = body.size_hint().exact();
+        let head_bytes = encode_head(&parts, length, keep_alive);
         drop(parts);
-        let mut pump = Pump::new(&mut io, body, head_bytes, streaming);
+        let mut pump = Pump::new(&mut io, body, head_bytes, length.is_none(), streaming);
         if let Err(error) = std::future::poll_fn(|cx| pump.poll(cx)).await {
             tracing::debug!(peer = %conn.peer, %error, "connection ended");
             return Outcome::Closed;
@@ -307,8 +309,7 @@ struct Pump<'a, I> {
 }
 
 impl<'a, I: AsyncRead + AsyncWrite + Unpin> Pump<'a, I> {
-    fn new(io: &'a mut I, body: ProxyBody, head: Bytes, streaming: bool) -> Self {
-        let chunked = body.size_hint().exact().is_none();
+    fn new(io: &'a mut I, body: ProxyBody, head: Bytes, chunked: bool, streaming: bool) -> Self {
         Pump {
             io,
             body,

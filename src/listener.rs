@@ -179,7 +179,7 @@ pub async fn serve(
         let conn = ConnInfo { peer, tls };
         let watcher = graceful.watcher();
         let builders = builders.clone();
-        let metrics = app.metrics.clone();
+        let open = OpenConnection::new(app.metrics.clone(), tls);
         let app = app.clone();
         let acceptor = acceptor.clone().filter(|_| tls);
         let handshake_timeout = config.tls_handshake_timeout;
@@ -189,7 +189,7 @@ pub async fn serve(
             watcher,
             idle_limit: config.header_read_timeout,
             shutdown: shutdown.clone(),
-            _open: OpenConnection::new(metrics.clone(), tls),
+            _open: open,
             _permit: permit,
         };
         // Plaintext and TLS connections are separate tasks so that each is only as large as

@@ -263,9 +263,6 @@ impl Origin {
             .and_then(prefer_wait)
             .map(|w| w.min(MAX_WAIT));
         let mut tick = self.tick();
-        // The preference is applied whether the answer waited or was already there: either
-        // way the poller may ask again at once.
-        let applied = wait;
         if let (true, Some(wait)) = (unchanged(tick), wait) {
             let next = self.started + self.options.tick.saturating_mul((tick + 1) as u32);
             tokio::time::sleep_until(next.min(Instant::now() + wait).into()).await;
@@ -289,7 +286,9 @@ impl Origin {
         if let Ok(value) = header::HeaderValue::from_str(&etag(tick)) {
             response.headers_mut().insert(header::ETAG, value);
         }
-        if let Some(wait) = applied {
+        // The preference is applied whether the answer waited or was already there: either
+        // way the poller may ask again at once.
+        if let Some(wait) = wait {
             if let Ok(value) = header::HeaderValue::from_str(&format!("wait={}", wait.as_secs())) {
                 response.headers_mut().insert("preference-applied", value);
             }

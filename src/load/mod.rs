@@ -243,8 +243,7 @@ pub async fn run(options: &LoadOptions) -> Result<LoadReport, String> {
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for c in 0..connections {
-        // Streams of this connection: an even share, the first ones taking the remainder.
-        let share = options.streams / connections + usize::from(c < options.streams % connections);
+        let share = processes::share(options.streams, connections, c);
         let (host, tally) = (host.clone(), tally.clone());
         let (target, authority) = (target.clone(), authority.clone());
         let options = options.clone();
