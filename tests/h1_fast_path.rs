@@ -5,11 +5,11 @@
 
 mod common;
 
-use common::client::Proto;
+use common::client::{Proto, json_response};
 use common::origin::FakeOrigin;
 use common::{Options, WAIT, eventually, start_proxy};
 use http_body_util::BodyExt;
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -22,16 +22,11 @@ async fn origin() -> FakeOrigin {
     origin
 }
 
-async fn json_body(response: http::Response<hyper::body::Incoming>) -> (u16, Value) {
-    let status = response.status().as_u16();
-    let bytes = tokio::time::timeout(WAIT, response.into_body().collect())
-        .await
-        .expect("body in time")
-        .expect("body")
-        .to_bytes();
-    let value = serde_json::from_slice(&bytes)
-        .unwrap_or_else(|_| panic!("JSON, got {:?}", String::from_utf8_lossy(&bytes)));
-    (status, value)
+/// Opens a plaintext connection to the proxy and sends `requests` on it, as written.
+async fn send_raw(addr: std::net::SocketAddr, requests: &str) -> TcpStream {
+    let mut tcp = TcpStream::connect(addr).await.expect("connect");
+    tcp.write_all(requests.as_bytes()).await.expect("write");
+    tcp
 }
 
 /// The first whole chunk of chunked `body` and how many bytes it took; `None` if it has not
@@ -71,11 +66,11 @@ async fn one_connection_carries_a_refused_stream_a_passthrough_and_a_stream() {
     for proto in [Proto::H1Plain, Proto::H1Tls, Proto::H2Plain, Proto::H2Tls] {
         let mut conn = proxy.client.keep_alive(proto).await;
         // Refused on the fast path (no token): the connection stays open.
-        let (status, body) = json_body(conn.get(CFG_STREAM, &[]).await).await;
+        let (status, _, body) = json_response(conn.get(CFG_STREAM, &[]).await).await;
         assert_eq!(status, 401, "{proto:?}");
         assert_eq!(body["error"], "missing_credentials", "{proto:?}: {body}");
         // Then a passthrough request on the same connection (handed over to hyper).
-        let (status, _) = json_body(conn.get("/api/v2/stream/status", &[]).await).await;
+        let (status, _, _) = json_response(conn.get("/api/v2/stream/status", &[]).await).await;
         assert_eq!(status, 200, "{proto:?}");
         // Then a stream, still on the same connection.
         let response = conn
@@ -97,9 +92,6 @@ async fn one_connection_carries_a_refused_stream_a_passthrough_and_a_stream() {
 async fn pipelined_requests_are_answered_in_order() {
     let origin = origin().await;
     let proxy = start_proxy(&origin, Options::default()).await;
-    let mut tcp = TcpStream::connect(proxy.proxy.http_addr().expect("http"))
-        .await
-        .expect("connect");
     // Three requests in one write: a refused stream (fast path), a passthrough (handed over
     // to hyper with the bytes already read), and a stream (now served by hyper).
     let requests = format!(
@@ -107,7 +99,7 @@ async fn pipelined_requests_are_answered_in_order() {
          GET /api/v2/stream/status HTTP/1.1\r\nhost: x\r\n\r\n\
          GET {CFG_STREAM}?user_token=tok-alice HTTP/1.1\r\nhost: x\r\n\r\n"
     );
-    tcp.write_all(requests.as_bytes()).await.expect("write");
+    let mut tcp = send_raw(proxy.proxy.http_addr().expect("http"), &requests).await;
     let text = read_until(&mut tcp, "event: sentiment_update").await;
     let refused = text.find("HTTP/1.1 401").expect("the refusal first");
     let status = text.find("HTTP/1.1 200").expect("then the passthrough");
@@ -130,11 +122,8 @@ async fn pipelined_requests_are_answered_in_order() {
 async fn a_stream_is_sent_as_exact_chunks() {
     let origin = origin().await;
     let proxy = start_proxy(&origin, Options::default()).await;
-    let mut tcp = TcpStream::connect(proxy.proxy.http_addr().expect("http"))
-        .await
-        .expect("connect");
     let request = format!("GET {CFG_STREAM}?user_token=tok-alice HTTP/1.1\r\nhost: x\r\n\r\n");
-    tcp.write_all(request.as_bytes()).await.expect("write");
+    let mut tcp = send_raw(proxy.proxy.http_addr().expect("http"), &request).await;
     let mut text = read_until(&mut tcp, "\r\n\r\n").await;
     let head = text[..text.find("\r\n\r\n").expect("head")].to_ascii_lowercase();
     assert!(head.starts_with("http/1.1 200 ok\r\n"), "{head}");
@@ -167,11 +156,8 @@ async fn a_stream_is_sent_as_exact_chunks() {
 async fn connection_close_is_honoured_after_a_refusal() {
     let origin = origin().await;
     let proxy = start_proxy(&origin, Options::default()).await;
-    let mut tcp = TcpStream::connect(proxy.proxy.http_addr().expect("http"))
-        .await
-        .expect("connect");
     let request = format!("GET {CFG_STREAM} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
-    tcp.write_all(request.as_bytes()).await.expect("write");
+    let mut tcp = send_raw(proxy.proxy.http_addr().expect("http"), &request).await;
     let mut answer = Vec::new();
     tokio::time::timeout(WAIT, tcp.read_to_end(&mut answer))
         .await
@@ -227,8 +213,7 @@ async fn closing_or_flooding_an_open_stream_releases_it_at_once() {
     let addr = proxy.proxy.http_addr().expect("http");
     let request = format!("GET {CFG_STREAM}?user_token=tok-alice HTTP/1.1\r\nhost: x\r\n\r\n");
 
-    let mut leaving = TcpStream::connect(addr).await.expect("connect");
-    leaving.write_all(request.as_bytes()).await.expect("write");
+    let mut leaving = send_raw(addr, &request).await;
     read_until(&mut leaving, "event: sentiment_update").await;
     assert_eq!(proxy.proxy.open_streams(), 1);
     drop(leaving);
@@ -238,8 +223,7 @@ async fn closing_or_flooding_an_open_stream_releases_it_at_once() {
     .await;
 
     // A client that keeps sending on its open stream is cut off, not buffered.
-    let mut flooding = TcpStream::connect(addr).await.expect("connect");
-    flooding.write_all(request.as_bytes()).await.expect("write");
+    let mut flooding = send_raw(addr, &request).await;
     read_until(&mut flooding, "event: sentiment_update").await;
     let junk = vec![b'x'; 4096];
     let mut closed = false;

@@ -93,6 +93,19 @@ impl KeepAlive {
     }
 }
 
+/// Reads a whole response and parses its body as JSON.
+pub async fn json_response(response: Response<Incoming>) -> (StatusCode, HeaderMap, Value) {
+    let (parts, body) = response.into_parts();
+    let bytes = tokio::time::timeout(Duration::from_secs(10), body.collect())
+        .await
+        .expect("body within 10 s")
+        .expect("body")
+        .to_bytes();
+    let value = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| panic!("JSON body, got {:?}", String::from_utf8_lossy(&bytes)));
+    (parts.status, parts.headers, value)
+}
+
 /// A request as the client sends it over `proto`.
 fn build(
     proto: Proto,
@@ -205,16 +218,7 @@ impl Client {
         path: &str,
         headers: &[(&str, &str)],
     ) -> (StatusCode, HeaderMap, Value) {
-        let response = self.get(proto, path, headers).await;
-        let (parts, body) = response.into_parts();
-        let bytes = tokio::time::timeout(Duration::from_secs(10), body.collect())
-            .await
-            .expect("body within 10 s")
-            .expect("body")
-            .to_bytes();
-        let value = serde_json::from_slice(&bytes)
-            .unwrap_or_else(|_| panic!("JSON body, got {:?}", String::from_utf8_lossy(&bytes)));
-        (parts.status, parts.headers, value)
+        json_response(self.get(proto, path, headers).await).await
     }
 
     /// Opens an event stream (or whatever the proxy answers instead).
