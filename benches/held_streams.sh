@@ -8,6 +8,7 @@
 #   benches/held_streams.sh [STREAMS] [HOLD_SECONDS]     (defaults 19000 and 40)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. benches/common.sh
 streams=${1:-19000}
 hold=${2:-40}
 cargo build --release --quiet
@@ -18,18 +19,16 @@ sed 's/^heartbeat_s = .*/heartbeat_s = 5/' benches/load.toml > target/held.toml
 $bin demo --config target/held.toml >/dev/null &
 proxy=$!
 trap 'kill $proxy 2>/dev/null || true' EXIT
-for _ in $(seq 100); do curl -fs http://127.0.0.1:19901/healthz >/dev/null 2>&1 && break; sleep 0.1; done
+wait_healthy
 $bin load http://127.0.0.1:18080/api/v2/stream --streams 1 --duration 0.5 >/dev/null
-metric() { curl -fs http://127.0.0.1:19901/metrics | awk -v m="$1" '$1 == m {print $2}'; }
-rss() { awk '/VmRSS/ {print $2}' /proc/$proxy/status; }
-before=$(rss)
+before=$(rss_kib "$proxy")
 $bin load http://127.0.0.1:18080/api/v2/stream --streams "$streams" --processes 2 --source-ips 64 \
   --duration "$hold" --json > target/held.json &
 load=$!
 for _ in $(seq 600); do [ "$(metric sse_edge_streams_open)" = "$streams" ] && break; sleep 0.1; done
 beats_start=$(metric sse_edge_heartbeats_sent_total); t_start=$(date +%s.%N)
 sleep $((hold / 2))
-after=$(rss); fds=$(ls /proc/$proxy/fd | wc -l)
+after=$(rss_kib "$proxy"); fds=$(ls /proc/$proxy/fd | wc -l)
 sleep $((hold / 2 - 3))
 beats_end=$(metric sse_edge_heartbeats_sent_total); t_end=$(date +%s.%N)
 still_open=$(metric sse_edge_streams_open)

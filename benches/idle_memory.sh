@@ -6,6 +6,7 @@
 #   benches/idle_memory.sh [STREAMS]      (default 10000; at most ~19000 on this machine)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. benches/common.sh
 streams=${1:-10000}
 cargo build --release --quiet
 bin=target/release/sse-edge
@@ -15,26 +16,24 @@ start_proxy() { # a fresh process per case, so no case reuses memory another one
   stop_proxy
   $bin demo --config benches/load.toml >/dev/null &
   proxy=$!
-  for _ in $(seq 100); do curl -fs http://127.0.0.1:19901/healthz >/dev/null 2>&1 && break; sleep 0.1; done
+  wait_healthy
   # One stream first, so the poller, the origin's cold start and lazy allocations are not counted.
   $bin load http://127.0.0.1:18080/api/v2/stream --streams 1 --duration 0.5 >/dev/null
 }
 stop_proxy() { [ -n "$proxy" ] && { kill "$proxy" 2>/dev/null; wait "$proxy" 2>/dev/null || true; }; proxy=; }
 trap stop_proxy EXIT
-rss() { awk '/VmRSS/ {print $2}' /proc/$proxy/status; }
-open_streams() { curl -fs http://127.0.0.1:19901/metrics | awk '$1 == "sse_edge_streams_open" {print $2}'; }
 
 measure() { # name, url, extra load flags
   local name=$1 url=$2; shift 2
   local before after
   start_proxy
-  before=$(rss)
+  before=$(rss_kib "$proxy")
   $bin load "$url" --streams "$streams" --duration 6 --json "$@" > /tmp/sse-edge-load.json &
   local load=$!
-  for _ in $(seq 300); do [ "$(open_streams)" = "$streams" ] && break; sleep 0.1; done
+  for _ in $(seq 300); do [ "$(metric sse_edge_streams_open)" = "$streams" ] && break; sleep 0.1; done
   sleep 2
-  after=$(rss)
-  local held; held=$(open_streams)
+  after=$(rss_kib "$proxy")
+  local held; held=$(metric sse_edge_streams_open)
   wait $load
   python3 - "$name" "$held" "$before" "$after" <<'PY'
 import json, sys

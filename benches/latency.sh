@@ -11,6 +11,7 @@
 #   benches/latency.sh [SUBSCRIBERS=10000]     (env: HOLD=20 TICK_MS=1000 NEW=500)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. benches/common.sh
 subs=${1:-10000}
 hold=${HOLD:-20}
 tick_ms=${TICK_MS:-1000}
@@ -26,10 +27,7 @@ start() {
   RUST_LOG=warn DASHBOARD_API_KEY=bench $bin demo --config benches/latency.toml \
     --tick-ms "$tick_ms" --cold-start-ms 0 >/dev/null &
   proxy=$!
-  for _ in $(seq 100); do curl -fs http://127.0.0.1:19901/healthz >/dev/null 2>&1 && break; sleep 0.1; done
-}
-metric() { # the sum of a metric's samples over all its labels
-  curl -fs http://127.0.0.1:19901/metrics | awk -v m="$1" '$1 == m || index($1, m "{") == 1 {s += $2} END {print s + 0}'
+  wait_healthy
 }
 report() { # title json
   python3 - "$1" "$2" <<'PY'
