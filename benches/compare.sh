@@ -1,32 +1,59 @@
 #!/usr/bin/env bash
-# sse-edge and nginx + Nchan side by side, in one run, alternating, on loopback:
+# sse-edge, nginx + Nchan and Pushpin side by side, in one run, alternating, on loopback:
 #  - fan-out: SUBSCRIBERS plaintext HTTP/1.1 EventSource clients (sse-edge load, its own
-#    process) of one stream whose data changes every TICK_MS: for sse-edge the demo origin's
-#    metrics (polled every 10 ms), for Nchan a publisher POSTing at the same rate. Events
-#    carry their send time (ts_us), so latency is origin change -> client.
-#  - passthrough: wrk against /api/v2/stream/status through sse-edge and through nginx
-#    proxy_pass, to the same demo origin.
-# Installs nginx, libnginx-mod-nchan and wrk from Debian when missing. Bounded in time.
+#    process, the same client for all three) of one stream whose data changes every TICK_MS:
+#    for sse-edge the demo origin's metrics (polled every 10 ms), for Nchan a publisher
+#    POSTing at the same rate, for Pushpin a publisher POSTing to its HTTP publish endpoint
+#    at the same rate (subscribers reach Pushpin's channel through a GRIP origin,
+#    benches/grip_origin.py, which answers each new stream with Grip-Hold: stream). Events
+#    carry their send time (ts_us), so latency is origin change -> client. Memory: RSS of all
+#    the peer's processes, growth per subscriber.
+#  - opening: a burst of SUBSCRIBERS new streams at once per peer (no publisher): streams
+#    opened per second, failures, time to first frame.
+#  - passthrough: wrk against /api/v2/stream/status through sse-edge, nginx proxy_pass and
+#    Pushpin, to the same demo origin.
+# Pushpin sheds a burst of new streams (each one is a request to the GRIP origin through zurl,
+# and its internal ZeroMQ queues are short: 502/500 beyond them), so for its fan-out the
+# subscribers are opened at PUSHPIN_RATE per second instead, with its publisher running
+# meanwhile as the others' do.
+# Installs nginx, libnginx-mod-nchan, wrk and pushpin from Debian when missing; Pushpin runs
+# as the current user from a temporary directory (its own config, runtime and log dirs, its
+# own zurl), never as the system service. Everything listens on 127.0.0.1 only. Bounded in
+# time; every process it starts is stopped on exit. The binary is built in CARGO_TARGET_DIR
+# (default ./target).
 #
-#   benches/compare.sh [SUBSCRIBERS=10000] [ROUNDS=2]      (env: HOLD=10 TICK_MS=50)
+#   benches/compare.sh [SUBSCRIBERS=10000] [ROUNDS=2]  (env: HOLD=10 TICK_MS=50 PUSHPIN_RATE=250)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 subs=${1:-10000}
 rounds=${2:-2}
 hold=${HOLD:-10}
 tick_ms=${TICK_MS:-50}
+pushpin_rate=${PUSHPIN_RATE:-250}
+pushpin_open_s=$(( (subs + pushpin_rate - 1) / pushpin_rate ))
 
 if ! command -v nginx >/dev/null || ! command -v wrk >/dev/null \
-  || [ ! -f /usr/lib/nginx/modules/ngx_nchan_module.so ]; then
+  || [ ! -f /usr/lib/nginx/modules/ngx_nchan_module.so ] \
+  || ! command -v pushpin >/dev/null || ! command -v condure >/dev/null || ! command -v zurl >/dev/null; then
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx libnginx-mod-nchan wrk >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx libnginx-mod-nchan wrk pushpin >/dev/null
 fi
+# Pushpin's fixed loopback ports (publish 5561; 5560, 5562, 5563 beside it) must be free: a
+# system pushpin service started by the package would hold them.
+for port in 5560 5561 5562 5563 18070 19100; do
+  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    echo "127.0.0.1:$port is taken (a pushpin system service? stop it first)" >&2
+    exit 1
+  fi
+done
 cargo build --release --quiet
-bin=$PWD/target/release/sse-edge
+bin=${CARGO_TARGET_DIR:-$PWD/target}/release/sse-edge
 work=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
+# An upper bound on the whole run, for the helper server that stops by itself too.
+budget=$(( rounds * (3 * (hold + 60) + pushpin_open_s + 120) + 60 ))
 
 # sse-edge in front of the demo origin (origin on 19000, proxy on 18080).
 RUST_LOG=warn DASHBOARD_API_KEY=bench $bin demo --config benches/compare.toml \
@@ -52,7 +79,10 @@ http {
   upstream origin { server 127.0.0.1:19000; keepalive 64; }
   server {
     listen 127.0.0.1:18090 backlog=4096;
-    location = /sub { nchan_subscriber eventsource; nchan_channel_id bench; }
+    # A new subscriber starts at the next message, as on the other two (Nchan's default,
+    # oldest, replays up to 16 buffered messages, some of them from a previous round: their
+    # ts_us made p99 latency read 66 s in one run).
+    location = /sub { nchan_subscriber eventsource; nchan_channel_id bench; nchan_subscriber_first_message newest; }
     location = /pub { nchan_publisher; nchan_channel_id bench; nchan_message_buffer_length 16; }
     location / {
       proxy_pass http://origin;
@@ -64,13 +94,103 @@ http {
 CONF
 nginx -p "$work" -c "$work/nginx.conf" -g 'daemon off;' &
 nginx_master=$!; pids+=("$nginx_master")
-for _ in $(seq 100); do
-  curl -fs http://127.0.0.1:19901/healthz >/dev/null 2>&1 && curl -fs -o /dev/null -X POST -d '{}' http://127.0.0.1:18090/pub && break
-  sleep 0.1
-done
 
-rss_of() { local total=0; for p in "$@"; do total=$((total + $(awk '/VmRSS/ {print $2}' "/proc/$p/status"))); done; echo $total; }
+# Pushpin on 18070: its runner starts condure (client connections), zurl (requests to the
+# origin), pushpin-proxy and pushpin-handler (channels; publish endpoint on 5561), all with
+# files under $work/pushpin. Debian's internal.conf points the proxy at a system zurl in
+# /var/run/zurl; the copy here points it at the runner's own zurl. Routes: /api/ to the demo
+# origin (passthrough), the rest to the GRIP origin on 19100. message_rate (default 2,500)
+# caps deliveries per second over all subscribers, and message_hwm (default 25,000) drops
+# deliveries queued beyond it: both are raised so that the fan-out measures what Pushpin
+# delivers, as nothing caps the other two. Logs: warnings only (nginx: access_log off).
+pp=$work/pushpin
+mkdir -p "$pp/lib/runner" "$pp/run" "$pp/log"
+cp /usr/lib/pushpin/runner/*.template "$pp/lib/runner/"
+sed 's#ipc:///var/run/zurl/#ipc://{rundir}/{ipc_prefix}#' /usr/lib/pushpin/internal.conf > "$pp/lib/internal.conf"
+cat > "$pp/pushpin.conf" <<CONF
+[global]
+include={libdir}/internal.conf
+libdir=$pp/lib
+rundir=$pp/run
+ipc_prefix=pushpin-
+port_offset=0
+stats_connection_ttl=120
+[runner]
+services=condure,zurl,pushpin-proxy,pushpin-handler
+http_port=127.0.0.1:18070
+logdir=$pp/log
+log_level=1
+client_buffer_size=8192
+client_maxconn=50000
+condure_bin=condure
+zurl_bin=zurl
+[proxy]
+routesfile=routes
+debug=false
+auto_cross_origin=false
+sig_iss=pushpin
+sig_key=bench
+updates_check=off
+[handler]
+push_in_spec=tcp://127.0.0.1:5560
+push_in_sub_specs=tcp://127.0.0.1:5562
+push_in_http_addr=127.0.0.1
+push_in_http_port=5561
+stats_spec=ipc://{rundir}/{ipc_prefix}stats
+command_spec=tcp://127.0.0.1:5563
+message_rate=1000000
+message_hwm=1000000
+connection_subscription_max=20
+subscription_linger=60
+CONF
+cat > "$pp/routes" <<CONF
+*,path_beg=/api/ 127.0.0.1:19000
+* 127.0.0.1:19100
+CONF
+python3 benches/grip_origin.py serve 19100 "$budget" &
+pids+=("$!")
+start_pushpin() {
+  pushpin --config "$pp/pushpin.conf" >> "$pp/log/runner.log" 2>&1 &
+  pushpin=$!; pids+=("$pushpin")
+}
+start_pushpin
+
+pushpin_ready() {
+  curl -fs -m 1 -o /dev/null http://127.0.0.1:18070/healthz \
+    && curl -fs -m 1 -o /dev/null -X POST -d '{"items":[]}' http://127.0.0.1:5561/publish/
+}
+ready() {
+  curl -fs -m 1 -o /dev/null http://127.0.0.1:19901/healthz \
+    && curl -fs -m 1 -o /dev/null -X POST -d '{}' http://127.0.0.1:18090/pub \
+    && pushpin_ready
+}
+for _ in $(seq 100); do ready 2>/dev/null && break; sleep 0.1; done
+if ! ready; then
+  echo "not every peer is up; Pushpin's logs:" >&2
+  tail -n 5 "$pp"/log/*.log >&2
+  exit 1
+fi
+# Pushpin's runner stops everything when one of its processes exits (condure 1.9.1 has been
+# seen to panic when thousands of streams close at once): say so, and start it again.
+pushpin_up() {
+  kill -0 "$pushpin" 2>/dev/null && return 0
+  echo "  pushpin  had exited: $(grep -h -m1 -E 'panicked|Exited unexpectedly' "$pp"/log/*.log | head -n 1); restarting it"
+  start_pushpin
+  for _ in $(seq 100); do pushpin_ready 2>/dev/null && return 0; sleep 0.1; done
+  echo "  pushpin  did not come back; skipped"
+  return 1
+}
+
+rss_of() { # VmRSS of each process, in KiB, as "name=KiB" words (one that is gone counts 0)
+  local kib
+  for p in "$@"; do
+    kib=$(awk '/VmRSS/ {print $2}' "/proc/$p/status" 2>/dev/null || true)
+    printf '%s=%s ' "$(cat "/proc/$p/comm" 2>/dev/null || echo gone)" "${kib:-0}"
+  done
+}
 nginx_workers() { pgrep -P "$nginx_master" | tr '\n' ' '; }
+# Every Pushpin process: the runner and what it started (condure, zurl, proxy, handler).
+pushpin_processes() { echo "$pushpin $(pgrep -P "$pushpin" | tr '\n' ' ')"; }
 
 publisher() { # POSTs {"ts_us": now} to Nchan every TICK_MS, on a fixed schedule, for $1 seconds
   python3 - "$1" "$tick_ms" <<'PY'
@@ -88,46 +208,89 @@ while time.monotonic() - start < seconds:
 PY
 }
 
-fanout() { # name url rss-pids...
-  local name=$1 url=$2; shift 2
-  local before after
+fanout() { # name url open-rate (0: all at once) rss-pids...
+  local name=$1 url=$2 rate=$3; shift 3
+  local before after pace=() open_s=0
+  if [ "$rate" -gt 0 ]; then pace=(--rate "$rate"); open_s=$(( (subs + rate - 1) / rate )); fi
   before=$(rss_of "$@")
-  $bin load "$url" --streams "$subs" --duration "$hold" --json > "$work/load.json" &
+  $bin load "$url" --streams "$subs" --duration "$hold" "${pace[@]}" --json > "$work/load.json" &
   local load=$!
-  sleep $(( hold / 2 + 3 ))
+  sleep $(( open_s + hold / 2 + 3 ))
   after=$(rss_of "$@")
   wait "$load"
-  python3 - "$name" "$before" "$after" "$subs" "$work/load.json" <<'PY'
+  python3 - "$name" "$before" "$after" "$subs" "$rate" "$work/load.json" <<'PY'
 import json, sys
-name, before, after, subs, path = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+name, before, after, path = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[6]
+subs, rate = int(sys.argv[4]), int(sys.argv[5])
+def kib(words):  # "name=KiB ..." -> {name: KiB}, same-named processes summed
+    out = {}
+    for word in words.split():
+        process, value = word.rsplit("=", 1)
+        out[process] = out.get(process, 0) + int(value)
+    return out
+before, after = kib(before), kib(after)
 r = json.load(open(path)); l = r["latency"]
-print(f"  {name:<8} fan-out  opened {r['opened']}/{subs}  {r['events_per_second']:>9.0f} events/s  "
+per = (sum(after.values()) - sum(before.values())) / max(r["opened"], 1)
+paced = f" (paced {rate}/s)" if rate else ""
+print(f"  {name:<8} fan-out  opened {r['opened']}/{subs}{paced}  {r['events_per_second']:>7.0f} events/s  "
       f"latency p50 {l['p50_ms']:6.1f} ms p99 {l['p99_ms']:7.1f} ms  "
-      f"RSS +{(after - before) / max(r['opened'], 1):5.1f} KiB/subscriber")
+      f"RSS {sum(before.values()) / 1024:5.1f} MiB + {per:5.1f} KiB/subscriber")
+if len(after) > 1:
+    print(f"  {name:<8} RSS by process, MiB at start + growth: " + ", ".join(
+        f"{p} {before.get(p, 0) / 1024:.1f} + {(after[p] - before.get(p, 0)) / 1024:.1f}" for p in after))
+if r["failed"]:
+    print(f"  {name:<8} {r['failed']} failed, first: {r['first_failure']}")
 with open(path + ".summary", "a") as out:
-    out.write(f"{name} {r['events_per_second']} {l['p99_ms']}\n")
+    out.write(f"{name} {r['events_per_second']} {l['p99_ms']} {l['p50_ms']} {per}\n")
 PY
+}
+
+opening() { # name url: SUBSCRIBERS new streams at once, held 1 s
+  $bin load "$2" --streams "$subs" --duration 1 --json > "$work/open.json"
+  python3 - "$1" "$subs" "$work/open.json" <<'PY'
+import json, sys
+name, subs, path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+r = json.load(open(path)); f = r["first_frame"]
+print(f"  {name:<8} opening  {r['opened']}/{subs} at once in {r['open_seconds']:5.2f} s: "
+      f"{r['opened_per_second']:6.0f} streams/s, {r['failed']} failed; "
+      f"first frame p50 {f['p50_ms']:6.1f} ms p99 {f['p99_ms']:7.1f} ms"
+      + (f"  (first failure: {r['first_failure']})" if r["failed"] else ""))
+with open(path + ".summary", "a") as out:
+    out.write(f"{name} {r['opened_per_second']} {r['opened']} {r['failed']}\n")
+PY
+  sleep 2  # let the closed streams go before the next measure
 }
 
 passthrough() { # name url
   local rps
   rps=$(wrk -t2 -c64 -d5s "$2" | awk '/Requests\/sec/ {print $2}')
-  printf '  %-8s passthrough %10.0f requests/s\n' "$1" "$rps"
-  echo "$1 $rps" >> "$work/wrk.summary"
+  printf '  %-8s passthrough %8.0f requests/s\n' "$1" "${rps:-0}"
+  echo "$1 ${rps:-0}" >> "$work/wrk.summary"
 }
 
-echo "sse-edge vs nginx $(nginx -v 2>&1 | sed 's/.*\///') + Nchan: $subs subscribers, data every ${tick_ms} ms, ${hold} s holds, $rounds round(s), $(nproc) cores, $(date -u +%F)"
+pushpin_version=$(dpkg-query -W -f '${Version}' pushpin 2>/dev/null || echo '?')
+echo "sse-edge vs nginx $(nginx -v 2>&1 | sed 's/.*\///') + Nchan vs Pushpin $pushpin_version: $subs subscribers, data every ${tick_ms} ms, ${hold} s holds, Pushpin's subscribers opened at ${pushpin_rate}/s, $rounds round(s), $(nproc) cores, $(date -u +%F)"
 for round in $(seq "$rounds"); do
   echo "round $round"
-  fanout sse-edge "http://127.0.0.1:18080/api/v2/stream" "$edge"
+  fanout sse-edge "http://127.0.0.1:18080/api/v2/stream" 0 "$edge"
   publisher $(( hold + 8 )) & pub=$!
   # shellcheck disable=SC2046
-  fanout nchan "http://127.0.0.1:18090/sub" $(nginx_workers)
+  fanout nchan "http://127.0.0.1:18090/sub" 0 $(nginx_workers)
   wait "$pub" 2>/dev/null || true
+  if pushpin_up; then
+    python3 benches/grip_origin.py publish $(( pushpin_open_s + hold + 8 )) "$tick_ms" & pub=$!
+    # shellcheck disable=SC2046
+    fanout pushpin "http://127.0.0.1:18070/sub/bench" "$pushpin_rate" $(pushpin_processes)
+    wait "$pub" 2>/dev/null || true
+  fi
+  opening sse-edge "http://127.0.0.1:18080/api/v2/stream"
+  opening nchan "http://127.0.0.1:18090/sub"
+  if pushpin_up; then opening pushpin "http://127.0.0.1:18070/sub/bench"; fi
   passthrough sse-edge "http://127.0.0.1:18080/api/v2/stream/status"
   passthrough nginx "http://127.0.0.1:18090/api/v2/stream/status"
+  if pushpin_up; then passthrough pushpin "http://127.0.0.1:18070/api/v2/stream/status"; fi
 done
-python3 - "$work/load.json.summary" "$work/wrk.summary" <<'PY'
+python3 - "$work/load.json.summary" "$work/open.json.summary" "$work/wrk.summary" <<'PY'
 import sys, statistics as st
 def read(path):
     rows = {}
@@ -135,10 +298,25 @@ def read(path):
         name, *values = line.split()
         rows.setdefault(name, []).append([float(v) for v in values])
     return rows
-fan, wrk = read(sys.argv[1]), read(sys.argv[2])
+fan, opening, wrk = (read(p) for p in sys.argv[1:4])
 med = lambda rows, i: st.median(r[i] for r in rows)
-print("ratios (median over rounds, sse-edge / nginx):")
-print(f"  fan-out events/s        {med(fan['sse-edge'], 0) / med(fan['nchan'], 0):5.2f}x")
-print(f"  fan-out p99 latency     {med(fan['sse-edge'], 1) / med(fan['nchan'], 1):5.2f}x (lower is better)")
-print(f"  passthrough requests/s  {med(wrk['sse-edge'], 0) / med(wrk['nginx'], 0):5.2f}x")
+first = lambda rows, i: rows[0][i]  # memory: round 1 only (later rounds reuse freed memory)
+measures = [  # label, (summary, column), reduce over rounds, note
+    ("fan-out events/s", (fan, 0), med, ""),
+    ("fan-out p50 latency", (fan, 2), med, "lower is better"),
+    ("fan-out p99 latency", (fan, 1), med, "lower is better"),
+    ("RSS per subscriber", (fan, 3), first, "round 1; lower is better"),
+    ("streams opened/s, burst", (opening, 0), med, ""),
+    ("passthrough requests/s", (wrk, 0), med, ""),
+]
+peers = [("nginx+Nchan", "nchan", "nginx"), ("Pushpin", "pushpin", "pushpin")]  # label, name, wrk name
+def ratio(table, i, reduce, peer):
+    ours, theirs = table.get("sse-edge"), table.get(peer[2] if table is wrk else peer[1])
+    if not ours or not theirs or reduce(theirs, i) <= 0:
+        return "-"
+    return f"{reduce(ours, i) / reduce(theirs, i):.2f}x"
+print(f"{'ratios (median over rounds), sse-edge / peer:':<48}" + "".join(f"{p[0]:>13}" for p in peers))
+for label, (table, i), reduce, note in measures:
+    cells = "".join(f"{ratio(table, i, reduce, p):>13}" for p in peers)
+    print(f"  {label:<46}{cells}" + (f"  ({note})" if note else ""))
 PY

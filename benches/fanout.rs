@@ -23,7 +23,7 @@ use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use sse_edge::Proxy;
 use sse_edge::config::Config;
-use sse_edge::demo::origin::{self, OriginOptions};
+use sse_edge::tools::demo::origin::{self, OriginOptions};
 use tokio::net::TcpStream;
 
 /// How often the demo origin's data changes, and how often the proxy polls it.

@@ -11,7 +11,8 @@ use bytes::Bytes;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use serde_json::json;
 use sse_edge::config::{Mode, SourceConfig, StreamConfig};
-use sse_edge::router::{PathPattern, PollTemplate, Router};
+use sse_edge::http::path::{PathPattern, PollTemplate};
+use sse_edge::request::router::Router;
 use sse_edge::stream::channel::{Channel, Cursor, Next, StreamKey};
 use sse_edge::stream::delta::Tracker;
 use sse_edge::stream::sse::{self, Event};
@@ -101,9 +102,17 @@ fn deltas(c: &mut Criterion) {
 }
 
 fn routing(c: &mut Criterion) {
+    let route = |index, path: &str| {
+        Arc::new(StreamConfig {
+            index,
+            path: PathPattern::parse(path).expect("pattern"),
+            auth: false,
+            sources: Vec::new(),
+        })
+    };
     let router = Router::new(vec![
-        PathPattern::parse("/api/v2/stream").expect("pattern"),
-        PathPattern::parse("/api/v2/configurations/{id}/stream").expect("pattern"),
+        route(0, "/api/v2/stream"),
+        route(1, "/api/v2/configurations/{id}/stream"),
     ]);
     let mut group = c.benchmark_group("route");
     group.bench_function("stream_with_param", |b| {
@@ -125,6 +134,7 @@ impl Wake for Noop {
 fn fan_out(c: &mut Criterion) {
     let path = PathPattern::parse("/s").expect("pattern");
     let route = Arc::new(StreamConfig {
+        index: 0,
         sources: vec![SourceConfig {
             poll: PollTemplate::parse("/p", &path).expect("template"),
             every: Duration::from_secs(1),

@@ -1,229 +1,37 @@
 //! sse-edge: an edge reverse proxy that turns buffered HTTP backends into Server-Sent Events.
 //!
-//! A request travels through these modules, in this order:
+//! The folders follow a request's path, each layer importing only the ones below it:
 //!
 //! - [`config`]: `proxy.toml`, parsed, `${ENV}`-expanded and validated.
-//! - [`listener`]: accept (a permit per connection), TLS ([`tls`]) with ALPN, and serving
-//!   each connection as HTTP/1.1 or HTTP/2. HTTP/1.1 connections start on
-//!   [`h1_stream`], which serves event streams without per-connection buffers and hands
-//!   everything else to hyper ([`rewind`]).
-//! - [`service`]: the request phases: route, then stream or passthrough, then the access log.
-//! - [`router`]: which paths are stream routes, with checked path parameters.
-//! - [`auth`]: token extraction and cached validation for `auth = true` routes.
-//! - [`passthrough`]: everything else, streamed to and from the origin ([`upstream`]).
+//! - [`edge`]: accept (a permit per connection), TLS with ALPN, and serving each connection as
+//!   HTTP/1.1 or HTTP/2. HTTP/1.1 connections start on the fast path ([`edge::h1`]), which
+//!   serves event streams without per-connection buffers and hands everything else to hyper.
+//! - [`request`]: the request phases: route → authenticate → stream or passthrough → access
+//!   log; the only layer that turns errors into HTTP answers ([`request::error`]).
 //! - [`stream`]: the event streams: a [`hub`](stream::hub) of channels, one per stream key,
 //!   each fed by one [`poller`](stream::poller) per source, turned into changes by
 //!   [`delta`](stream::delta), encoded once by [`sse`](stream::sse), and fanned out to every
 //!   client's [`body`](stream::body).
-//! - [`error`]: every failure a client can see, as JSON with a status and who caused it.
-//! - [`metrics`] and [`admin`]: counters for operators, on `/metrics` of the admin listener.
-//! - [`demo`]: a built-in buffered sample origin for trying it out.
-//! - [`probe`]: `sse-edge probe URL`, which tells why an SSE endpoint times out.
-//! - [`load`]: `sse-edge load URL`, the SSE load generator used by the benchmarks.
+//! - [`origin`]: the pooled client to the buffered origin, and its TLS.
+//! - [`ops`] (metrics, shutdown) and [`http`] (paths, JSON, query strings): leaves that import
+//!   nothing of ours.
+//! - [`tools`] (cargo feature `tools`, on by default): `sse-edge demo`, `probe` and `load`,
+//!   apart from the proxy; nothing in the core imports them.
 //!
-//! [`Proxy::start`] binds the listeners and runs everything in the background; tests use it on
-//! port 0 and read the bound addresses back.
+//! [`Proxy::start`] (in [`proxy`]) is the composition root: it binds the listeners and runs
+//! everything in the background; tests use it on port 0 and read the bound addresses back.
 
 #![forbid(unsafe_code)]
 
-pub mod admin;
-pub mod auth;
-pub mod body;
 pub mod config;
-pub mod demo;
-pub mod error;
-pub mod h1_stream;
-pub mod idle;
-pub mod listener;
-pub mod load;
-pub mod metrics;
-pub mod passthrough;
-pub mod probe;
-pub mod rewind;
-pub mod router;
-pub mod service;
-pub mod shutdown;
+pub mod edge;
+pub mod http;
+pub mod ops;
+pub mod origin;
+pub mod proxy;
+pub mod request;
 pub mod stream;
-pub mod tls;
-pub mod upstream;
-pub mod write_timeout;
+#[cfg(feature = "tools")]
+pub mod tools;
 
-use std::net::SocketAddr;
-use std::sync::Arc;
-
-use tokio::task::JoinHandle;
-use tokio_rustls::TlsAcceptor;
-
-use crate::auth::Authenticator;
-use crate::config::Config;
-use crate::listener::{BindError, Listeners};
-use crate::metrics::Metrics;
-use crate::router::Router;
-use crate::service::App;
-use crate::shutdown::Shutdown;
-use crate::stream::Streams;
-use crate::stream::hub::Hub;
-use crate::tls::{ReloadableCert, TlsError};
-use crate::upstream::Upstream;
-
-/// Why the proxy could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    /// A certificate, key or CA file is missing or unusable.
-    #[error(transparent)]
-    Tls(#[from] TlsError),
-    /// A listener address is taken or not permitted.
-    #[error(transparent)]
-    Bind(#[from] BindError),
-}
-
-/// A running proxy.
-pub struct Proxy {
-    /// Where the HTTPS listener is bound (the real port when configured with port 0).
-    https_addr: Option<SocketAddr>,
-    /// Where the plaintext listener is bound.
-    http_addr: Option<SocketAddr>,
-    /// Where the admin listener is bound.
-    admin_addr: Option<SocketAddr>,
-    /// Shared state, for introspection.
-    app: Arc<App>,
-    /// The HTTPS listener's certificate, reloadable.
-    cert: Option<Arc<ReloadableCert>>,
-    /// Firing it starts a graceful shutdown.
-    shutdown: Shutdown,
-    /// The accept loop; it ends when every connection has drained (or the grace ran out).
-    serving: JoinHandle<()>,
-}
-
-impl Proxy {
-    /// Loads certificates, binds the listeners and starts serving in the background.
-    pub async fn start(config: Config) -> Result<Proxy, StartError> {
-        let upstream = Arc::new(Upstream::new(&config.upstream)?);
-        let cert = match &config.tls {
-            Some(files) if config.listen.https.is_some() => Some(ReloadableCert::load(files)?),
-            _ => None,
-        };
-        let tls = cert
-            .clone()
-            .map(tls::server_config)
-            .transpose()?
-            .map(TlsAcceptor::from);
-        let (https, https_addr) = match (config.listen.https, tls) {
-            (Some(addr), Some(acceptor)) => {
-                let (listener, bound) = listener::bind(addr)?;
-                (Some((listener, acceptor)), Some(bound))
-            }
-            _ => (None, None),
-        };
-        let (http, http_addr) = match config.listen.http {
-            Some(addr) => {
-                let (listener, bound) = listener::bind(addr)?;
-                (Some(listener), Some(bound))
-            }
-            None => (None, None),
-        };
-
-        let admin = config.listen.admin.map(listener::bind).transpose()?;
-        let admin_addr = admin.as_ref().map(|(_, addr)| *addr);
-        let (shutdown, shutdown_rx) = Shutdown::new();
-        let metrics = Arc::new(Metrics::default());
-        let routes: Vec<_> = config.streams.iter().cloned().map(Arc::new).collect();
-        let negative_ttl = config
-            .auth
-            .as_ref()
-            .map_or(std::time::Duration::from_secs(5), |a| a.negative_ttl);
-        let hub = Hub::new(
-            routes.clone(),
-            upstream.clone(),
-            config.sse.clone(),
-            negative_ttl,
-            shutdown_rx.clone(),
-            metrics.clone(),
-        );
-        let auth = config
-            .auth
-            .clone()
-            .map(|a| Authenticator::new(a, metrics.clone()));
-        let user_header_is_a_token = config.auth.as_ref().is_some_and(|a| {
-            a.sources
-                .contains(&config::TokenSource::Header(passthrough::USER_HEADER))
-        });
-        let app = Arc::new(App {
-            strip_user_header: !user_header_is_a_token,
-            router: Router::new(config.streams.iter().map(|s| s.path.clone()).collect()),
-            upstream: upstream.clone(),
-            streams: Streams::new(hub, routes, auth, upstream, config.sse.clone()),
-            retry_ms: config.sse.retry_ms,
-            metrics,
-        });
-        if let Some((listener, _)) = admin {
-            tokio::spawn(admin::serve(listener, app.clone(), shutdown_rx.clone()));
-        }
-        let serving = tokio::spawn(listener::serve(
-            Listeners { https, http },
-            app.clone(),
-            config.listen.clone(),
-            shutdown_rx,
-        ));
-        tracing::info!(
-            https = ?https_addr,
-            http = ?http_addr,
-            admin = ?admin_addr,
-            upstream = %config.upstream.authority,
-            streams = config.streams.len(),
-            "sse-edge listening"
-        );
-        Ok(Proxy {
-            https_addr,
-            http_addr,
-            admin_addr,
-            app,
-            cert,
-            shutdown,
-            serving,
-        })
-    }
-
-    /// The bound HTTPS address, if that listener is configured.
-    pub fn https_addr(&self) -> Option<SocketAddr> {
-        self.https_addr
-    }
-
-    /// The bound plaintext address, if that listener is configured.
-    pub fn http_addr(&self) -> Option<SocketAddr> {
-        self.http_addr
-    }
-
-    /// The bound admin address, if that listener is configured.
-    pub fn admin_addr(&self) -> Option<SocketAddr> {
-        self.admin_addr
-    }
-
-    /// Reads the TLS certificate and key again (certificate rotation): new connections get
-    /// the new pair, open ones keep going. On error the old pair stays. `Ok(false)`: no HTTPS.
-    pub fn reload_tls(&self) -> Result<bool, TlsError> {
-        match &self.cert {
-            Some(cert) => cert.reload().map(|()| true),
-            None => Ok(false),
-        }
-    }
-
-    /// Channels with running pollers now (one per distinct stream key).
-    pub fn pollers(&self) -> usize {
-        self.app.streams.hub.channel_count()
-    }
-
-    /// Event streams open now.
-    pub fn open_streams(&self) -> usize {
-        self.app.streams.open_streams()
-    }
-
-    /// Stops accepting, ends every stream with a reconnect hint, lets other requests finish
-    /// within the grace period, and returns when done.
-    pub async fn shutdown(self) {
-        self.shutdown.fire();
-        if let Err(error) = self.serving.await {
-            tracing::error!(%error, "the accept loop failed");
-        }
-    }
-}
+pub use proxy::{Proxy, StartError};

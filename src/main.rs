@@ -2,6 +2,7 @@
 
 #![forbid(unsafe_code)]
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -28,16 +29,20 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the proxy in front of a built-in buffered sample origin, and print what to try.
+    #[cfg(feature = "tools")]
     Demo(DemoArgs),
     /// Diagnose an SSE endpoint: timeline and one verdict; exits 0 only for `streaming`.
+    #[cfg(feature = "tools")]
     Probe(ProbeArgs),
     /// Open many event streams and measure them (loopback load testing; bounded in time).
+    #[cfg(feature = "tools")]
     Load(LoadArgs),
     /// Validate the configuration (keys, environment variables, certificate and key, CA)
     /// and print every problem; exits 0 when it would start.
     Check,
 }
 
+#[cfg(feature = "tools")]
 #[derive(clap::Args)]
 struct DemoArgs {
     /// How often the sample origin's data changes, in milliseconds.
@@ -49,6 +54,7 @@ struct DemoArgs {
     cold_start_ms: u64,
 }
 
+#[cfg(feature = "tools")]
 #[derive(clap::Args)]
 struct LoadArgs {
     /// The stream URL, for example http://127.0.0.1:8080/api/v2/stream.
@@ -96,6 +102,7 @@ struct LoadArgs {
     first_connection: usize,
 }
 
+#[cfg(feature = "tools")]
 #[derive(clap::Args)]
 struct ProbeArgs {
     /// The endpoint, for example https://api.example.com/api/v2/stream.
@@ -151,18 +158,29 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let config = cli.config;
     let served = match cli.command {
+        Some(Command::Check) => return check(&config),
+        #[cfg(feature = "tools")]
         Some(Command::Probe(args)) => return runtime.block_on(probe(args)),
-        Some(Command::Check) => return check(&cli.config),
+        #[cfg(feature = "tools")]
         Some(Command::Load(args)) => return runtime.block_on(load(args)),
+        #[cfg(feature = "tools")]
         Some(Command::Demo(args)) => {
-            let clock = sse_edge::demo::DemoClock {
+            let clock = sse_edge::tools::demo::DemoClock {
                 cold_start: Duration::from_millis(args.cold_start_ms),
                 tick: Duration::from_millis(args.tick_ms.max(1)),
             };
-            runtime.block_on(serve(cli.config, Some(clock)))
+            runtime.block_on(serve(async move {
+                sse_edge::tools::demo::run(&config, clock)
+                    .await
+                    .map_err(|e| e.to_string())
+            }))
         }
-        None => runtime.block_on(serve(cli.config, None)),
+        None => runtime.block_on(serve(async move {
+            let config = Config::load(&config).map_err(|e| e.to_string())?;
+            Proxy::start(config).await.map_err(|e| e.to_string())
+        })),
     };
     match served {
         Ok(()) => ExitCode::SUCCESS,
@@ -174,8 +192,10 @@ fn main() -> ExitCode {
 }
 
 /// Longest `--timeout`, `--idle-threshold` or `--duration` accepted.
+#[cfg(feature = "tools")]
 const MAX_SECONDS: Duration = Duration::from_secs(86_400);
 
+#[cfg(feature = "tools")]
 async fn load(args: LoadArgs) -> ExitCode {
     let duration = match Duration::try_from_secs_f64(args.duration) {
         Ok(d) if d <= MAX_SECONDS => d,
@@ -184,7 +204,7 @@ async fn load(args: LoadArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let options = sse_edge::load::LoadOptions {
+    let options = sse_edge::tools::load::LoadOptions {
         url: args.url,
         streams: args.streams.max(1),
         connections: args.connections.max(1),
@@ -206,9 +226,9 @@ async fn load(args: LoadArgs) -> ExitCode {
         return ExitCode::from(2);
     }
     let report = if args.processes > 1 {
-        sse_edge::load::processes::run(&options, usize::from(args.processes)).await
+        sse_edge::tools::load::processes::run(&options, usize::from(args.processes)).await
     } else {
-        sse_edge::load::run(&options).await
+        sse_edge::tools::load::run(&options).await
     };
     match report {
         Ok(report) if args.worker || args.json => {
@@ -240,6 +260,7 @@ async fn load(args: LoadArgs) -> ExitCode {
     }
 }
 
+#[cfg(feature = "tools")]
 async fn probe(args: ProbeArgs) -> ExitCode {
     let seconds = |s: f64, what: &str| match Duration::try_from_secs_f64(s) {
         Ok(d) if !d.is_zero() && d <= MAX_SECONDS => Ok(d),
@@ -257,7 +278,7 @@ async fn probe(args: ProbeArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let options = sse_edge::probe::ProbeOptions {
+    let options = sse_edge::tools::probe::ProbeOptions {
         url: args.url,
         headers: args.headers,
         events: args.events.max(1),
@@ -266,7 +287,7 @@ async fn probe(args: ProbeArgs) -> ExitCode {
         insecure: args.insecure,
         idle_threshold,
     };
-    let report = sse_edge::probe::run(&options).await;
+    let report = sse_edge::tools::probe::run(&options).await;
     if args.json {
         match serde_json::to_string_pretty(&report) {
             Ok(json) => println!("{json}"),
@@ -275,24 +296,16 @@ async fn probe(args: ProbeArgs) -> ExitCode {
     } else {
         print!("{}", report.to_text());
     }
-    if report.verdict == sse_edge::probe::verdict::Verdict::Streaming {
+    if report.verdict == sse_edge::tools::probe::verdict::Verdict::Streaming {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     }
 }
 
-/// Runs the proxy (in front of the demo origin, with this clock, when `demo`) until SIGINT or SIGTERM.
-async fn serve(config: PathBuf, demo: Option<sse_edge::demo::DemoClock>) -> Result<(), String> {
-    let proxy = match demo {
-        Some(clock) => sse_edge::demo::run(&config, clock)
-            .await
-            .map_err(|e| e.to_string())?,
-        None => {
-            let config = Config::load(&config).map_err(|e| e.to_string())?;
-            Proxy::start(config).await.map_err(|e| e.to_string())?
-        }
-    };
+/// Starts the proxy (`start`: from the config, or the demo) and runs it until SIGINT or SIGTERM.
+async fn serve(start: impl Future<Output = Result<Proxy, String>>) -> Result<(), String> {
+    let proxy = start.await?;
     let waited = signals(&proxy).await;
     tracing::info!("shutting down");
     // A second SIGINT or SIGTERM during the grace period stops at once.
@@ -337,11 +350,11 @@ fn check(path: &Path) -> ExitCode {
     };
     let mut problems = Vec::new();
     if let (Some(files), Some(_)) = (&config.tls, config.listen.https) {
-        if let Err(error) = sse_edge::tls::certified_key(files) {
+        if let Err(error) = sse_edge::edge::tls::certified_key(files) {
             problems.push(format!("[tls]: {error}"));
         }
     }
-    if let Err(error) = sse_edge::tls::origin_roots(config.upstream.ca.as_deref()) {
+    if let Err(error) = sse_edge::origin::tls::origin_roots(config.upstream.ca.as_deref()) {
         problems.push(format!("[upstream] ca: {error}"));
     }
     if problems.is_empty() {

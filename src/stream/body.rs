@@ -16,7 +16,7 @@ use super::UserSlot;
 use super::channel::{Cursor, Next};
 use super::hub::Subscription;
 use super::sse::HEARTBEAT;
-use crate::metrics::Metrics;
+use crate::ops::metrics::Metrics;
 
 /// A streaming response body.
 pub struct SseBody {

@@ -26,11 +26,11 @@ use http::StatusCode;
 use serde_json::json;
 use tokio::sync::{Notify, watch};
 
+use super::Identity;
 use super::delta::Change;
 use super::sse::{self, Event, HEARTBEAT};
-use crate::auth::Identity;
 use crate::config::{Mode, StreamConfig};
-use crate::metrics::Metrics;
+use crate::ops::metrics::Metrics;
 
 /// Which stream a channel serves; equal keys share one channel and one poller.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -566,7 +566,7 @@ fn state_id(hash: u128) -> String {
 mod tests {
     use super::*;
     use crate::config::SourceConfig;
-    use crate::router::{PathPattern, PollTemplate};
+    use crate::http::path::{PathPattern, PollTemplate};
     use crate::stream::delta::Tracker;
     use std::task::Wake;
     use std::time::Duration;
@@ -583,6 +583,7 @@ mod tests {
             key: "k".into(),
         };
         let route = StreamConfig {
+            index: 0,
             sources: vec![SourceConfig {
                 poll: PollTemplate::parse("/p", &path).expect("template"),
                 every: Duration::from_secs(1),

@@ -13,31 +13,32 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use tokio::task::JoinSet;
 
+use super::Identity;
 use super::channel::{Channel, Phase, StreamKey};
 use super::poller;
+use super::poller::PollContext;
 use super::sse;
-use crate::auth::Identity;
 use crate::config::{SseConfig, StreamConfig};
-use crate::metrics::{Metrics, RouteGauge};
-use crate::shutdown::ShutdownSignal;
-use crate::upstream::Upstream;
+use crate::ops::metrics::{Metrics, RouteGauge};
+use crate::ops::shutdown::ShutdownSignal;
+use crate::origin::Upstream;
 
 /// Shared by the hub handle, supervisors and pollers.
 pub struct HubShared {
     /// Live channels by key.
     channels: Mutex<HashMap<StreamKey, Arc<Channel>>>,
-    /// The configured stream routes, by index.
-    pub routes: Vec<Arc<StreamConfig>>,
-    /// The origin pollers fetch from.
-    pub upstream: Arc<Upstream>,
-    /// Heartbeat, linger, history and backoff settings.
-    pub sse: SseConfig,
+    /// The configured stream routes, for the per-route gauges.
+    routes: Vec<Arc<StreamConfig>>,
+    /// What every poller shares: the origin, the counters, the backoff ceiling.
+    polling: Arc<PollContext>,
+    /// Heartbeat, linger and history settings.
+    sse: SseConfig,
     /// How long a refused stream is answered from memory.
-    pub negative_ttl: Duration,
+    negative_ttl: Duration,
     /// Fires when the proxy shuts down.
     shutdown: ShutdownSignal,
     /// Counters shared with every channel.
-    pub metrics: Arc<Metrics>,
+    metrics: Arc<Metrics>,
     /// Set (under the channels' lock) when the proxy starts shutting down: the frame that
     /// ends every stream, including ones that subscribe afterwards.
     closing: OnceLock<Bytes>,
@@ -98,7 +99,11 @@ impl Hub {
             shared: Arc::new(HubShared {
                 channels: Mutex::new(HashMap::new()),
                 routes,
-                upstream,
+                polling: Arc::new(PollContext {
+                    upstream,
+                    metrics: metrics.clone(),
+                    max_backoff: sse.max_backoff,
+                }),
                 sse,
                 negative_ttl,
                 shutdown,
@@ -108,8 +113,14 @@ impl Hub {
         }
     }
 
-    /// Joins the channel for `key`, creating it (and its pollers) if it is the first client.
-    pub fn subscribe(&self, key: StreamKey, identity: Option<Identity>) -> Subscription {
+    /// Joins the channel for `key` (of `route`), creating it (and its pollers) if it is the
+    /// first client.
+    pub fn subscribe(
+        &self,
+        route: Arc<StreamConfig>,
+        key: StreamKey,
+        identity: Option<Identity>,
+    ) -> Subscription {
         let mut channels = self.shared.lock();
         if let Some(existing) = channels.get(&key) {
             let id = existing.attach(identity);
@@ -121,7 +132,6 @@ impl Hub {
                 id,
             };
         }
-        let route = self.shared.routes[key.route].clone();
         let channel = Arc::new(Channel::new(
             key.clone(),
             route,
@@ -213,7 +223,7 @@ impl HubShared {
 async fn supervise(hub: Arc<HubShared>, channel: Arc<Channel>) {
     let mut pollers = JoinSet::new();
     for source in 0..channel.route.sources.len() {
-        pollers.spawn(poller::run(hub.clone(), channel.clone(), source));
+        pollers.spawn(poller::run(hub.polling.clone(), channel.clone(), source));
     }
     let beat = hub.sse.heartbeat;
     let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + beat, beat);

@@ -1,10 +1,9 @@
 //! Stream routes: buffered JSON polled at the origin, served as `text/event-stream`.
 //!
-//! The phase a stream request goes through after routing: authenticate (on `auth = true`
-//! routes), take a stream slot, join the hub's channel for the key, wait (bounded by
-//! `first_poll_wait`) for the first poll, then answer: the origin's refusal as an HTTP status,
-//! or a 200 event stream that starts with `retry:` and the current state (or the difference
-//! since `Last-Event-ID`).
+//! The phase a stream request goes through after routing and authentication: take a stream
+//! slot, join the hub's channel for the key, wait (bounded by `first_poll_wait`) for the first
+//! poll, then answer: the origin's refusal as a [`StreamError`], or an event stream that
+//! starts with `retry:` and the current state (or the difference since `Last-Event-ID`).
 //!
 //! - [`sse`]: the frame encoder.
 //! - [`delta`]: documents to changes, with content hashes.
@@ -23,7 +22,8 @@ pub mod sse;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use http::{HeaderValue, Method, Response, StatusCode, header, request};
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header, request};
 use percent_encoding::percent_decode_str;
 use tokio::sync::Semaphore;
 
@@ -31,26 +31,56 @@ pub use body::SseBody;
 use channel::{Phase, StreamKey};
 use hub::Hub;
 
-use crate::auth::{Authenticator, query_param};
-use crate::body::ProxyBody;
 use crate::config::{SseConfig, StreamConfig};
-use crate::error::ProxyError;
-use crate::metrics::{Limit, Metrics};
-use crate::upstream::Upstream;
+use crate::http::query::query_param;
+use crate::ops::metrics::{Limit, Metrics};
 
 /// Longest `Last-Event-ID` looked up; longer ones are treated as unknown.
 const MAX_EVENT_ID_LEN: usize = 256;
+
+/// Who a validated stream belongs to, and what to forward on its behalf.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The validator's user id: part of the hub key, sent upstream as `X-User-ID`.
+    pub user_id: String,
+    /// The `Authorization` forwarded on polls: the caller's own header, or
+    /// `Bearer <token>` when the token came from elsewhere.
+    pub authorization: HeaderValue,
+}
+
+/// Why a stream could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    /// The global stream limit (`[sse] max_streams`) is reached.
+    #[error("too many open streams ({max}); retry in {retry_after_s} s")]
+    TooManyStreams {
+        /// The configured limit.
+        max: usize,
+        /// Seconds the client should wait.
+        retry_after_s: u64,
+    },
+    /// `[sse] max_streams_per_user` is reached for this user.
+    #[error("too many open streams for this user ({max})")]
+    TooManyUserStreams {
+        /// The configured per-user limit.
+        max: usize,
+    },
+    /// The origin refused the stream's resource (401, 403, 404, 410) on its first poll.
+    #[error("{detail}")]
+    Refused {
+        /// The origin's status.
+        status: StatusCode,
+        /// The origin's `detail`, or a generic description.
+        detail: String,
+        /// The origin's JSON body when it sent one.
+        body: Option<Bytes>,
+    },
+}
 
 /// Everything the stream phase needs.
 pub struct Streams {
     /// Channels by key.
     pub hub: Hub,
-    /// The configured routes, by index.
-    routes: Vec<Arc<StreamConfig>>,
-    /// Token validation for `auth = true` routes.
-    auth: Option<Authenticator>,
-    /// The origin, for the validator.
-    upstream: Arc<Upstream>,
     /// Free stream slots (`max_streams`).
     slots: Arc<Semaphore>,
     /// Open streams per validated user (`max_streams_per_user`).
@@ -60,19 +90,10 @@ pub struct Streams {
 }
 
 impl Streams {
-    /// The stream phase over these routes.
-    pub fn new(
-        hub: Hub,
-        routes: Vec<Arc<StreamConfig>>,
-        auth: Option<Authenticator>,
-        upstream: Arc<Upstream>,
-        sse: SseConfig,
-    ) -> Streams {
+    /// The stream phase over this hub.
+    pub fn new(hub: Hub, sse: SseConfig) -> Streams {
         Streams {
             hub,
-            routes,
-            auth,
-            upstream,
             slots: Arc::new(Semaphore::new(sse.max_streams)),
             per_user: Arc::default(),
             sse,
@@ -84,29 +105,19 @@ impl Streams {
         self.sse.max_streams - self.slots.available_permits()
     }
 
-    /// Answers a request for stream route `index` with these checked parameters.
+    /// Opens an event stream on `route` with these checked parameters, for `identity` (the
+    /// validated user on `auth = true` routes). `request` gives the `Last-Event-ID`.
     pub async fn open(
         &self,
-        index: usize,
+        route: Arc<StreamConfig>,
         params: Vec<String>,
+        identity: Option<Identity>,
         request: &request::Parts,
-    ) -> Result<Response<ProxyBody>, ProxyError> {
-        if request.method != Method::GET {
-            return Err(ProxyError::MethodNotAllowed(request.method.clone()));
-        }
-        let route = &self.routes[index];
-        let query = request.uri.query();
-        let identity = match (&self.auth, route.auth) {
-            (Some(auth), true) => Some(
-                auth.authenticate(&request.headers, query, &self.upstream)
-                    .await?,
-            ),
-            _ => None,
-        };
+    ) -> Result<Response<SseBody>, StreamError> {
         let last_event_id = last_event_id(request);
         let slot = self.slots.clone().try_acquire_owned().map_err(|_| {
             self.hub.metrics().limited(Limit::MaxStreams);
-            ProxyError::TooManyStreams {
+            StreamError::TooManyStreams {
                 max: self.sse.max_streams,
                 retry_after_s: self.sse.retry_ms.div_ceil(1000).max(1),
             }
@@ -116,13 +127,13 @@ impl Streams {
             None => None,
         };
         let key = StreamKey {
-            route: index,
+            route: route.index,
             params,
             user: identity.as_ref().map(|i| i.user_id.clone()),
         };
-        let subscription = self.hub.subscribe(key, identity);
+        let subscription = self.hub.subscribe(route, key, identity);
         if let Phase::Failed(answer) = subscription.wait_ready(self.sse.first_poll_wait).await {
-            return Err(ProxyError::Relayed {
+            return Err(StreamError::Refused {
                 status: answer.status,
                 detail: answer.detail.clone(),
                 body: answer.body.clone(),
@@ -132,14 +143,8 @@ impl Streams {
             .channel()
             .start(last_event_id.as_deref(), self.sse.retry_ms);
         Metrics::inc(&self.hub.metrics().streams_started);
-        let mut response = Response::new(ProxyBody::Stream(SseBody::new(
-            subscription,
-            first,
-            cursor,
-            slot,
-            user_slot,
-        )));
-        *response.status_mut() = StatusCode::OK;
+        let mut response =
+            Response::new(SseBody::new(subscription, first, cursor, slot, user_slot));
         let headers = response.headers_mut();
         headers.insert(
             header::CONTENT_TYPE,
@@ -153,12 +158,12 @@ impl Streams {
 
 impl Streams {
     /// Takes one of the user's stream slots, or refuses with 429.
-    fn user_slot(&self, user: &str) -> Result<UserSlot, ProxyError> {
+    fn user_slot(&self, user: &str) -> Result<UserSlot, StreamError> {
         let mut counts = self.per_user.lock().unwrap_or_else(|e| e.into_inner());
         let open = counts.entry(user.to_owned()).or_default();
         if *open >= self.sse.max_streams_per_user {
             self.hub.metrics().limited(Limit::MaxStreamsPerUser);
-            return Err(ProxyError::TooManyUserStreams {
+            return Err(StreamError::TooManyUserStreams {
                 max: self.sse.max_streams_per_user,
             });
         }

@@ -19,16 +19,25 @@ use serde_json::json;
 
 use super::channel::{Channel, FatalAnswer};
 use super::delta::Tracker;
-use super::hub::HubShared;
-use crate::error::origin_detail;
-use crate::metrics::{Metrics, PollOutcome};
-use crate::upstream::Fetched;
+use crate::http::json::origin_detail;
+use crate::ops::metrics::{Metrics, PollOutcome};
+use crate::origin::{Fetched, Upstream};
 
 /// Longest pause the origin may ask for with `Retry-After`.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(900);
 /// A long poll that came back unchanged faster than this was not really held: wait
 /// `every` before the next one rather than hammering the origin.
 const MIN_HELD: Duration = Duration::from_millis(100);
+
+/// What every poller of a hub shares.
+pub struct PollContext {
+    /// The origin polled.
+    pub upstream: Arc<Upstream>,
+    /// Poll outcomes and latencies are counted here.
+    pub metrics: Arc<Metrics>,
+    /// Ceiling of the exponential backoff after poll errors (`[sse] max_backoff_ms`).
+    pub max_backoff: Duration,
+}
 
 /// What one poll came to.
 enum Outcome {
@@ -47,7 +56,7 @@ enum Outcome {
 }
 
 /// Polls `channel`'s source `index` until the supervisor aborts the task.
-pub async fn run(hub: Arc<HubShared>, channel: Arc<Channel>, index: usize) {
+pub async fn run(hub: Arc<PollContext>, channel: Arc<Channel>, index: usize) {
     let spec = &channel.route.sources[index];
     let path = spec.poll.render(&channel.key.params);
     let mut tracker = Tracker::new(spec.mode.clone(), &spec.event);
@@ -162,7 +171,7 @@ pub async fn run(hub: Arc<HubShared>, channel: Arc<Channel>, index: usize) {
                     channel.outage(index, &data.to_string());
                 }
                 failures = failures.saturating_add(1);
-                backoff(spec.every, hub.sse.max_backoff, failures, retry_after)
+                backoff(spec.every, hub.max_backoff, failures, retry_after)
             }
         };
         channel.answered(index);

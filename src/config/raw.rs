@@ -1,0 +1,220 @@
+//! `proxy.toml` as written: serde structs that keep each value's source span (`Spanned`)
+//! for the resolver's error messages, unknown keys rejected, and the defaults.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    pub(super) listen: RawListen,
+    pub(super) tls: Option<RawTls>,
+    pub(super) upstream: RawUpstream,
+    pub(super) auth: Option<RawAuth>,
+    #[serde(default)]
+    pub(super) sse: RawSse,
+    #[serde(default)]
+    pub(super) stream: Vec<Spanned<RawStream>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawListen {
+    pub(super) https: Option<Spanned<String>>,
+    pub(super) http: Option<Spanned<String>>,
+    pub(super) admin: Option<Spanned<String>>,
+    #[serde(default = "defaults::max_connections")]
+    pub(super) max_connections: Spanned<u64>,
+    #[serde(default = "defaults::tls_handshake_timeout_ms")]
+    pub(super) tls_handshake_timeout_ms: Spanned<u64>,
+    #[serde(default = "defaults::header_read_timeout_ms")]
+    pub(super) header_read_timeout_ms: Spanned<u64>,
+    #[serde(default = "defaults::write_timeout_ms")]
+    pub(super) write_timeout_ms: Spanned<u64>,
+    #[serde(default = "defaults::shutdown_grace_s")]
+    pub(super) shutdown_grace_s: Spanned<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTls {
+    pub(super) cert: Spanned<String>,
+    pub(super) key: Spanned<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawUpstream {
+    pub(super) url: Spanned<String>,
+    #[serde(default = "defaults::connect_timeout_ms")]
+    pub(super) connect_timeout_ms: Spanned<u64>,
+    #[serde(default = "defaults::timeout_ms")]
+    pub(super) timeout_ms: Spanned<u64>,
+    pub(super) ca: Option<Spanned<String>>,
+    #[serde(default = "defaults::max_poll_body_bytes")]
+    pub(super) max_poll_body_bytes: Spanned<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAuth {
+    pub(super) validate: Spanned<String>,
+    #[serde(default = "defaults::sources")]
+    pub(super) sources: Vec<Spanned<String>>,
+    #[serde(default = "defaults::cache_ttl_s")]
+    pub(super) cache_ttl_s: Spanned<u64>,
+    #[serde(default = "defaults::negative_ttl_s")]
+    pub(super) negative_ttl_s: Spanned<u64>,
+    #[serde(default = "defaults::cache_capacity")]
+    pub(super) cache_capacity: Spanned<u64>,
+    #[serde(default = "defaults::max_validations_per_s")]
+    pub(super) max_validations_per_s: Spanned<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSse {
+    #[serde(default = "defaults::heartbeat_s")]
+    pub(super) heartbeat_s: Spanned<u64>,
+    #[serde(default = "defaults::retry_ms")]
+    pub(super) retry_ms: Spanned<u64>,
+    #[serde(default = "defaults::max_streams")]
+    pub(super) max_streams: Spanned<u64>,
+    #[serde(default = "defaults::max_streams_per_user")]
+    pub(super) max_streams_per_user: Spanned<u64>,
+    #[serde(default = "defaults::first_poll_wait_ms")]
+    pub(super) first_poll_wait_ms: Spanned<u64>,
+    #[serde(default = "defaults::linger_ms")]
+    pub(super) linger_ms: Spanned<u64>,
+    #[serde(default = "defaults::history_events")]
+    pub(super) history_events: Spanned<u64>,
+    #[serde(default = "defaults::history_bytes")]
+    pub(super) history_bytes: Spanned<u64>,
+    #[serde(default = "defaults::max_backoff_ms")]
+    pub(super) max_backoff_ms: Spanned<u64>,
+}
+
+impl Default for RawSse {
+    fn default() -> Self {
+        RawSse {
+            heartbeat_s: defaults::heartbeat_s(),
+            retry_ms: defaults::retry_ms(),
+            max_streams: defaults::max_streams(),
+            max_streams_per_user: defaults::max_streams_per_user(),
+            first_poll_wait_ms: defaults::first_poll_wait_ms(),
+            linger_ms: defaults::linger_ms(),
+            history_events: defaults::history_events(),
+            history_bytes: defaults::history_bytes(),
+            max_backoff_ms: defaults::max_backoff_ms(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawStream {
+    pub(super) path: Spanned<String>,
+    #[serde(default)]
+    pub(super) auth: bool,
+    #[serde(default)]
+    pub(super) source: Vec<Spanned<RawSource>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSource {
+    pub(super) poll: Spanned<String>,
+    #[serde(default = "defaults::every_ms")]
+    pub(super) every_ms: Spanned<u64>,
+    pub(super) event: Spanned<String>,
+    #[serde(default = "defaults::mode")]
+    pub(super) mode: Spanned<String>,
+    pub(super) items: Option<Spanned<String>>,
+    pub(super) key: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) headers: BTreeMap<String, Spanned<String>>,
+    pub(super) wait_s: Option<Spanned<u64>>,
+}
+
+/// Default values, one function each because serde's `default = "path"` needs a function.
+pub(super) mod defaults {
+    use toml::Spanned;
+
+    fn at0<T>(value: T) -> Spanned<T> {
+        Spanned::new(0..0, value)
+    }
+    pub fn max_connections() -> Spanned<u64> {
+        at0(10_000)
+    }
+    pub fn tls_handshake_timeout_ms() -> Spanned<u64> {
+        at0(5_000)
+    }
+    pub fn header_read_timeout_ms() -> Spanned<u64> {
+        at0(10_000)
+    }
+    pub fn write_timeout_ms() -> Spanned<u64> {
+        at0(30_000)
+    }
+    pub fn shutdown_grace_s() -> Spanned<u64> {
+        at0(10)
+    }
+    pub fn connect_timeout_ms() -> Spanned<u64> {
+        at0(3_000)
+    }
+    pub fn timeout_ms() -> Spanned<u64> {
+        at0(30_000)
+    }
+    pub fn max_poll_body_bytes() -> Spanned<u64> {
+        at0(4 * 1024 * 1024)
+    }
+    pub fn sources() -> Vec<Spanned<String>> {
+        vec![at0("bearer".to_owned())]
+    }
+    pub fn cache_ttl_s() -> Spanned<u64> {
+        at0(60)
+    }
+    pub fn negative_ttl_s() -> Spanned<u64> {
+        at0(5)
+    }
+    pub fn cache_capacity() -> Spanned<u64> {
+        at0(100_000)
+    }
+    pub fn heartbeat_s() -> Spanned<u64> {
+        at0(30)
+    }
+    pub fn retry_ms() -> Spanned<u64> {
+        at0(3_000)
+    }
+    pub fn max_streams() -> Spanned<u64> {
+        at0(100)
+    }
+    pub fn max_streams_per_user() -> Spanned<u64> {
+        at0(20)
+    }
+    pub fn max_validations_per_s() -> Spanned<u64> {
+        at0(100)
+    }
+    pub fn first_poll_wait_ms() -> Spanned<u64> {
+        at0(1_000)
+    }
+    pub fn linger_ms() -> Spanned<u64> {
+        at0(500)
+    }
+    pub fn history_events() -> Spanned<u64> {
+        at0(1_024)
+    }
+    pub fn history_bytes() -> Spanned<u64> {
+        at0(4 * 1024 * 1024)
+    }
+    pub fn max_backoff_ms() -> Spanned<u64> {
+        at0(60_000)
+    }
+    pub fn every_ms() -> Spanned<u64> {
+        at0(5_000)
+    }
+    pub fn mode() -> Spanned<String> {
+        at0("snapshot".to_owned())
+    }
+}

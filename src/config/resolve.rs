@@ -1,0 +1,450 @@
+//! Resolution: raw → typed, with errors that point at the file, the line and the key.
+
+use std::collections::HashSet;
+use std::ops::Range;
+use std::path::Path;
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue, Uri};
+use toml::Spanned;
+
+use super::env::{expand_env, line_column};
+use super::raw::*;
+use super::*;
+use crate::http::path::{PathPattern, PollTemplate};
+
+/// Where errors are reported and how placeholders are filled.
+pub(super) struct Resolver<'a> {
+    pub(super) file: &'a str,
+    pub(super) text: &'a str,
+    pub(super) base_dir: &'a Path,
+    pub(super) env: &'a dyn Fn(&str) -> Option<String>,
+}
+
+impl Resolver<'_> {
+    pub(super) fn error(
+        &self,
+        span: Range<usize>,
+        key: &str,
+        message: impl Into<String>,
+    ) -> ConfigError {
+        let (line, column) = line_column(self.text, span.start);
+        ConfigError::Invalid {
+            file: self.file.to_owned(),
+            line,
+            column,
+            key: key.to_owned(),
+            message: message.into(),
+        }
+    }
+
+    /// Expands `${NAME}` placeholders in a string value.
+    fn expand(&self, value: &Spanned<String>, key: &str) -> Result<String, ConfigError> {
+        expand_env(value.get_ref(), self.env).map_err(|m| self.error(value.span(), key, m))
+    }
+
+    fn positive(&self, value: &Spanned<u64>, key: &str) -> Result<u64, ConfigError> {
+        match *value.get_ref() {
+            0 => Err(self.error(value.span(), key, "must be greater than 0")),
+            n => Ok(n),
+        }
+    }
+
+    pub(super) fn config(&self, raw: RawConfig) -> Result<Config, ConfigError> {
+        let listen = self.listen(&raw.listen)?;
+        let tls = raw.tls.as_ref().map(|t| self.tls(t)).transpose()?;
+        if listen.https.is_some() && tls.is_none() {
+            let span = raw.listen.https.as_ref().map_or(0..0, |s| s.span());
+            return Err(self.error(
+                span,
+                "listen.https",
+                "an HTTPS listener needs a [tls] table with `cert` and `key`",
+            ));
+        }
+        if listen.https.is_none() && listen.http.is_none() {
+            return Err(self.error(0..0, "listen", "no listener: set `https`, `http` or both"));
+        }
+        let upstream = self.upstream(&raw.upstream)?;
+        let auth = raw.auth.as_ref().map(|a| self.auth(a)).transpose()?;
+        let sse = self.sse(&raw.sse)?;
+        if sse.history_bytes < upstream.max_poll_body_bytes {
+            return Err(self.error(
+                raw.sse.history_bytes.span(),
+                "sse.history_bytes",
+                format!(
+                    "must be at least upstream.max_poll_body_bytes ({}): the events of one large \
+                     poll would not fit in the history, and every client would be resynced",
+                    upstream.max_poll_body_bytes
+                ),
+            ));
+        }
+        let mut streams = Vec::with_capacity(raw.stream.len());
+        let mut seen_paths = HashSet::new();
+        for (index, stream) in raw.stream.iter().enumerate() {
+            let resolved = self.stream(stream, index)?;
+            if resolved.auth && auth.is_none() {
+                return Err(self.error(
+                    stream.span(),
+                    &format!("stream[{index}].auth"),
+                    "`auth = true` needs an [auth] table with `validate`",
+                ));
+            }
+            if !seen_paths.insert(resolved.path.to_string()) {
+                return Err(self.error(
+                    stream.get_ref().path.span(),
+                    &format!("stream[{index}].path"),
+                    "the same path is declared by an earlier [[stream]]",
+                ));
+            }
+            streams.push(resolved);
+        }
+        Ok(Config {
+            listen,
+            tls,
+            upstream,
+            auth,
+            sse,
+            streams,
+        })
+    }
+
+    fn socket_addr(&self, value: &Spanned<String>, key: &str) -> Result<SocketAddr, ConfigError> {
+        let text = self.expand(value, key)?;
+        text.parse().map_err(|_| {
+            self.error(
+                value.span(),
+                key,
+                format!(
+                    "`{}` is not an address like \"127.0.0.1:8080\" or \"[::]:8443\"",
+                    value.get_ref()
+                ),
+            )
+        })
+    }
+
+    fn listen(&self, raw: &RawListen) -> Result<ListenConfig, ConfigError> {
+        Ok(ListenConfig {
+            https: raw
+                .https
+                .as_ref()
+                .map(|v| self.socket_addr(v, "listen.https"))
+                .transpose()?,
+            http: raw
+                .http
+                .as_ref()
+                .map(|v| self.socket_addr(v, "listen.http"))
+                .transpose()?,
+            admin: raw
+                .admin
+                .as_ref()
+                .map(|v| self.socket_addr(v, "listen.admin"))
+                .transpose()?,
+            max_connections: self.positive(&raw.max_connections, "listen.max_connections")?
+                as usize,
+            tls_handshake_timeout: Duration::from_millis(self.positive(
+                &raw.tls_handshake_timeout_ms,
+                "listen.tls_handshake_timeout_ms",
+            )?),
+            header_read_timeout: Duration::from_millis(
+                self.positive(&raw.header_read_timeout_ms, "listen.header_read_timeout_ms")?,
+            ),
+            write_timeout: Duration::from_millis(
+                self.positive(&raw.write_timeout_ms, "listen.write_timeout_ms")?,
+            ),
+            shutdown_grace: Duration::from_secs(*raw.shutdown_grace_s.get_ref()),
+        })
+    }
+
+    fn path(&self, value: &Spanned<String>, key: &str) -> Result<PathBuf, ConfigError> {
+        let text = self.expand(value, key)?;
+        if text.is_empty() {
+            return Err(self.error(value.span(), key, "must name a file"));
+        }
+        Ok(self.base_dir.join(text))
+    }
+
+    fn tls(&self, raw: &RawTls) -> Result<TlsFiles, ConfigError> {
+        Ok(TlsFiles {
+            cert: self.path(&raw.cert, "tls.cert")?,
+            key: self.path(&raw.key, "tls.key")?,
+        })
+    }
+
+    fn upstream(&self, raw: &RawUpstream) -> Result<UpstreamConfig, ConfigError> {
+        let key = "upstream.url";
+        let text = self.expand(&raw.url, key)?;
+        // Messages quote the value as written: the expanded one may hold a secret.
+        let written = raw.url.get_ref();
+        let bad = |why: &str| {
+            self.error(
+                raw.url.span(),
+                key,
+                format!("`{written}` {why}; expected something like \"https://abc.lambda-url.us-east-1.on.aws\""),
+            )
+        };
+        let uri: Uri = text.parse().map_err(|_| bad("is not a URL"))?;
+        let scheme = uri.scheme().cloned().ok_or_else(|| bad("has no scheme"))?;
+        if scheme != http::uri::Scheme::HTTP && scheme != http::uri::Scheme::HTTPS {
+            return Err(bad("must use http or https"));
+        }
+        let authority = uri.authority().cloned().ok_or_else(|| bad("has no host"))?;
+        if uri.query().is_some() {
+            return Err(bad("must not have a query"));
+        }
+        let base_path = uri.path().trim_end_matches('/').to_owned();
+        Ok(UpstreamConfig {
+            scheme,
+            authority,
+            base_path,
+            connect_timeout: Duration::from_millis(
+                self.positive(&raw.connect_timeout_ms, "upstream.connect_timeout_ms")?,
+            ),
+            timeout: Duration::from_millis(self.positive(&raw.timeout_ms, "upstream.timeout_ms")?),
+            ca: raw
+                .ca
+                .as_ref()
+                .map(|v| self.path(v, "upstream.ca"))
+                .transpose()?,
+            max_poll_body_bytes: self
+                .positive(&raw.max_poll_body_bytes, "upstream.max_poll_body_bytes")?
+                as usize,
+        })
+    }
+
+    fn auth(&self, raw: &RawAuth) -> Result<AuthConfig, ConfigError> {
+        let validate = self.expand(&raw.validate, "auth.validate")?;
+        if !validate.starts_with('/') {
+            return Err(self.error(
+                raw.validate.span(),
+                "auth.validate",
+                "must be an origin path starting with `/`",
+            ));
+        }
+        if raw.sources.is_empty() {
+            return Err(self.error(
+                0..0,
+                "auth.sources",
+                "list at least one token source, for example [\"bearer\"]",
+            ));
+        }
+        let mut sources = Vec::with_capacity(raw.sources.len());
+        for (i, source) in raw.sources.iter().enumerate() {
+            let key = format!("auth.sources[{i}]");
+            let parsed = parse_token_source(source.get_ref())
+                .map_err(|m| self.error(source.span(), &key, m))?;
+            sources.push(parsed);
+        }
+        Ok(AuthConfig {
+            validate,
+            sources,
+            cache_ttl: Duration::from_secs(self.positive(&raw.cache_ttl_s, "auth.cache_ttl_s")?),
+            negative_ttl: Duration::from_secs(*raw.negative_ttl_s.get_ref()),
+            cache_capacity: self.positive(&raw.cache_capacity, "auth.cache_capacity")?,
+            max_validations_per_s: self
+                .positive(&raw.max_validations_per_s, "auth.max_validations_per_s")?,
+        })
+    }
+
+    fn sse(&self, raw: &RawSse) -> Result<SseConfig, ConfigError> {
+        Ok(SseConfig {
+            heartbeat: Duration::from_secs(self.positive(&raw.heartbeat_s, "sse.heartbeat_s")?),
+            retry_ms: *raw.retry_ms.get_ref(),
+            max_streams: self.positive(&raw.max_streams, "sse.max_streams")? as usize,
+            max_streams_per_user: self
+                .positive(&raw.max_streams_per_user, "sse.max_streams_per_user")?
+                as usize,
+            first_poll_wait: Duration::from_millis(*raw.first_poll_wait_ms.get_ref()),
+            linger: Duration::from_millis(*raw.linger_ms.get_ref()),
+            history_events: self.positive(&raw.history_events, "sse.history_events")? as usize,
+            history_bytes: self.positive(&raw.history_bytes, "sse.history_bytes")? as usize,
+            max_backoff: Duration::from_millis(
+                self.positive(&raw.max_backoff_ms, "sse.max_backoff_ms")?,
+            ),
+        })
+    }
+
+    fn stream(&self, raw: &Spanned<RawStream>, index: usize) -> Result<StreamConfig, ConfigError> {
+        let raw_stream = raw.get_ref();
+        let key = format!("stream[{index}].path");
+        let path_text = self.expand(&raw_stream.path, &key)?;
+        let path = PathPattern::parse(&path_text)
+            .map_err(|m| self.error(raw_stream.path.span(), &key, m))?;
+        if raw_stream.source.is_empty() {
+            return Err(self.error(
+                raw.span(),
+                &format!("stream[{index}].source"),
+                "a stream needs at least one [[stream.source]] to poll",
+            ));
+        }
+        let mut sources = Vec::with_capacity(raw_stream.source.len());
+        let mut events = HashSet::new();
+        for (i, source) in raw_stream.source.iter().enumerate() {
+            let prefix = format!("stream[{index}].source[{i}]");
+            let resolved = self.source(source.get_ref(), &path, &prefix)?;
+            if !events.insert(resolved.event.clone()) {
+                return Err(self.error(
+                    source.get_ref().event.span(),
+                    &format!("{prefix}.event"),
+                    "another source of this stream already uses this event name",
+                ));
+            }
+            sources.push(resolved);
+        }
+        Ok(StreamConfig {
+            index,
+            path,
+            auth: raw_stream.auth,
+            sources,
+        })
+    }
+
+    fn source(
+        &self,
+        raw: &RawSource,
+        path: &PathPattern,
+        prefix: &str,
+    ) -> Result<SourceConfig, ConfigError> {
+        let poll_key = format!("{prefix}.poll");
+        let poll_text = self.expand(&raw.poll, &poll_key)?;
+        let poll = PollTemplate::parse(&poll_text, path)
+            .map_err(|m| self.error(raw.poll.span(), &poll_key, m))?;
+        let every =
+            Duration::from_millis(self.positive(&raw.every_ms, &format!("{prefix}.every_ms"))?);
+        let event = raw.event.get_ref().clone();
+        if let Err(message) = check_event_name(&event) {
+            return Err(self.error(raw.event.span(), &format!("{prefix}.event"), message));
+        }
+        let mode = match raw.mode.get_ref().as_str() {
+            "snapshot" => {
+                for (name, value) in [("items", raw.items.as_ref()), ("key", raw.key.as_ref())] {
+                    if let Some(value) = value {
+                        return Err(self.error(
+                            value.span(),
+                            &format!("{prefix}.{name}"),
+                            "only `mode = \"items\"` uses this key",
+                        ));
+                    }
+                }
+                Mode::Snapshot
+            }
+            "items" => {
+                let missing = |name: &str, example: &str| {
+                    self.error(
+                        raw.mode.span(),
+                        &format!("{prefix}.{name}"),
+                        format!("`mode = \"items\"` needs `{name}` ({example})"),
+                    )
+                };
+                let pointer = raw
+                    .items
+                    .as_ref()
+                    .ok_or_else(|| missing("items", "a JSON pointer such as \"/tickers\""))?;
+                if !(pointer.get_ref().is_empty() || pointer.get_ref().starts_with('/')) {
+                    return Err(self.error(
+                        pointer.span(),
+                        &format!("{prefix}.items"),
+                        "a JSON pointer starts with `/` (or is empty for the whole document)",
+                    ));
+                }
+                let key = raw.key.as_ref().ok_or_else(|| {
+                    missing("key", "the field naming each item, such as \"symbol\"")
+                })?;
+                if key.get_ref().is_empty() {
+                    return Err(self.error(
+                        key.span(),
+                        &format!("{prefix}.key"),
+                        "must not be empty",
+                    ));
+                }
+                Mode::Items {
+                    pointer: pointer.get_ref().clone(),
+                    key: key.get_ref().clone(),
+                }
+            }
+            other => {
+                return Err(self.error(
+                    raw.mode.span(),
+                    &format!("{prefix}.mode"),
+                    format!("`{other}` is not a mode; use \"snapshot\" or \"items\""),
+                ));
+            }
+        };
+        let mut headers = Vec::with_capacity(raw.headers.len());
+        for (name, value) in &raw.headers {
+            let key = format!("{prefix}.headers.{name}");
+            let header_name = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| self.error(value.span(), &key, "is not a valid header name"))?;
+            let expanded = self.expand(value, &key)?;
+            let header_value = HeaderValue::from_str(&expanded).map_err(|_| {
+                self.error(
+                    value.span(),
+                    &key,
+                    "the value has characters a header cannot carry",
+                )
+            })?;
+            headers.push((header_name, header_value));
+        }
+        let wait = raw
+            .wait_s
+            .as_ref()
+            .map(|w| self.positive(w, &format!("{prefix}.wait_s")))
+            .transpose()?
+            .map(Duration::from_secs);
+        Ok(SourceConfig {
+            poll,
+            every,
+            event,
+            mode,
+            headers,
+            wait,
+        })
+    }
+}
+
+/// Event names the proxy itself uses; a source must not take them.
+pub const RESERVED_EVENTS: [&str; 2] = ["error", "resync"];
+
+fn check_event_name(event: &str) -> Result<(), String> {
+    if event.is_empty() || event.len() > 64 {
+        return Err("must be 1 to 64 characters".to_owned());
+    }
+    if !event
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+    {
+        return Err("use letters, digits, `_`, `-` and `.` only".to_owned());
+    }
+    if RESERVED_EVENTS.contains(&event) {
+        return Err(format!("`{event}` is reserved for the proxy's own events"));
+    }
+    Ok(())
+}
+
+pub(super) fn parse_token_source(text: &str) -> Result<TokenSource, String> {
+    let invalid = || {
+        format!(
+            "`{text}` is not a token source; use \"bearer\", a header name, \"query:NAME\" or \"cookie:NAME\""
+        )
+    };
+    if text.eq_ignore_ascii_case("bearer") {
+        return Ok(TokenSource::Bearer);
+    }
+    if let Some(name) = text.strip_prefix("query:") {
+        return if name.is_empty() {
+            Err(invalid())
+        } else {
+            Ok(TokenSource::Query(name.to_owned()))
+        };
+    }
+    if let Some(name) = text.strip_prefix("cookie:") {
+        return if name.is_empty() {
+            Err(invalid())
+        } else {
+            Ok(TokenSource::Cookie(name.to_owned()))
+        };
+    }
+    let header = text.strip_prefix("header:").unwrap_or(text);
+    HeaderName::from_bytes(header.as_bytes())
+        .map(TokenSource::Header)
+        .map_err(|_| invalid())
+}

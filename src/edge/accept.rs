@@ -1,0 +1,216 @@
+//! Accepting: the listeners, a connection permit taken before each connection is served, the
+//! answer to connections over the cap, and the drain on shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+
+use super::connection::{Builders, OpenConnection, Serving};
+use super::write_timeout::WriteTimeout;
+use crate::config::ListenConfig;
+use crate::ops::metrics::{Limit, Metrics};
+use crate::ops::shutdown::ShutdownSignal;
+use crate::request::{App, ConnInfo};
+
+/// Kernel accept backlog, so bursts of new streams queue instead of being refused.
+const BACKLOG: u32 = 4096;
+
+/// The bound listeners, before serving.
+pub struct Listeners {
+    /// The TLS listener and its acceptor.
+    pub https: Option<(TcpListener, TlsAcceptor)>,
+    /// The plaintext listener.
+    pub http: Option<TcpListener>,
+}
+
+/// A listener address that could not be bound.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr}: {source}")]
+pub struct BindError {
+    /// The address from `[listen]`.
+    pub addr: SocketAddr,
+    /// Why (address in use, permission denied...).
+    pub source: std::io::Error,
+}
+
+/// Binds a TCP listener with a deep backlog; returns it with the address actually bound.
+pub fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), BindError> {
+    let wrap = |source| BindError { addr, source };
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(wrap)?;
+    socket.set_reuseaddr(true).map_err(wrap)?;
+    socket.bind(addr).map_err(wrap)?;
+    let listener = socket.listen(BACKLOG).map_err(wrap)?;
+    let bound = listener.local_addr().map_err(wrap)?;
+    Ok((listener, bound))
+}
+
+/// Accepts and serves until `shutdown` fires, then drains connections for at most `grace`.
+pub async fn serve(
+    listeners: Listeners,
+    app: Arc<App>,
+    config: ListenConfig,
+    mut shutdown: ShutdownSignal,
+) {
+    let builders = Arc::new(Builders::new(&config));
+    let permits = Arc::new(Semaphore::new(config.max_connections));
+    let graceful = GracefulShutdown::new();
+    let (https, acceptor) = match listeners.https {
+        Some((listener, acceptor)) => (Some(listener), Some(acceptor)),
+        None => (None, None),
+    };
+    let http = listeners.http;
+    let refusals = Arc::new(Semaphore::new(MAX_REFUSALS));
+    loop {
+        let permit = match permits.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            // Over the cap: wait for a free slot, and meanwhile answer newcomers clearly
+            // instead of leaving them in the backlog.
+            Err(_) => tokio::select! {
+                permit = permits.clone().acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => break,
+                },
+                accepted = accept(https.as_ref()) => {
+                    refuse(accepted, true, &refusals, &app.metrics).await;
+                    continue;
+                }
+                accepted = accept(http.as_ref()) => {
+                    refuse(accepted, false, &refusals, &app.metrics).await;
+                    continue;
+                }
+                _ = shutdown.fired() => break,
+            },
+        };
+        let (accepted, tls) = tokio::select! {
+            accepted = accept(https.as_ref()) => (accepted, true),
+            accepted = accept(http.as_ref()) => (accepted, false),
+            _ = shutdown.fired() => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(error) => {
+                // Out of file descriptors or a transient kernel error: back off briefly
+                // instead of spinning on the same error.
+                tracing::warn!(%error, "accept failed");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let stream = WriteTimeout::new(stream, config.write_timeout);
+        let conn = ConnInfo { peer, tls };
+        let watcher = graceful.watcher();
+        let builders = builders.clone();
+        let open = OpenConnection::new(app.metrics.clone(), tls);
+        let app = app.clone();
+        let acceptor = acceptor.clone().filter(|_| tls);
+        let handshake_timeout = config.tls_handshake_timeout;
+        let serving = Serving {
+            app,
+            conn,
+            watcher,
+            idle_limit: config.header_read_timeout,
+            shutdown: shutdown.clone(),
+            _open: open,
+            _permit: permit,
+        };
+        // Plaintext and TLS connections are separate tasks so that each is only as large as
+        // what its own kind of connection holds (a TLS session is over 1 KiB).
+        match acceptor {
+            None => tokio::spawn(serving.serve(stream, builders, true)),
+            Some(acceptor) => tokio::spawn(async move {
+                let handshake = Box::pin(tokio::time::timeout(
+                    handshake_timeout,
+                    acceptor.accept(stream),
+                ));
+                let tls_stream = match handshake.await {
+                    Ok(Ok(tls_stream)) => tls_stream,
+                    Ok(Err(error)) => {
+                        tracing::debug!(%peer, %error, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                        return;
+                    }
+                };
+                let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                serving.serve(tls_stream, builders, !h2).await;
+            }),
+        };
+    }
+    drop(https);
+    drop(http);
+    app.close_streams();
+    if tokio::time::timeout(config.shutdown_grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            grace_s = config.shutdown_grace.as_secs(),
+            "connections still open after the shutdown grace period"
+        );
+    }
+}
+
+/// Pause after a failed accept (out of file descriptors), so the loop does not spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// Connections being refused at once; beyond it, extra ones are simply closed.
+const MAX_REFUSALS: usize = 64;
+
+/// The body of the answer to a plaintext connection over `max_connections`.
+const OVER_CAPACITY: &str = "{\"detail\":\"the proxy is at its connection limit; retry shortly\",\"error\":\"too_many_connections\"}\n";
+
+/// Answers a connection over the cap: a plaintext one gets a 503, a TLS one (which would need
+/// a handshake first) is closed. Either way its file descriptor is released at once. A failed
+/// accept (out of file descriptors) backs off instead of spinning on the same error.
+async fn refuse(
+    accepted: std::io::Result<(TcpStream, SocketAddr)>,
+    tls: bool,
+    refusals: &Arc<Semaphore>,
+    metrics: &Metrics,
+) {
+    let (mut stream, _) = match accepted {
+        Ok(pair) => pair,
+        Err(error) => {
+            tracing::warn!(%error, "accept failed");
+            tokio::time::sleep(ACCEPT_BACKOFF).await;
+            return;
+        }
+    };
+    metrics.limited(Limit::MaxConnections);
+    let Ok(refusal) = refusals.clone().try_acquire_owned() else {
+        return;
+    };
+    if tls {
+        return;
+    }
+    tokio::spawn(async move {
+        let _refusal = refusal;
+        let answer = format!(
+            "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\n\
+             connection: close\r\ncontent-length: {}\r\n\r\n{OVER_CAPACITY}",
+            OVER_CAPACITY.len()
+        );
+        let write = tokio::io::AsyncWriteExt::write_all(&mut stream, answer.as_bytes());
+        let _ = tokio::time::timeout(Duration::from_secs(1), write).await;
+    });
+}
+
+async fn accept(listener: Option<&TcpListener>) -> std::io::Result<(TcpStream, SocketAddr)> {
+    match listener {
+        Some(listener) => listener.accept().await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,359 @@
+//! Writing a response on the HTTP/1.1 fast path: the head once, together with the first
+//! frame, then every frame the hub shares as one chunk straight from its `Bytes` (one vectored
+//! write, no copy), up to [`BATCH`] ready frames per system call. While an event stream is
+//! open the read side is watched, so a client that closes is released at once.
+
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use http::header;
+use http::response;
+use http_body::Body;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::request::body::ProxyBody;
+
+/// Bytes a client may send on a connection whose event stream is open before it is closed:
+/// nothing can be answered on it until the stream ends, so it is read and dropped, not kept.
+const MAX_DISCARDED: usize = 16 * 1024;
+/// The chunked encoding's last chunk.
+const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
+
+/// The response's status line and headers, framed by `content-length` when the body's
+/// length is known and by chunks otherwise.
+pub(super) fn encode_head(parts: &response::Parts, length: Option<u64>, keep_alive: bool) -> Bytes {
+    let mut out = Vec::with_capacity(256);
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(parts.status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(parts.status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    let mut line = |name: &[u8], value: &[u8]| {
+        out.extend_from_slice(name);
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value);
+        out.extend_from_slice(b"\r\n");
+    };
+    for (name, value) in &parts.headers {
+        // Framing and connection handling are this writer's to state.
+        if !matches!(
+            *name,
+            header::CONTENT_LENGTH | header::TRANSFER_ENCODING | header::CONNECTION
+        ) {
+            line(name.as_str().as_bytes(), value.as_bytes());
+        }
+    }
+    if !parts.headers.contains_key(header::DATE) {
+        line(
+            b"date",
+            httpdate::fmt_http_date(SystemTime::now()).as_bytes(),
+        );
+    }
+    match length {
+        Some(length) => line(b"content-length", length.to_string().as_bytes()),
+        None => line(b"transfer-encoding", b"chunked"),
+    }
+    if !keep_alive {
+        line(b"connection", b"close");
+    }
+    out.extend_from_slice(b"\r\n");
+    Bytes::from(out)
+}
+
+/// Writes one response: its head, then its body's frames as they come.
+pub(super) struct Pump<'a, I> {
+    io: &'a mut I,
+    body: ProxyBody,
+    /// What is queued for the socket.
+    out: Out,
+    /// Frames are chunks (`transfer-encoding: chunked`) rather than raw bytes.
+    chunked: bool,
+    /// The body has ended (and the last chunk is queued).
+    ended: bool,
+    /// Watch the read side: the client closing its end closes the stream. Only while an event
+    /// stream is open; between requests, what the client sends is its next request.
+    watch_reads: bool,
+    /// Bytes read and dropped while watching.
+    discarded: usize,
+}
+
+impl<'a, I: AsyncRead + AsyncWrite + Unpin> Pump<'a, I> {
+    pub(super) fn new(
+        io: &'a mut I,
+        body: ProxyBody,
+        head: Bytes,
+        chunked: bool,
+        streaming: bool,
+    ) -> Self {
+        Pump {
+            io,
+            body,
+            out: Out::head(head),
+            chunked,
+            ended: false,
+            watch_reads: streaming,
+            discarded: 0,
+        }
+    }
+
+    /// Ready once the whole response is written and flushed; an error if the connection
+    /// failed or the client closed it.
+    pub(super) fn poll(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.watch_reads {
+            self.poll_client(cx)?;
+        }
+        loop {
+            if !self.ended && self.out.takes_frame() {
+                match Pin::new(&mut self.body).poll_frame(cx) {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        if let Ok(data) = frame.into_data() {
+                            self.out.frame(data, self.chunked);
+                        }
+                        continue;
+                    }
+                    Poll::Ready(Some(Err(error))) => {
+                        return Poll::Ready(Err(io::Error::other(error)));
+                    }
+                    Poll::Ready(None) => {
+                        self.ended = true;
+                        if self.chunked {
+                            self.out.frame(Bytes::from_static(LAST_CHUNK), false);
+                        }
+                        continue;
+                    }
+                    Poll::Pending => {}
+                }
+            }
+            if self.out.remaining() > 0 {
+                let mut slices = [IoSlice::new(&[]); SLICES];
+                let count = self.out.slices(&mut slices);
+                let written =
+                    ready!(Pin::new(&mut *self.io).poll_write_vectored(cx, &slices[..count]))?;
+                if written == 0 {
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                self.out.advance(written);
+                continue;
+            }
+            // All that is queued is written; push it out of TLS, then wait for the next frame.
+            ready!(Pin::new(&mut *self.io).poll_flush(cx))?;
+            return if self.ended {
+                Poll::Ready(Ok(()))
+            } else {
+                Poll::Pending
+            };
+        }
+    }
+
+    /// Reads and drops what the client sends while its stream is open, so that its closing
+    /// the connection is seen at once rather than at the next failed write.
+    fn poll_client(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        let mut scratch = [0u8; 64];
+        loop {
+            let mut buf = ReadBuf::new(&mut scratch);
+            match Pin::new(&mut *self.io).poll_read(cx, &mut buf) {
+                Poll::Pending => return Ok(()),
+                Poll::Ready(Err(error)) => return Err(error),
+                Poll::Ready(Ok(())) if buf.filled().is_empty() => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the client closed the connection",
+                    ));
+                }
+                Poll::Ready(Ok(())) => {
+                    self.discarded += buf.filled().len();
+                    if self.discarded > MAX_DISCARDED {
+                        return Err(io::Error::other(
+                            "the client kept sending on a connection with an open event stream",
+                        ));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Most frames queued for one vectored write. A client that keeps up gets each frame as it
+/// comes; one that fell behind (or a burst) gets up to this many per system call, which is
+/// what a write costs on a busy proxy (see BENCHMARKS.md).
+const BATCH: usize = 8;
+/// Slices a full batch takes: the head, then a size line, a frame and a CRLF per chunk.
+const SLICES: usize = 1 + 3 * BATCH;
+
+/// One queued frame: its chunk-size line (when chunked), the frame shared with every other
+/// subscriber, and the chunk's closing CRLF.
+#[derive(Default)]
+struct Chunk {
+    size: [u8; 18],
+    size_len: u8,
+    data: Bytes,
+    trailer: bool,
+}
+
+impl Chunk {
+    fn pieces(&self) -> [&[u8]; 3] {
+        let trailer: &[u8] = if self.trailer { b"\r\n" } else { b"" };
+        [
+            &self.size[..usize::from(self.size_len)],
+            &self.data,
+            trailer,
+        ]
+    }
+}
+
+/// Bytes queued for one vectored write: the response head (until written), then frames.
+struct Out {
+    head: Bytes,
+    chunks: [Chunk; BATCH],
+    /// Chunks in use.
+    len: usize,
+    /// How much of the above has been written.
+    written: usize,
+}
+
+impl Out {
+    fn head(head: Bytes) -> Out {
+        Out {
+            head,
+            chunks: Default::default(),
+            len: 0,
+            written: 0,
+        }
+    }
+
+    fn pieces(&self) -> impl Iterator<Item = &[u8]> {
+        std::iter::once(&self.head[..])
+            .chain(self.chunks[..self.len].iter().flat_map(Chunk::pieces))
+    }
+
+    fn remaining(&self) -> usize {
+        self.pieces().map(<[u8]>::len).sum::<usize>() - self.written
+    }
+
+    /// Whether another frame fits in this batch (the head and the first frame go out in one
+    /// write, and so do frames that are ready together).
+    fn takes_frame(&self) -> bool {
+        self.len < BATCH
+    }
+
+    /// Queues `data`, as a chunk when `chunked`. An empty frame is skipped: as a chunk it
+    /// would end the body. Call only when [`Out::takes_frame`].
+    fn frame(&mut self, data: Bytes, chunked: bool) {
+        if data.is_empty() {
+            return;
+        }
+        let chunk = &mut self.chunks[self.len];
+        chunk.size_len = 0;
+        if chunked {
+            chunk.size_len = chunk_size_line(data.len(), &mut chunk.size) as u8;
+        }
+        chunk.trailer = chunked;
+        chunk.data = data;
+        self.len += 1;
+    }
+
+    /// Fills `into` with what remains to be written; returns how many slices it used.
+    fn slices<'s>(&'s self, into: &mut [IoSlice<'s>; SLICES]) -> usize {
+        let mut skip = self.written;
+        let mut count = 0;
+        for piece in self.pieces() {
+            if skip >= piece.len() {
+                skip -= piece.len();
+                continue;
+            }
+            into[count] = IoSlice::new(&piece[skip..]);
+            skip = 0;
+            count += 1;
+        }
+        count
+    }
+
+    /// Counts `written` bytes as sent; once all are, empties the batch (releasing the shared
+    /// frames at once).
+    fn advance(&mut self, written: usize) {
+        self.written += written;
+        if self.remaining() == 0 {
+            self.head = Bytes::new();
+            for chunk in &mut self.chunks[..self.len] {
+                chunk.data = Bytes::new();
+            }
+            self.len = 0;
+            self.written = 0;
+        }
+    }
+}
+
+/// Writes `len` as a chunk-size line (`1a2\r\n`) into `out`; returns its length.
+fn chunk_size_line(len: usize, out: &mut [u8; 18]) -> usize {
+    let digits = (usize::BITS - len.leading_zeros()).div_ceil(4).max(1) as usize;
+    for (i, slot) in out[..digits].iter_mut().enumerate() {
+        let nibble = (len >> (4 * (digits - 1 - i))) & 0xf;
+        *slot = b"0123456789abcdef"[nibble];
+    }
+    out[digits] = b'\r';
+    out[digits + 1] = b'\n';
+    digits + 2
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_size_lines_are_lowercase_hex() {
+        for (len, line) in [
+            (0, "0\r\n"),
+            (1, "1\r\n"),
+            (15, "f\r\n"),
+            (16, "10\r\n"),
+            (0x1a2b, "1a2b\r\n"),
+            (usize::MAX, "ffffffffffffffff\r\n"),
+        ] {
+            let mut out = [0; 18];
+            let n = chunk_size_line(len, &mut out);
+            assert_eq!(std::str::from_utf8(&out[..n]).expect("ascii"), line);
+        }
+    }
+
+    #[test]
+    fn queued_bytes_survive_partial_writes() {
+        let mut out = Out::head(Bytes::from_static(b"HEAD"));
+        out.frame(Bytes::from_static(b"hello"), true);
+        out.frame(Bytes::new(), true);
+        out.frame(Bytes::from_static(b"0123456789abcdef"), true);
+        assert_eq!(out.len, 2, "empty frames are skipped");
+        let mut written = Vec::new();
+        while out.remaining() > 0 {
+            let mut slices = [IoSlice::new(&[]); SLICES];
+            let count = out.slices(&mut slices);
+            // Write at most 3 bytes at a time, across slice boundaries.
+            let mut take = 3;
+            for slice in &slices[..count] {
+                let n = slice.len().min(take);
+                written.extend_from_slice(&slice[..n]);
+                take -= n;
+            }
+            out.advance(3 - take);
+        }
+        assert_eq!(written, b"HEAD5\r\nhello\r\n10\r\n0123456789abcdef\r\n");
+        assert_eq!(out.len, 0, "a written batch is emptied");
+        out.frame(Bytes::from_static(b"x"), false);
+        assert_eq!(out.remaining(), 1, "the head is not written twice");
+    }
+
+    #[test]
+    fn a_batch_holds_at_most_batch_frames() {
+        let mut out = Out::head(Bytes::new());
+        for _ in 0..BATCH {
+            assert!(out.takes_frame());
+            out.frame(Bytes::from_static(b"ab"), true);
+        }
+        assert!(!out.takes_frame());
+        let mut slices = [IoSlice::new(&[]); SLICES];
+        assert_eq!(out.slices(&mut slices), 3 * BATCH);
+        assert_eq!(out.remaining(), BATCH * "2\r\nab\r\n".len());
+    }
+}

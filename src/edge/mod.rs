@@ -1,0 +1,31 @@
+//! The edge: accept, TLS, and serving each connection with the protocol it chose.
+//!
+//! - [`accept`]: listeners, connection permits, refusals over the cap, the shutdown drain.
+//! - [`tls`]: the HTTPS listener's certificate (reloadable) and ALPN.
+//! - [`connection`]: one connection, on the HTTP/1.1 fast path ([`h1`]) or hyper.
+//! - [`rewind`], [`idle`], [`write_timeout`]: IO wrappers: bytes read before hyper took over,
+//!   idleness with nothing in flight, and writes a client does not read.
+//! - [`admin`]: the admin listener.
+//!
+//! The edge reaches the request phases only through [`crate::request::App`].
+//!
+//! One accept loop serves both listeners. A connection permit (`[listen] max_connections`) is
+//! taken before a connection is served, so the process never runs out of file descriptors.
+//! Over the limit, newcomers are answered at once: a plaintext one gets a JSON 503 with
+//! `Connection: close`, a TLS one (which would need a handshake first) is closed. Each connection is then bounded
+//! while it has not yet sent a request: the TLS handshake by `tls_handshake_timeout`, HTTP/1.1
+//! headers by `header_read_timeout`, and a write the client does not read by `write_timeout`
+//! ([`write_timeout::WriteTimeout`]). HTTPS connections are served as HTTP/2 or HTTP/1.1 by
+//! ALPN; plaintext ones auto-detect HTTP/1.1 or h2c. On shutdown the loop stops accepting and
+//! every connection is asked to finish gracefully.
+
+pub mod accept;
+pub mod admin;
+pub mod connection;
+pub mod h1;
+pub mod idle;
+pub mod rewind;
+pub mod tls;
+pub mod write_timeout;
+
+pub use accept::{BindError, Listeners, bind, serve};

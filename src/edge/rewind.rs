@@ -1,0 +1,94 @@
+//! IO that first replays bytes already read from it.
+//!
+//! The HTTP/1.1 fast path ([`super::h1`]) reads a request head before it knows whether
+//! it will serve the request itself; when it hands the connection to hyper, hyper must see the
+//! connection from its first byte. [`Rewind`] gives those bytes back, then reads on.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// `io`, with `prefix` read before anything else.
+pub struct Rewind<I> {
+    /// Bytes already taken from `io`, still to be handed out.
+    prefix: Bytes,
+    /// The connection.
+    io: I,
+}
+
+impl<I> Rewind<I> {
+    /// Replays `prefix`, then reads from `io`.
+    pub fn new(prefix: Bytes, io: I) -> Rewind<I> {
+        Rewind { prefix, io }
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Rewind<I> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.prefix.is_empty() {
+            return Pin::new(&mut this.io).poll_read(cx, buf);
+        }
+        let n = this.prefix.len().min(buf.remaining());
+        buf.put_slice(&this.prefix[..n]);
+        this.prefix.advance(n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Rewind<I> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn replays_the_prefix_then_reads_on_in_small_reads_too() {
+        let (mut client, server) = tokio::io::duplex(64);
+        client.write_all(b" world").await.expect("write");
+        drop(client);
+        let mut io = Rewind::new(Bytes::from_static(b"hello"), server);
+        let mut first = [0u8; 3];
+        io.read_exact(&mut first).await.expect("read");
+        assert_eq!(&first, b"hel");
+        let mut rest = Vec::new();
+        io.read_to_end(&mut rest).await.expect("read");
+        assert_eq!(rest, b"lo world");
+    }
+}

@@ -1,0 +1,9 @@
+//! HTTP helpers every layer may use; a leaf: it imports nothing of this crate.
+//!
+//! - [`path`]: `{name}` path patterns and poll templates, with checked parameters.
+//! - [`json`]: JSON bodies: serialising, and reading an origin's `detail`.
+//! - [`query`]: reading one query parameter.
+
+pub mod json;
+pub mod path;
+pub mod query;

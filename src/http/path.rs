@@ -1,0 +1,241 @@
+//! Path patterns and poll templates: the `{name}` syntax of `[[stream]] path` and
+//! `[[stream.source]] poll`.
+//!
+//! A path parameter is checked before anything else sees it: it is substituted into origin
+//! paths and becomes part of a hub key, so only plain identifiers are accepted (no `/`, `..`,
+//! NUL or over-long values, even percent-encoded).
+
+use std::fmt;
+
+use percent_encoding::percent_decode_str;
+
+/// A path parameter that cannot be accepted; the request that carried it is a client error.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("path parameter `{name}` {why}")]
+pub struct ParamError {
+    /// The parameter's name in the pattern.
+    pub name: String,
+    /// What is wrong with its value.
+    pub why: String,
+}
+
+/// Longest accepted path parameter, in bytes.
+pub const MAX_PARAM_LEN: usize = 128;
+
+/// One segment of a route pattern.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Segment {
+    /// Must equal the request's segment.
+    Literal(String),
+    /// Captures the request's segment as the parameter with this index.
+    Param,
+}
+
+/// A parsed `[[stream]] path`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathPattern {
+    text: String,
+    segments: Vec<Segment>,
+    params: Vec<String>,
+}
+
+impl PathPattern {
+    /// Parses `/a/{name}/b`: literal segments and whole-segment `{name}` parameters.
+    pub fn parse(text: &str) -> Result<PathPattern, String> {
+        let rest = text
+            .strip_prefix('/')
+            .ok_or_else(|| "a stream path starts with `/`".to_owned())?;
+        let mut segments = Vec::new();
+        let mut params: Vec<String> = Vec::new();
+        for segment in rest.split('/') {
+            if segment.is_empty() {
+                return Err("a stream path has no empty segments (`//` or a trailing `/`)".into());
+            }
+            if let Some(name) = segment.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+                if !is_identifier(name) {
+                    return Err(format!(
+                        "`{{{name}}}` is not a parameter name (letters, digits, `_`)"
+                    ));
+                }
+                if params.iter().any(|p| p == name) {
+                    return Err(format!("parameter `{name}` appears twice"));
+                }
+                params.push(name.to_owned());
+                segments.push(Segment::Param);
+            } else if segment.contains(['{', '}', '?', '#', '%']) {
+                return Err(format!(
+                    "segment `{segment}` must be literal or a whole `{{name}}`"
+                ));
+            } else {
+                segments.push(Segment::Literal(segment.to_owned()));
+            }
+        }
+        Ok(PathPattern {
+            text: text.to_owned(),
+            segments,
+            params,
+        })
+    }
+
+    /// The parameter names, in order of appearance.
+    pub fn params(&self) -> &[String] {
+        &self.params
+    }
+
+    /// Matches a request path. `None`: not this route. `Some(Err)`: this route, but a
+    /// parameter is unacceptable. `Some(Ok(values))`: the parameters, decoded and checked.
+    pub fn matches(&self, path: &str) -> Option<Result<Vec<String>, ParamError>> {
+        let rest = path.strip_prefix('/')?;
+        let mut values = Vec::with_capacity(self.params.len());
+        let mut parts = rest.split('/');
+        for segment in &self.segments {
+            let part = parts.next()?;
+            match segment {
+                Segment::Literal(literal) if literal == part => {}
+                Segment::Literal(_) => return None,
+                Segment::Param => values.push(part),
+            }
+        }
+        if parts.next().is_some() {
+            return None;
+        }
+        let checked = values
+            .into_iter()
+            .zip(&self.params)
+            .map(|(raw, name)| check_param(name, raw))
+            .collect();
+        Some(checked)
+    }
+}
+
+impl fmt::Display for PathPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+/// Decodes and checks one path parameter.
+fn check_param(name: &str, raw: &str) -> Result<String, ParamError> {
+    let bad = |why: &str| ParamError {
+        name: name.to_owned(),
+        why: why.to_owned(),
+    };
+    if raw.len() > MAX_PARAM_LEN * 3 {
+        return Err(bad(&format!("is longer than {MAX_PARAM_LEN} bytes")));
+    }
+    let decoded = percent_decode_str(raw)
+        .decode_utf8()
+        .map_err(|_| bad("is not valid UTF-8 once decoded"))?;
+    if decoded.is_empty() {
+        return Err(bad("is empty"));
+    }
+    if decoded.len() > MAX_PARAM_LEN {
+        return Err(bad(&format!("is longer than {MAX_PARAM_LEN} bytes")));
+    }
+    if decoded == "." || decoded == ".." {
+        return Err(bad("must not be `.` or `..`"));
+    }
+    if !decoded
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~'))
+    {
+        return Err(bad("may hold only letters, digits, `-`, `_`, `.` and `~`"));
+    }
+    Ok(decoded.into_owned())
+}
+
+fn is_identifier(name: &str) -> bool {
+    !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+/// A `[[stream.source]] poll` path with `{name}` placeholders for the route's parameters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PollTemplate {
+    parts: Vec<PollPart>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum PollPart {
+    Literal(String),
+    /// Index into the route's parameter values.
+    Param(usize),
+}
+
+impl PollTemplate {
+    /// Parses a poll path; every `{name}` must be a parameter of `route`.
+    pub fn parse(text: &str, route: &PathPattern) -> Result<PollTemplate, String> {
+        if !text.starts_with('/') {
+            return Err("a poll path starts with `/`".to_owned());
+        }
+        let mut parts = Vec::new();
+        let mut rest = text;
+        while let Some(open) = rest.find('{') {
+            let close = rest[open..]
+                .find('}')
+                .map(|c| open + c)
+                .ok_or_else(|| "`{` without a closing `}`".to_owned())?;
+            let name = &rest[open + 1..close];
+            let index = route
+                .params()
+                .iter()
+                .position(|p| p == name)
+                .ok_or_else(|| {
+                    format!("`{{{name}}}` is not a parameter of the stream path `{route}`")
+                })?;
+            if open > 0 {
+                parts.push(PollPart::Literal(rest[..open].to_owned()));
+            }
+            parts.push(PollPart::Param(index));
+            rest = &rest[close + 1..];
+        }
+        if !rest.is_empty() {
+            parts.push(PollPart::Literal(rest.to_owned()));
+        }
+        let rendered: String = parts
+            .iter()
+            .map(|p| match p {
+                PollPart::Literal(s) => s.as_str(),
+                PollPart::Param(_) => "x",
+            })
+            .collect();
+        rendered
+            .parse::<http::uri::PathAndQuery>()
+            .map_err(|_| format!("`{text}` is not a valid path and query"))?;
+        Ok(PollTemplate { parts })
+    }
+
+    /// The origin path for these parameter values (already checked to be plain identifiers).
+    pub fn render(&self, params: &[String]) -> String {
+        let mut out = String::new();
+        for part in &self.parts {
+            match part {
+                PollPart::Literal(s) => out.push_str(s),
+                PollPart::Param(i) => out.push_str(params.get(*i).map_or("", String::as_str)),
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pattern_errors() {
+        assert!(PathPattern::parse("api").is_err());
+        assert!(PathPattern::parse("/a//b").is_err());
+        assert!(PathPattern::parse("/a/{x}/{x}").is_err());
+        assert!(PathPattern::parse("/a/x{y}").is_err());
+    }
+
+    #[test]
+    fn poll_template_renders_parameters() {
+        let route = PathPattern::parse("/c/{id}/stream").expect("pattern");
+        let t = PollTemplate::parse("/c/{id}/sentiment?x={id}", &route).expect("template");
+        assert_eq!(t.render(&["42".into()]), "/c/42/sentiment?x=42");
+        assert!(PollTemplate::parse("/c/{other}", &route).is_err());
+        assert!(PollTemplate::parse("c/{id}", &route).is_err());
+        assert!(PollTemplate::parse("/c/{id", &route).is_err());
+    }
+}

@@ -1,0 +1,262 @@
+//! The origin client: one pooled HTTP/HTTPS client to the buffered origin, and its TLS.
+//!
+//! Passthrough streams bodies through it both ways; pollers and the token validator fetch
+//! whole (bounded) JSON bodies with it. Every call is bounded in time, and every failure is
+//! classified the way the client should hear it: unreachable (502), too slow (504), or a
+//! broken answer (502).
+
+use std::error::Error as StdError;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode, Uri};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::config::UpstreamConfig;
+
+pub mod tls;
+use tls::{TlsError, origin_roots, provider};
+
+/// A request body sent to the origin.
+pub enum ClientBody {
+    /// Polls and validation calls.
+    Empty,
+    /// A client's request body, streamed through by passthrough.
+    Streamed(Incoming),
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            ClientBody::Empty => Poll::Ready(None),
+            ClientBody::Streamed(incoming) => Pin::new(incoming).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ClientBody::Empty => true,
+            ClientBody::Streamed(incoming) => incoming.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ClientBody::Empty => SizeHint::with_exact(0),
+            ClientBody::Streamed(incoming) => incoming.size_hint(),
+        }
+    }
+}
+
+/// Why a call to the origin failed.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// Connection refused, reset, DNS failure, TLS failure.
+    #[error("cannot reach the origin: {0}")]
+    Unreachable(String),
+    /// No answer (or no connection) within the configured bound.
+    #[error("the origin did not answer within {0} ms")]
+    Timeout(u64),
+    /// The origin answered something that is not usable HTTP.
+    #[error("the origin's answer is broken: {0}")]
+    Protocol(String),
+    /// A polled body exceeded `max_poll_body_bytes`.
+    #[error("the origin's body is larger than {0} bytes")]
+    TooLarge(usize),
+}
+
+/// A whole, bounded answer from the origin.
+#[derive(Debug)]
+pub struct Fetched {
+    /// The origin's status.
+    pub status: StatusCode,
+    /// The origin's headers (ETag, Retry-After, ...).
+    pub headers: HeaderMap,
+    /// The body, at most `max_poll_body_bytes`.
+    pub body: Bytes,
+}
+
+/// The pooled client and where the origin is.
+pub struct Upstream {
+    /// Pooled HTTP/1.1 + HTTP/2 (by ALPN) client over plain TCP or rustls.
+    client: Client<HttpsConnector<HttpConnector>, ClientBody>,
+    /// Origin scheme, `http` or `https`.
+    scheme: http::uri::Scheme,
+    /// Origin host and port.
+    authority: http::uri::Authority,
+    /// Prefix put before every path (an API Gateway stage).
+    base_path: String,
+    /// Bound on an answer (headers for passthrough, whole body for fetches).
+    timeout: Duration,
+    /// Cap on fetched bodies.
+    max_body: usize,
+    /// Whether the last call got an HTTP answer (for `/readyz`).
+    reachable: AtomicBool,
+}
+
+impl Upstream {
+    /// Builds the client; fails only when the configured CA file is unusable.
+    pub fn new(config: &UpstreamConfig) -> Result<Upstream, TlsError> {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(config.connect_timeout));
+        let tls = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(origin_roots(config.ca.as_deref())?)
+            .with_no_client_auth();
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(256)
+            .build(connector);
+        Ok(Upstream {
+            client,
+            scheme: config.scheme.clone(),
+            authority: config.authority.clone(),
+            base_path: config.base_path.clone(),
+            timeout: config.timeout,
+            max_body: config.max_poll_body_bytes,
+            reachable: AtomicBool::new(true),
+        })
+    }
+
+    /// The absolute origin URI for a path and query as the client sent it.
+    pub fn uri(&self, path_and_query: &str) -> Result<Uri, UpstreamError> {
+        let mut full = String::with_capacity(self.base_path.len() + path_and_query.len());
+        full.push_str(&self.base_path);
+        full.push_str(path_and_query);
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(full)
+            .build()
+            .map_err(|e| UpstreamError::Protocol(format!("cannot build origin URI: {e}")))
+    }
+
+    /// Whether the origin answered the last call (any status), or nothing was asked yet.
+    pub fn reachable(&self) -> bool {
+        self.reachable.load(Ordering::Relaxed)
+    }
+
+    fn record<T>(&self, result: Result<T, UpstreamError>) -> Result<T, UpstreamError> {
+        let down = matches!(
+            result,
+            Err(UpstreamError::Unreachable(_) | UpstreamError::Timeout(_))
+        );
+        self.reachable.store(!down, Ordering::Relaxed);
+        result
+    }
+
+    /// Sends a request and waits (bounded) for the response headers; the body streams after.
+    pub async fn send(
+        &self,
+        request: Request<ClientBody>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let result = match tokio::time::timeout(self.timeout, self.client.request(request)).await {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(error)) => Err(self.classify(&error)),
+            Err(_) => Err(UpstreamError::Timeout(self.timeout.as_millis() as u64)),
+        };
+        self.record(result)
+    }
+
+    /// GETs a path and reads the whole body, bounded in size and (with the headers) in time:
+    /// the configured timeout, plus `held` when the origin was asked to hold the request.
+    pub async fn fetch(
+        &self,
+        path_and_query: &str,
+        headers: HeaderMap,
+        held: Duration,
+    ) -> Result<Fetched, UpstreamError> {
+        let mut request = Request::new(ClientBody::Empty);
+        *request.uri_mut() = self.uri(path_and_query)?;
+        *request.headers_mut() = headers;
+        let fetch = async {
+            let response = self
+                .client
+                .request(request)
+                .await
+                .map_err(|e| self.classify(&e))?;
+            let (parts, body) = response.into_parts();
+            let body = Limited::new(body, self.max_body)
+                .collect()
+                .await
+                .map_err(|e| {
+                    if e.is::<http_body_util::LengthLimitError>() {
+                        UpstreamError::TooLarge(self.max_body)
+                    } else {
+                        UpstreamError::Protocol(error_chain(e.as_ref()))
+                    }
+                })?
+                .to_bytes();
+            Ok(Fetched {
+                status: parts.status,
+                headers: parts.headers,
+                body,
+            })
+        };
+        let bound = self.timeout + held;
+        let result = match tokio::time::timeout(bound, fetch).await {
+            Ok(result) => result,
+            Err(_) => Err(UpstreamError::Timeout(bound.as_millis() as u64)),
+        };
+        self.record(result)
+    }
+
+    fn classify(&self, error: &hyper_util::client::legacy::Error) -> UpstreamError {
+        let chain = error_chain(error);
+        let mut timed_out = false;
+        let mut source = error.source();
+        while let Some(cause) = source {
+            timed_out |= cause
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut);
+            source = cause.source();
+        }
+        if timed_out {
+            UpstreamError::Timeout(self.timeout.as_millis() as u64)
+        } else if error.is_connect() {
+            UpstreamError::Unreachable(chain)
+        } else {
+            UpstreamError::Protocol(chain)
+        }
+    }
+}
+
+/// An error and its causes on one line, for logs and JSON details.
+pub fn error_chain(error: &(dyn StdError + 'static)) -> String {
+    let mut out = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = cause.source();
+    }
+    out
+}

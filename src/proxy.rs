@@ -1,0 +1,188 @@
+//! The composition root: builds every part from the config, binds the listeners, and defines
+//! the shutdown order once (stop accepting → end streams with a reconnect hint → drain).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::{Config, TokenSource};
+use crate::edge::tls::ReloadableCert;
+use crate::edge::{self, BindError, Listeners};
+use crate::ops::metrics::Metrics;
+use crate::ops::shutdown::Shutdown;
+use crate::origin::Upstream;
+use crate::origin::tls::TlsError;
+use crate::request::auth::Authenticator;
+use crate::request::router::Router;
+use crate::request::{App, passthrough};
+use crate::stream::Streams;
+use crate::stream::hub::Hub;
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A certificate, key or CA file is missing or unusable.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// A listener address is taken or not permitted.
+    #[error(transparent)]
+    Bind(#[from] BindError),
+}
+
+/// A running proxy.
+pub struct Proxy {
+    /// Where the HTTPS listener is bound (the real port when configured with port 0).
+    https_addr: Option<SocketAddr>,
+    /// Where the plaintext listener is bound.
+    http_addr: Option<SocketAddr>,
+    /// Where the admin listener is bound.
+    admin_addr: Option<SocketAddr>,
+    /// Shared state, for introspection.
+    app: Arc<App>,
+    /// The HTTPS listener's certificate, reloadable.
+    cert: Option<Arc<ReloadableCert>>,
+    /// Firing it starts a graceful shutdown.
+    shutdown: Shutdown,
+    /// The accept loop; it ends when every connection has drained (or the grace ran out).
+    serving: JoinHandle<()>,
+}
+
+impl Proxy {
+    /// Loads certificates, binds the listeners and starts serving in the background.
+    pub async fn start(config: Config) -> Result<Proxy, StartError> {
+        let upstream = Arc::new(Upstream::new(&config.upstream)?);
+        let cert = match &config.tls {
+            Some(files) if config.listen.https.is_some() => Some(ReloadableCert::load(files)?),
+            _ => None,
+        };
+        let tls = cert
+            .clone()
+            .map(edge::tls::server_config)
+            .transpose()?
+            .map(TlsAcceptor::from);
+        let (https, https_addr) = match (config.listen.https, tls) {
+            (Some(addr), Some(acceptor)) => {
+                let (listener, bound) = edge::bind(addr)?;
+                (Some((listener, acceptor)), Some(bound))
+            }
+            _ => (None, None),
+        };
+        let (http, http_addr) = match config.listen.http {
+            Some(addr) => {
+                let (listener, bound) = edge::bind(addr)?;
+                (Some(listener), Some(bound))
+            }
+            None => (None, None),
+        };
+
+        let admin = config.listen.admin.map(edge::bind).transpose()?;
+        let admin_addr = admin.as_ref().map(|(_, addr)| *addr);
+        let (shutdown, shutdown_rx) = Shutdown::new();
+        let metrics = Arc::new(Metrics::default());
+        let routes: Vec<_> = config.streams.iter().cloned().map(Arc::new).collect();
+        let negative_ttl = config
+            .auth
+            .as_ref()
+            .map_or(std::time::Duration::from_secs(5), |a| a.negative_ttl);
+        let hub = Hub::new(
+            routes.clone(),
+            upstream.clone(),
+            config.sse.clone(),
+            negative_ttl,
+            shutdown_rx.clone(),
+            metrics.clone(),
+        );
+        let auth = config
+            .auth
+            .clone()
+            .map(|a| Authenticator::new(a, metrics.clone()));
+        let user_header_is_a_token = config.auth.as_ref().is_some_and(|a| {
+            a.sources
+                .contains(&TokenSource::Header(passthrough::USER_HEADER))
+        });
+        let app = Arc::new(App {
+            strip_user_header: !user_header_is_a_token,
+            router: Router::new(routes),
+            upstream,
+            auth,
+            streams: Streams::new(hub, config.sse.clone()),
+            retry_ms: config.sse.retry_ms,
+            metrics,
+        });
+        if let Some((listener, _)) = admin {
+            tokio::spawn(edge::admin::serve(
+                listener,
+                app.clone(),
+                shutdown_rx.clone(),
+            ));
+        }
+        let serving = tokio::spawn(edge::serve(
+            Listeners { https, http },
+            app.clone(),
+            config.listen.clone(),
+            shutdown_rx,
+        ));
+        tracing::info!(
+            https = ?https_addr,
+            http = ?http_addr,
+            admin = ?admin_addr,
+            upstream = %config.upstream.authority,
+            streams = config.streams.len(),
+            "sse-edge listening"
+        );
+        Ok(Proxy {
+            https_addr,
+            http_addr,
+            admin_addr,
+            app,
+            cert,
+            shutdown,
+            serving,
+        })
+    }
+
+    /// The bound HTTPS address, if that listener is configured.
+    pub fn https_addr(&self) -> Option<SocketAddr> {
+        self.https_addr
+    }
+
+    /// The bound plaintext address, if that listener is configured.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
+    }
+
+    /// The bound admin address, if that listener is configured.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    /// Reads the TLS certificate and key again (certificate rotation): new connections get
+    /// the new pair, open ones keep going. On error the old pair stays. `Ok(false)`: no HTTPS.
+    pub fn reload_tls(&self) -> Result<bool, TlsError> {
+        match &self.cert {
+            Some(cert) => cert.reload().map(|()| true),
+            None => Ok(false),
+        }
+    }
+
+    /// Channels with running pollers now (one per distinct stream key).
+    pub fn pollers(&self) -> usize {
+        self.app.streams.hub.channel_count()
+    }
+
+    /// Event streams open now.
+    pub fn open_streams(&self) -> usize {
+        self.app.streams.open_streams()
+    }
+
+    /// Stops accepting, ends every stream with a reconnect hint, lets other requests finish
+    /// within the grace period, and returns when done.
+    pub async fn shutdown(self) {
+        self.shutdown.fire();
+        if let Err(error) = self.serving.await {
+            tracing::error!(%error, "the accept loop failed");
+        }
+    }
+}

@@ -1,0 +1,53 @@
+//! The admin endpoints' answers, served by the edge's admin listener.
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Response, StatusCode, header};
+use serde_json::json;
+
+use super::App;
+use super::body::ProxyBody;
+use super::error::json_response;
+use crate::http::json::json_bytes;
+use crate::ops::metrics::Gauges;
+
+impl App {
+    /// Answers an admin request: `/healthz` (the process is up), `/readyz` (the listeners are
+    /// bound and the origin answered its last call), and `/metrics` (Prometheus text).
+    pub fn admin(&self, method: &Method, path: &str) -> Response<ProxyBody> {
+        let app = self;
+        if method != Method::GET {
+            return json_response(
+                StatusCode::METHOD_NOT_ALLOWED,
+                json_bytes(&json!({"detail": "use GET"})),
+            );
+        }
+        match path {
+            "/healthz" => json_response(StatusCode::OK, json_bytes(&json!({"status": "ok"}))),
+            "/readyz" if app.upstream.reachable() => {
+                json_response(StatusCode::OK, json_bytes(&json!({"status": "ready"})))
+            }
+            "/readyz" => json_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                json_bytes(
+                    &json!({"status": "not ready", "detail": "the origin did not answer the last call"}),
+                ),
+            ),
+            "/metrics" => {
+                let text = app.metrics.render(&Gauges {
+                    streams_open: app.streams.open_streams(),
+                    routes: app.streams.hub.per_route(),
+                });
+                let mut response = Response::new(ProxyBody::full(Bytes::from(text)));
+                response.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; version=0.0.4"),
+                );
+                response
+            }
+            _ => json_response(
+                StatusCode::NOT_FOUND,
+                json_bytes(&json!({"detail": "admin endpoints: /healthz, /readyz, /metrics"})),
+            ),
+        }
+    }
+}

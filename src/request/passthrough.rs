@@ -1,0 +1,146 @@
+//! Passthrough: every request that is not a stream route goes to the upstream as is.
+//!
+//! Method, path, query, headers and body are forwarded, and the answer comes back; both
+//! bodies stream frame by frame, never buffered whole. Hop-by-hop headers (RFC 9110 §7.6.1)
+//! are dropped both ways, `Host` becomes the origin's (a Lambda Function URL or API Gateway
+//! routes on it), and the client's address, scheme and host travel in `X-Forwarded-*`.
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, Version};
+
+use super::ConnInfo;
+use super::body::ProxyBody;
+use super::error::ProxyError;
+use crate::origin::{ClientBody, Upstream};
+
+/// Headers that describe one connection, not the message.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHORIZATION,
+];
+
+/// The header pollers use to tell the origin the validated user.
+pub const USER_HEADER: HeaderName = HeaderName::from_static("x-user-id");
+
+/// Forwards one request and returns the origin's streaming answer. With `strip_user_header`,
+/// a client-sent `X-User-ID` is dropped: on polls that header is the proxy's statement of the
+/// validated user, and a client must not be able to make the same statement through
+/// passthrough. (When `x-user-id` is a configured token source it is a credential the origin
+/// validates, and goes through.)
+pub async fn forward(
+    upstream: &Upstream,
+    request: Request<ClientBody>,
+    conn: &ConnInfo,
+    strip_user_header: bool,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let (mut parts, body) = request.into_parts();
+    let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let uri = upstream.uri(path_and_query)?;
+    let client_host = parts.headers.get(header::HOST).cloned().or_else(|| {
+        parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
+
+    let headers = &mut parts.headers;
+    strip_hop_by_hop(headers);
+    headers.remove(header::HOST);
+    if strip_user_header {
+        headers.remove(USER_HEADER);
+    }
+    join_cookies(headers);
+    let peer = conn.peer.ip().to_string();
+    let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(earlier) => format!("{earlier}, {peer}"),
+        None => peer,
+    };
+    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
+        headers.insert("x-forwarded-for", value);
+    }
+    let scheme = if conn.tls { "https" } else { "http" };
+    headers.insert("x-forwarded-proto", HeaderValue::from_static(scheme));
+    if let Some(host) = client_host {
+        headers.insert("x-forwarded-host", host);
+    }
+
+    parts.uri = uri;
+    parts.version = Version::HTTP_11;
+    let response = upstream.send(Request::from_parts(parts, body)).await?;
+    let (mut parts, body) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    Ok(Response::from_parts(parts, ProxyBody::Upstream(body)))
+}
+
+/// HTTP/2 clients send each cookie as its own field; an HTTP/1.1 origin expects one
+/// `Cookie` header (RFC 9113 §8.2.3), so they are joined with `; `.
+fn join_cookies(headers: &mut HeaderMap) {
+    if headers.get_all(header::COOKIE).iter().count() < 2 {
+        return;
+    }
+    let joined: Vec<&[u8]> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .map(HeaderValue::as_bytes)
+        .collect();
+    if let Ok(value) = HeaderValue::from_bytes(&joined.join(&b"; "[..])) {
+        headers.insert(header::COOKIE, value);
+    }
+}
+
+/// Removes hop-by-hop headers, including any the `Connection` header names.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_cookies_are_joined() {
+        let mut headers = HeaderMap::new();
+        headers.append(header::COOKIE, HeaderValue::from_static("a=1"));
+        headers.append(header::COOKIE, HeaderValue::from_static("b=2"));
+        join_cookies(&mut headers);
+        assert_eq!(headers.get_all(header::COOKIE).iter().count(), 1);
+        assert_eq!(headers[header::COOKIE], "a=1; b=2");
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_connection_listed_ones_are_removed() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret-hop"),
+        );
+        headers.insert("x-secret-hop", HeaderValue::from_static("1"));
+        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        headers.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        strip_hop_by_hop(&mut headers);
+        assert_eq!(headers.len(), 1);
+        assert!(headers.contains_key(header::CONTENT_TYPE));
+    }
+}

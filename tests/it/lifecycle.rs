@@ -1,0 +1,359 @@
+//! The real binary's life: graceful shutdown on SIGTERM with open streams, certificate
+//! rotation on SIGHUP, `sse-edge check`, and logs that never carry a token.
+
+use crate::common;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::client::{Client, Proto, ReadError};
+use common::origin::FakeOrigin;
+use common::{Options, WAIT, config_text};
+use serde_json::json;
+use sse_edge::tools::demo::certs;
+
+/// The binary, its addresses and everything it logged.
+struct Running {
+    child: Child,
+    https: SocketAddr,
+    http: SocketAddr,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Running {
+    fn start(config: &Path, rust_log: &str) -> Running {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sse-edge"))
+            .args([
+                "--config",
+                &config.display().to_string(),
+                "--log-format",
+                "json",
+            ])
+            .env("RUST_LOG", rust_log)
+            .env("TEST_DASHBOARD_KEY", "dashboard-key")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start sse-edge");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let lines = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                lines.lock().expect("log").push(line);
+            }
+        });
+        // Owned by `Running` from here on, so `Drop` reaps it even if startup fails.
+        let mut running = Running {
+            child,
+            https: SocketAddr::from(([0, 0, 0, 0], 0)),
+            http: SocketAddr::from(([0, 0, 0, 0], 0)),
+            log,
+        };
+        let deadline = Instant::now() + WAIT;
+        let address = |line: &str, field: &str| -> Option<SocketAddr> {
+            let value: serde_json::Value = serde_json::from_str(line).ok()?;
+            let text = value["fields"][field].as_str()?;
+            text.strip_prefix("Some(")?.strip_suffix(')')?.parse().ok()
+        };
+        loop {
+            let found = running
+                .log
+                .lock()
+                .expect("log")
+                .iter()
+                .find(|l| l.contains("sse-edge listening"))
+                .and_then(|l| Some((address(l, "https")?, address(l, "http")?)));
+            if let Some((https, http)) = found {
+                running.https = https;
+                running.http = http;
+                return running;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sse-edge did not start: {:?}",
+                running.log.lock().expect("log")
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    fn logged(&self, needle: &str) -> bool {
+        self.log
+            .lock()
+            .expect("log")
+            .iter()
+            .any(|l| l.contains(needle))
+    }
+
+    async fn wait_logged(&self, needle: &str) {
+        common::eventually(needle, WAIT, || self.logged(needle)).await;
+    }
+
+    /// Waits (bounded) for the process to exit; returns its exit code.
+    async fn exit_code(&mut self) -> Option<i32> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status.code();
+            }
+            assert!(Instant::now() < deadline, "sse-edge did not exit");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn write_config(dir: &Path, origin: &FakeOrigin, cert: &certs::SelfSigned) -> std::path::PathBuf {
+    std::fs::write(dir.join("cert.pem"), &cert.cert_pem).expect("cert");
+    std::fs::write(dir.join("key.pem"), &cert.key_pem).expect("key");
+    let options = Options {
+        max_streams: 200,
+        max_streams_per_user: 200,
+        ..Options::default()
+    };
+    let path = dir.join("proxy.toml");
+    std::fs::write(&path, config_text(&origin.url, dir, &options)).expect("config");
+    path
+}
+
+async fn origin() -> FakeOrigin {
+    let origin = FakeOrigin::start().await;
+    origin.add_token("tok-secret-alice-7f3a", "alice");
+    origin.set_configuration("cfg1", "alice", json!([{"symbol": "AAPL"}]));
+    origin
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_ends_every_stream_cleanly_and_exits_zero() {
+    let origin = origin().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let cert = certs::localhost().expect("cert");
+    let mut proxy = Running::start(&write_config(dir.path(), &origin, &cert), "info");
+    let client = Client::new(Some(proxy.https), Some(proxy.http), &cert.cert_pem);
+    let mut streams = Vec::new();
+    for n in 0..100 {
+        let proto = if n % 2 == 0 {
+            Proto::H1Plain
+        } else {
+            Proto::H2Tls
+        };
+        let mut stream = client.stream(proto, "/api/v2/stream", &[]).await;
+        assert_eq!(stream.status, 200);
+        stream.next(WAIT).await;
+        streams.push(stream);
+    }
+    // A passthrough request in flight when the signal comes.
+    let slow_origin = origin.hold("/api/v2/stream/status");
+    let in_flight = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            client
+                .get_json(Proto::H1Plain, "/api/v2/stream/status", &[])
+                .await
+                .0
+        })
+    };
+    origin
+        .wait_for_count("/api/v2/stream/status", 1, WAIT)
+        .await;
+    proxy.signal("TERM");
+    for stream in &mut streams {
+        match stream.try_next(WAIT).await {
+            Err(ReadError::Ended) => {}
+            other => panic!("expected a clean end, got {other:?}"),
+        }
+        assert!(
+            stream.comments.iter().any(|c| c.contains("shutting down")),
+            "the last frame tells the client to reconnect"
+        );
+    }
+    slow_origin.release();
+    assert_eq!(
+        in_flight.await.expect("request task"),
+        200,
+        "in-flight passthrough finishes within the grace period"
+    );
+    assert_eq!(proxy.exit_code().await, Some(0));
+}
+
+/// The certificate a fresh TLS handshake is given (blocking; run it off the runtime).
+async fn presented(addr: SocketAddr, trusted: Vec<String>) -> Vec<u8> {
+    tokio::task::spawn_blocking(move || presented_certificate(addr, &trusted))
+        .await
+        .expect("handshake task")
+}
+
+fn presented_certificate(addr: SocketAddr, trusted: &[String]) -> Vec<u8> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for pem in trusted {
+        let cert = rustls_pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).expect("pem");
+        roots.add(cert).expect("root");
+    }
+    let config = rustls::ClientConfig::builder_with_provider(sse_edge::origin::tls::provider())
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = rustls_pki_types::ServerName::try_from("localhost").expect("name");
+    let mut connection = rustls::ClientConnection::new(Arc::new(config), name).expect("client");
+    let mut tcp = std::net::TcpStream::connect(addr).expect("connect");
+    tcp.set_read_timeout(Some(WAIT)).expect("timeout");
+    connection.complete_io(&mut tcp).expect("handshake");
+    connection.peer_certificates().expect("certificates")[0].to_vec()
+}
+
+fn der(pem: &str) -> Vec<u8> {
+    use rustls_pki_types::pem::PemObject;
+    rustls_pki_types::CertificateDer::from_pem_slice(pem.as_bytes())
+        .expect("pem")
+        .to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_rotates_the_certificate_without_dropping_connections() {
+    let origin = origin().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let first = certs::localhost().expect("cert");
+    let second = certs::localhost().expect("cert");
+    let proxy = Running::start(&write_config(dir.path(), &origin, &first), "info");
+    let both = vec![first.cert_pem.clone(), second.cert_pem.clone()];
+    assert_eq!(
+        presented(proxy.https, both.clone()).await,
+        der(&first.cert_pem)
+    );
+
+    let client = Client::new(
+        Some(proxy.https),
+        Some(proxy.http),
+        &format!("{}{}", first.cert_pem, second.cert_pem),
+    );
+    let mut open = client.stream(Proto::H2Tls, "/api/v2/stream", &[]).await;
+    open.next(WAIT).await;
+
+    std::fs::write(dir.path().join("cert.pem"), &second.cert_pem).expect("cert");
+    std::fs::write(dir.path().join("key.pem"), &second.key_pem).expect("key");
+    proxy.signal("HUP");
+    proxy.wait_logged("TLS certificate and key reloaded").await;
+    assert_eq!(
+        presented(proxy.https, both.clone()).await,
+        der(&second.cert_pem)
+    );
+    origin.set_metrics(json!({"requests": 2}));
+    assert_eq!(
+        open.next(WAIT).await.json(),
+        json!({"requests": 2}),
+        "the old connection lives on"
+    );
+
+    // A broken replacement is refused and the current certificate stays.
+    std::fs::write(dir.path().join("key.pem"), &first.key_pem).expect("mismatched key");
+    proxy.signal("HUP");
+    proxy.wait_logged("TLS reload failed").await;
+    assert_eq!(presented(proxy.https, both).await, der(&second.cert_pem));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_never_reach_the_log() {
+    let origin = origin().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let cert = certs::localhost().expect("cert");
+    let proxy = Running::start(&write_config(dir.path(), &origin, &cert), "debug");
+    let client = Client::new(Some(proxy.https), Some(proxy.http), &cert.cert_pem);
+    let secret = "tok-secret-alice-7f3a";
+    let path = "/api/v2/configurations/cfg1/stream";
+    let mut by_header = client
+        .stream(
+            Proto::H2Tls,
+            path,
+            &[("authorization", &format!("Bearer {secret}"))],
+        )
+        .await;
+    by_header.next(WAIT).await;
+    let mut by_query = client
+        .stream(Proto::H1Plain, &format!("{path}?user_token={secret}"), &[])
+        .await;
+    by_query.next(WAIT).await;
+    let (status, _, _) = client
+        .get_json(
+            Proto::H1Tls,
+            &format!("/echo?user_token={secret}"),
+            &[("cookie", &format!("session={secret}"))],
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, _, _) = client
+        .get_json(
+            Proto::H1Tls,
+            path,
+            &[("authorization", "Bearer wrong-token-9c1d")],
+        )
+        .await;
+    assert_eq!(status, 401);
+    drop((by_header, by_query));
+    proxy.wait_logged("stream closed").await;
+    let log = proxy.log.lock().expect("log").join("\n");
+    assert!(
+        log.contains("/api/v2/configurations/cfg1/stream"),
+        "requests are logged"
+    );
+    assert!(!log.contains(secret), "a token reached the log");
+    assert!(
+        !log.contains("wrong-token-9c1d"),
+        "a rejected token reached the log"
+    );
+}
+
+#[test]
+fn check_reports_a_good_config_and_a_mismatched_key() {
+    let dir = tempfile::tempdir().expect("dir");
+    let cert = certs::localhost().expect("cert");
+    let other = certs::localhost().expect("cert");
+    std::fs::write(dir.path().join("cert.pem"), &cert.cert_pem).expect("cert");
+    std::fs::write(dir.path().join("key.pem"), &cert.key_pem).expect("key");
+    let config = dir.path().join("proxy.toml");
+    std::fs::write(
+        &config,
+        config_text("http://127.0.0.1:9", dir.path(), &Options::default()),
+    )
+    .expect("config");
+    let check = || {
+        Command::new(env!("CARGO_BIN_EXE_sse-edge"))
+            .args(["check", "--config", &config.display().to_string()])
+            .env("TEST_DASHBOARD_KEY", "k")
+            .output()
+            .expect("run check")
+    };
+    let good = check();
+    assert_eq!(
+        good.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&good.stderr)
+    );
+    assert!(String::from_utf8_lossy(&good.stdout).contains("ok"));
+
+    std::fs::write(dir.path().join("key.pem"), &other.key_pem).expect("key");
+    let bad = check();
+    assert_eq!(bad.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(stderr.contains("[tls]"), "{stderr}");
+}

@@ -1,0 +1,20 @@
+//! Black-box tests, in one binary: each starts the real proxy on `127.0.0.1:0` in front of a
+//! fake origin on loopback (or the real binary, for the CLI and lifecycle), and speaks to it as
+//! a client would, over TLS and plaintext, HTTP/1.1 and HTTP/2.
+
+mod common;
+
+mod cli;
+mod demo;
+mod h1_fast_path;
+mod hostile;
+mod hub;
+mod layers;
+mod lifecycle;
+mod load;
+mod origin_faults;
+mod passthrough;
+mod probe;
+mod properties;
+mod scenarios;
+mod streams;
