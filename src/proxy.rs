@@ -82,15 +82,10 @@ impl Proxy {
         let (shutdown, shutdown_rx) = Shutdown::new();
         let metrics = Arc::new(Metrics::default());
         let routes: Vec<_> = config.streams.iter().cloned().map(Arc::new).collect();
-        let negative_ttl = config
-            .auth
-            .as_ref()
-            .map_or(std::time::Duration::from_secs(5), |a| a.negative_ttl);
         let hub = Hub::new(
             routes.clone(),
             upstream.clone(),
             config.sse.clone(),
-            negative_ttl,
             shutdown_rx.clone(),
             metrics.clone(),
         );

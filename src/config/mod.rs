@@ -181,6 +181,16 @@ pub struct SseConfig {
     pub history_bytes: usize,
     /// Ceiling of the exponential backoff after poll errors.
     pub max_backoff: Duration,
+    /// How long a stream key the origin refused (401/403/404/410) is answered from memory;
+    /// zero: not remembered.
+    pub refusal_ttl: Duration,
+    /// Most refused keys remembered at once.
+    pub refusal_capacity: u64,
+    /// How long a stream key's state and history are kept after its poller stopped, so a
+    /// reconnect with `Last-Event-ID` gets exactly the difference.
+    pub resume_window: Duration,
+    /// Bytes all kept states may hold together; beyond it the least recently kept go.
+    pub resume_memory_bytes: u64,
 }
 
 /// One `[[stream]]` route.
@@ -315,6 +325,30 @@ path = "/api/v2/stream"
         assert_eq!(config.sse.first_poll_wait, Duration::from_secs(1));
         assert_eq!(config.streams[0].sources[0].mode, Mode::Snapshot);
         assert_eq!(config.streams[0].sources[0].every, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn the_resume_window_must_cover_two_reconnect_delays() {
+        let config = parse(MINIMAL).expect("valid");
+        assert_eq!(config.sse.resume_window, Duration::from_secs(60));
+        assert_eq!(config.sse.refusal_ttl, Duration::from_secs(5));
+        let sse =
+            |table: &str| MINIMAL.replace("[[stream]]", &format!("[sse]\n{table}\n[[stream]]"));
+        let (line, key, message) = invalid(&sse("retry_ms = 4000\nresume_window_s = 7"));
+        assert_eq!((line, key.as_str()), (10, "sse.resume_window_s"));
+        assert!(message.contains("4000 ms"), "{message}");
+        let (line, key, _) = invalid(&sse("retry_ms = 40000"));
+        assert_eq!(
+            (line, key.as_str()),
+            (9, "sse.resume_window_s"),
+            "points at retry_ms"
+        );
+        let (_, key, _) = invalid(&sse("resume_memory_bytes = 0"));
+        assert_eq!(key, "sse.resume_memory_bytes");
+        parse(&sse(
+            "retry_ms = 4000\nresume_window_s = 8\nrefusal_ttl_s = 0",
+        ))
+        .expect("valid");
     }
 
     #[test]

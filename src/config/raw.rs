@@ -94,6 +94,14 @@ pub(super) struct RawSse {
     pub(super) history_bytes: Spanned<u64>,
     #[serde(default = "defaults::max_backoff_ms")]
     pub(super) max_backoff_ms: Spanned<u64>,
+    #[serde(default = "defaults::refusal_ttl_s")]
+    pub(super) refusal_ttl_s: Spanned<u64>,
+    #[serde(default = "defaults::refusal_capacity")]
+    pub(super) refusal_capacity: Spanned<u64>,
+    #[serde(default = "defaults::resume_window_s")]
+    pub(super) resume_window_s: Spanned<u64>,
+    #[serde(default = "defaults::resume_memory_bytes")]
+    pub(super) resume_memory_bytes: Spanned<u64>,
 }
 
 impl Default for RawSse {
@@ -108,6 +116,10 @@ impl Default for RawSse {
             history_events: defaults::history_events(),
             history_bytes: defaults::history_bytes(),
             max_backoff_ms: defaults::max_backoff_ms(),
+            refusal_ttl_s: defaults::refusal_ttl_s(),
+            refusal_capacity: defaults::refusal_capacity(),
+            resume_window_s: defaults::resume_window_s(),
+            resume_memory_bytes: defaults::resume_memory_bytes(),
         }
     }
 }
@@ -210,6 +222,18 @@ pub(super) mod defaults {
     }
     pub fn max_backoff_ms() -> Spanned<u64> {
         at0(60_000)
+    }
+    pub fn refusal_ttl_s() -> Spanned<u64> {
+        at0(5)
+    }
+    pub fn refusal_capacity() -> Spanned<u64> {
+        at0(10_000)
+    }
+    pub fn resume_window_s() -> Spanned<u64> {
+        at0(60)
+    }
+    pub fn resume_memory_bytes() -> Spanned<u64> {
+        at0(64 * 1024 * 1024)
     }
     pub fn every_ms() -> Spanned<u64> {
         at0(5_000)

@@ -260,7 +260,35 @@ impl Resolver<'_> {
             max_backoff: Duration::from_millis(
                 self.positive(&raw.max_backoff_ms, "sse.max_backoff_ms")?,
             ),
+            refusal_ttl: Duration::from_secs(*raw.refusal_ttl_s.get_ref()),
+            refusal_capacity: self.positive(&raw.refusal_capacity, "sse.refusal_capacity")?,
+            resume_window: self.resume_window(raw)?,
+            resume_memory_bytes: self
+                .positive(&raw.resume_memory_bytes, "sse.resume_memory_bytes")?,
         })
+    }
+
+    /// `sse.resume_window_s`: at least twice the advised reconnect delay, so a client that
+    /// reconnects as told (even after a failed attempt) still finds its history.
+    fn resume_window(&self, raw: &RawSse) -> Result<Duration, ConfigError> {
+        let window = *raw.resume_window_s.get_ref();
+        let retry_ms = *raw.retry_ms.get_ref();
+        if u128::from(window) * 1000 < 2 * u128::from(retry_ms) {
+            // Left at its default, the window is too short because of `retry_ms`: point there.
+            let span = match raw.resume_window_s.span() {
+                span if span.is_empty() => raw.retry_ms.span(),
+                span => span,
+            };
+            return Err(self.error(
+                span,
+                "sse.resume_window_s",
+                format!(
+                    "{window} s must be at least 2 × sse.retry_ms ({retry_ms} ms), so a client \
+                     that reconnects as advised still finds its history"
+                ),
+            ));
+        }
+        Ok(Duration::from_secs(window))
     }
 
     fn stream(&self, raw: &Spanned<RawStream>, index: usize) -> Result<StreamConfig, ConfigError> {

@@ -192,6 +192,7 @@ impl Metrics {
             "Clients (open streams) attached to stream keys, by route.",
             &subscribers,
         );
+        gauges.hub.render(&mut out);
         family(
             &mut out,
             "streams_started_total",
@@ -323,6 +324,46 @@ pub struct Gauges {
     pub streams_open: usize,
     /// Pollers and subscribers of each configured stream route.
     pub routes: Vec<RouteGauge>,
+    /// What the stream hub remembers besides live channels.
+    pub hub: HubGauge,
+}
+
+/// The stream hub's memory besides live channels: refusals and states kept to resume.
+#[derive(Debug, Clone, Default)]
+pub struct HubGauge {
+    /// Stream keys the origin refused, answered from memory.
+    pub refused_keys: u64,
+    /// Stream keys whose state is kept after their poller stopped.
+    pub resume_keys: u64,
+    /// Bytes those states weigh against `resume_memory_bytes`.
+    pub resume_bytes: u64,
+}
+
+impl HubGauge {
+    /// Renders the hub's gauges.
+    fn render(&self, out: &mut String) {
+        family(
+            out,
+            "refused_keys",
+            "gauge",
+            "Stream keys the origin refused, answered from memory for refusal_ttl_s.",
+            &[("", self.refused_keys as f64)],
+        );
+        family(
+            out,
+            "resume_keys",
+            "gauge",
+            "Stream keys whose state is kept for resume after their poller stopped.",
+            &[("", self.resume_keys as f64)],
+        );
+        family(
+            out,
+            "resume_bytes",
+            "gauge",
+            "Bytes of kept states, bounded by resume_memory_bytes.",
+            &[("", self.resume_bytes as f64)],
+        );
+    }
 }
 
 /// One stream route's live figures.
@@ -385,7 +426,12 @@ mod tests {
                 pollers: 1,
                 subscribers: 2,
             }],
+            hub: HubGauge {
+                resume_bytes: 4096,
+                ..HubGauge::default()
+            },
         });
+        assert!(text.contains("sse_edge_resume_bytes 4096\n"), "{text}");
         assert!(
             text.contains("sse_edge_subscribers{route=\"/a/{id}/s\"} 2\n"),
             "{text}"

@@ -36,6 +36,7 @@ impl App {
                 let text = app.metrics.render(&Gauges {
                     streams_open: app.streams.open_streams(),
                     routes: app.streams.hub.per_route(),
+                    hub: app.streams.hub.gauge(),
                 });
                 let mut response = Response::new(ProxyBody::full(Bytes::from(text)));
                 response.headers_mut().insert(

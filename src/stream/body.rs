@@ -93,7 +93,7 @@ impl Drop for SseBody {
     fn drop(&mut self) {
         let channel = self.subscription.channel();
         tracing::info!(
-            route = %channel.route.path,
+            route = %channel.route().path,
             lifetime_ms = self.opened.elapsed().as_millis() as u64,
             frames = self.frames,
             ended_by = if self.finished { "proxy" } else { "client" },

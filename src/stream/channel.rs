@@ -1,22 +1,18 @@
-//! One stream key's state, history and fan-out.
+//! One stream key's fan-out: the lock around its [`State`] and the wakes.
 //!
-//! A channel is shared by every client of one stream key (route, parameters, user). It holds:
-//! - the **log**: a bounded history of encoded events, each frame encoded once and shared
-//!   (`Bytes`) by all subscribers. The log is also the fan-out queue: a subscriber is just a
-//!   cursor into it, so a slow client costs no memory of its own; when its cursor falls off
-//!   the front of the log it is skipped ahead to the current state with a `resync` event.
-//! - the **current state**: the latest event of every live slot (a snapshot source's document,
-//!   or one item of an items source), kept in publication order so a new client receives the
-//!   state as a compacted replay of the log.
-//! - the **state hash**: a sum (mod 2^128) of the content hashes of all live slots. Every
-//!   event's `id` is this hash after the event, so ids depend only on content: a client can
-//!   resume on any instance that has seen the same state.
+//! A channel is shared by every client of one stream key (route, parameters, user). The
+//! history and current state it guards live in [`state`](super::state); here are what only a
+//! live key has: parked subscribers' wakers, the heartbeat generation, the end frame, which
+//! sources have answered, outage notices, the subscribers' credentials, and the phase new
+//! clients wait on. A subscriber is just a [`Cursor`] into the state's history, so a slow
+//! client costs no memory of its own; when its cursor falls off the front of the history it
+//! is skipped ahead to the current state with a `resync` event.
 //!
-//! Resuming with `Last-Event-ID` sends exactly the difference: the log after the event with
-//! that id, keeping only events that are still the latest for their slot. An id equal to the
-//! current state sends nothing; an unknown or expired id gets `resync` and the full state.
+//! Nothing costly happens under the lock: the full state a new, resyncing or lagged client
+//! needs is one frame per sequence number ([`FullState`]), built once, outside the lock, by
+//! the first client that needs it.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
@@ -27,20 +23,47 @@ use serde_json::json;
 use tokio::sync::{Notify, watch};
 
 use super::Identity;
-use super::delta::Change;
+use super::delta::{Change, Tracker};
 use super::sse::{self, Event, HEARTBEAT};
-use crate::config::{Mode, StreamConfig};
+use super::state::{FullState, Since, State, resync_into};
+use crate::config::StreamConfig;
 use crate::ops::metrics::Metrics;
 
 /// Which stream a channel serves; equal keys share one channel and one poller.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone)]
 pub struct StreamKey {
-    /// Index of the `[[stream]]` route.
-    pub route: usize,
+    /// The `[[stream]]` route; keys compare by its position in the file.
+    pub route: Arc<StreamConfig>,
     /// The route's path parameter values.
     pub params: Vec<String>,
     /// The validated user on `auth = true` routes, so users never share data.
     pub user: Option<String>,
+}
+
+impl PartialEq for StreamKey {
+    fn eq(&self, other: &StreamKey) -> bool {
+        self.route.index == other.route.index
+            && self.params == other.params
+            && self.user == other.user
+    }
+}
+
+impl Eq for StreamKey {}
+
+impl Hash for StreamKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.route.index.hash(state);
+        self.params.hash(state);
+        self.user.hash(state);
+    }
+}
+
+impl StreamKey {
+    /// Approximate bytes the key holds, for memory budgets.
+    pub fn memory(&self) -> usize {
+        let params: usize = self.params.iter().map(|p| p.len() + 24).sum();
+        64 + params + self.user.as_ref().map_or(0, String::len)
+    }
 }
 
 /// Where a channel is in its life, as seen by a client about to start.
@@ -74,22 +97,6 @@ struct Identities {
     departed: Option<Identity>,
 }
 
-/// A slot of the state: one source's document, or one item of an items source.
-type Slot = (usize, Option<String>);
-
-/// One encoded event in the log.
-#[derive(Debug)]
-struct Entry {
-    /// Position in the channel's publication order.
-    seq: u64,
-    /// The slot it updates; `None` for live-only notices (errors) that are never replayed.
-    slot: Option<Slot>,
-    /// Its `id:`, the state hash after it; `None` for notices.
-    id: Option<String>,
-    /// The encoded frame, shared by every subscriber.
-    frame: Bytes,
-}
-
 /// What a subscriber gets from [`Channel::poll_next`].
 pub enum Next {
     /// Bytes to send.
@@ -110,19 +117,11 @@ pub struct Cursor {
 }
 
 /// The mutable part, behind one short-held lock.
-struct Log {
-    /// Recent entries in publication order, bounded by count and bytes.
-    entries: VecDeque<Arc<Entry>>,
-    /// Sum of frame sizes in `entries`.
-    bytes: usize,
-    /// Sequence number the next entry will get.
-    next_seq: u64,
-    /// Seq of the latest entry of each slot (removals included while they are in the log).
-    latest: HashMap<Slot, u64>,
-    /// The current state: the latest entry of each live slot, by seq.
-    live: BTreeMap<u64, Arc<Entry>>,
-    /// Sum of live slots' content hashes; its hex form is the current event id.
-    state_hash: u128,
+struct Inner {
+    /// History and current state; taken out when the channel retires, to be parked.
+    state: State,
+    /// The full state at the latest sequence number a client asked for.
+    full: Option<Arc<FullState>>,
     /// Heartbeat generation; subscribers send a comment when theirs is older.
     heartbeat: u64,
     /// Tasks to wake on the next publication.
@@ -137,14 +136,46 @@ struct Log {
     outages: Vec<Option<Bytes>>,
 }
 
+impl Inner {
+    /// The full state at the current sequence number: the cached one, or a new one (its
+    /// frame is built later, outside the lock).
+    fn full_state(&mut self) -> Arc<FullState> {
+        match &self.full {
+            Some(full) if full.seq == self.state.next_seq() => full.clone(),
+            _ => {
+                let full = Arc::new(self.state.full_state());
+                self.full = Some(full.clone());
+                full
+            }
+        }
+    }
+
+    fn drain_wakers(&mut self) -> Vec<Waker> {
+        self.wake_epoch += 1;
+        let capacity = self.wakers.len();
+        std::mem::replace(&mut self.wakers, Vec::with_capacity(capacity))
+    }
+}
+
+/// How a new subscriber's stream begins, decided under the lock and written outside it.
+enum Opening {
+    /// The full state (and a `resync` first when the client's id was unknown).
+    Full {
+        /// The state.
+        state: Arc<FullState>,
+        /// The client's `Last-Event-ID` was unknown or expired.
+        resync: bool,
+    },
+    /// Exactly the difference since the client's id (nothing when it is up to date).
+    Since(Vec<Bytes>),
+}
+
 /// The shared state of one stream key.
 pub struct Channel {
-    /// The key this channel serves.
+    /// The key this channel serves (and its route: sources, event names, modes).
     pub key: StreamKey,
-    /// The route's sources: event names, modes.
-    pub route: Arc<StreamConfig>,
     /// History, state and parked subscribers.
-    log: Mutex<Log>,
+    inner: Mutex<Inner>,
     /// Readiness for clients waiting to start.
     phase: watch::Sender<Phase>,
     /// Attached clients; changed only under the hub's lock when increasing.
@@ -157,33 +188,20 @@ pub struct Channel {
     identities: Mutex<Identities>,
     /// Numbers subscribers, so each one's credentials leave with it.
     next_subscriber: AtomicU64,
-    /// History bounds from `[sse]`.
-    history_events: usize,
-    history_bytes: usize,
     /// Resumes and resyncs are counted here; subscribers count what they send.
     pub metrics: Arc<Metrics>,
 }
 
 impl Channel {
-    /// A channel with an empty state, waiting for its first poll.
-    pub fn new(
-        key: StreamKey,
-        route: Arc<StreamConfig>,
-        history_events: usize,
-        history_bytes: usize,
-        metrics: Arc<Metrics>,
-    ) -> Channel {
-        let sources = route.sources.len();
+    /// A channel serving `key` from `state` (empty, or kept from an earlier poller), waiting
+    /// for its first poll.
+    pub fn new(key: StreamKey, state: State, metrics: Arc<Metrics>) -> Channel {
+        let sources = key.route.sources.len();
         Channel {
             key,
-            route,
-            log: Mutex::new(Log {
-                entries: VecDeque::new(),
-                bytes: 0,
-                next_seq: 1,
-                latest: HashMap::new(),
-                live: BTreeMap::new(),
-                state_hash: 0,
+            inner: Mutex::new(Inner {
+                state,
+                full: None,
                 heartbeat: 0,
                 wakers: Vec::new(),
                 wake_epoch: 1,
@@ -197,16 +215,19 @@ impl Channel {
             failed: Notify::new(),
             identities: Mutex::new(Identities::default()),
             next_subscriber: AtomicU64::new(0),
-            history_events,
-            history_bytes,
             metrics,
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Log> {
+    /// The route this channel serves.
+    pub fn route(&self) -> &Arc<StreamConfig> {
+        &self.key.route
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic while holding the lock cannot leave the log half-updated in a way that
         // matters more than losing the stream, so poisoning is ignored.
-        self.log.lock().unwrap_or_else(|e| e.into_inner())
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Attaches a subscriber (called under the hub's lock) with its credentials; returns its
@@ -262,15 +283,37 @@ impl Channel {
         self.phase.subscribe()
     }
 
+    /// The origin's refusal, once it refused the stream.
+    pub fn refusal(&self) -> Option<Arc<FatalAnswer>> {
+        match &*self.phase.borrow() {
+            Phase::Failed(answer) => Some(answer.clone()),
+            _ => None,
+        }
+    }
+
+    /// A tracker for `source` that carries on from the channel's state, for its poller.
+    pub fn tracker(&self, source: usize) -> Option<Tracker> {
+        self.lock().state.tracker(&self.key.route, source)
+    }
+
+    /// Takes the history and current state out (the channel is retiring), to be kept for
+    /// reconnects; the channel is left empty.
+    pub fn take_state(&self) -> State {
+        let mut inner = self.lock();
+        inner.full = None;
+        let bounds = State::new(0, 0);
+        std::mem::replace(&mut inner.state, bounds)
+    }
+
     /// Records that `source` has answered (data or error); the channel goes live when all have.
     pub fn answered(&self, source: usize) {
         let all = {
-            let mut log = self.lock();
-            match log.answered.get_mut(source) {
+            let mut inner = self.lock();
+            match inner.answered.get_mut(source) {
                 Some(seen) if !*seen => *seen = true,
                 _ => return,
             }
-            log.answered.iter().all(|&a| a)
+            inner.answered.iter().all(|&a| a)
         };
         if all {
             self.phase.send_if_modified(|phase| {
@@ -288,55 +331,10 @@ impl Channel {
         if changes.is_empty() {
             return;
         }
-        let spec = &self.route.sources[source];
-        let removed_event = format!("{}_removed", spec.event);
-        let key_field = match &spec.mode {
-            Mode::Items { key, .. } => key.as_str(),
-            Mode::Snapshot => "",
-        };
         let wakers = {
-            let mut log = self.lock();
-            for change in changes {
-                log.state_hash = log.state_hash.wrapping_sub(change.old_hash);
-                let slot = (source, change.key);
-                let (frame, removed) = match &change.new {
-                    Some((hash, json)) => {
-                        log.state_hash = log.state_hash.wrapping_add(*hash);
-                        let id = state_id(log.state_hash);
-                        let frame = sse::encode(&Event {
-                            id: Some(&id),
-                            event: Some(&spec.event),
-                            data: json,
-                        });
-                        ((id, frame), false)
-                    }
-                    None => {
-                        let id = state_id(log.state_hash);
-                        let data = json!({ key_field: slot.1.as_deref().unwrap_or_default() });
-                        let frame = sse::encode(&Event {
-                            id: Some(&id),
-                            event: Some(&removed_event),
-                            data: &data.to_string(),
-                        });
-                        ((id, frame), true)
-                    }
-                };
-                let seq = log.next_seq;
-                let entry = Arc::new(Entry {
-                    seq,
-                    slot: Some(slot.clone()),
-                    id: Some(frame.0),
-                    frame: frame.1,
-                });
-                if let Some(old) = log.latest.insert(slot, seq) {
-                    log.live.remove(&old);
-                }
-                if !removed {
-                    log.live.insert(seq, entry.clone());
-                }
-                self.push(&mut log, entry);
-            }
-            self.drain_wakers(&mut log)
+            let mut inner = self.lock();
+            inner.state.publish(&self.key.route, source, changes);
+            inner.drain_wakers()
         };
         wakers.into_iter().for_each(Waker::wake);
     }
@@ -350,18 +348,12 @@ impl Channel {
             data,
         });
         let wakers = {
-            let mut log = self.lock();
-            if let Some(outage) = log.outages.get_mut(source) {
+            let mut inner = self.lock();
+            if let Some(outage) = inner.outages.get_mut(source) {
                 *outage = Some(frame.clone());
             }
-            let entry = Arc::new(Entry {
-                seq: log.next_seq,
-                slot: None,
-                id: None,
-                frame,
-            });
-            self.push(&mut log, entry);
-            self.drain_wakers(&mut log)
+            inner.state.notice(frame);
+            inner.drain_wakers()
         };
         wakers.into_iter().for_each(Waker::wake);
     }
@@ -376,9 +368,9 @@ impl Channel {
     /// Asks every subscriber to send a heartbeat comment.
     pub fn heartbeat(&self) {
         let wakers = {
-            let mut log = self.lock();
-            log.heartbeat += 1;
-            self.drain_wakers(&mut log)
+            let mut inner = self.lock();
+            inner.heartbeat += 1;
+            inner.drain_wakers()
         };
         wakers.into_iter().for_each(Waker::wake);
     }
@@ -386,15 +378,15 @@ impl Channel {
     /// Ends the stream for every subscriber with `frame`, after what they have not yet sent.
     pub fn end(&self, frame: Bytes) {
         let wakers = {
-            let mut log = self.lock();
-            log.end.get_or_insert(frame);
-            self.drain_wakers(&mut log)
+            let mut inner = self.lock();
+            inner.end.get_or_insert(frame);
+            inner.drain_wakers()
         };
         wakers.into_iter().for_each(Waker::wake);
     }
 
     /// The origin refused the stream: end it with an `error` event, and answer new clients
-    /// with the origin's status until the hub forgets the channel.
+    /// with the origin's status (the hub then remembers the refusal instead of the channel).
     pub fn fail(&self, answer: FatalAnswer) {
         let data = json!({ "status": answer.status.as_u16(), "detail": answer.detail }).to_string();
         self.end(sse::encode(&Event {
@@ -406,168 +398,109 @@ impl Channel {
         self.failed.notify_one();
     }
 
-    fn push(&self, log: &mut Log, entry: Arc<Entry>) {
-        log.next_seq += 1;
-        log.bytes += entry.frame.len();
-        log.entries.push_back(entry);
-        // The newest entry always stays, even when it alone is over the byte bound: an empty
-        // log would make every subscriber look lagged.
-        while log.entries.len() > 1
-            && (log.entries.len() > self.history_events || log.bytes > self.history_bytes)
-        {
-            let Some(old) = log.entries.pop_front() else {
-                break;
-            };
-            log.bytes -= old.frame.len();
-            // A removal stays in `latest` only while it can still be replayed.
-            if let Some(slot) = &old.slot
-                && !log.live.contains_key(&old.seq)
-                && log.latest.get(slot) == Some(&old.seq)
-            {
-                log.latest.remove(slot);
-            }
-        }
-    }
-
-    fn drain_wakers(&self, log: &mut Log) -> Vec<Waker> {
-        log.wake_epoch += 1;
-        let capacity = log.wakers.len();
-        std::mem::replace(&mut log.wakers, Vec::with_capacity(capacity))
-    }
-
     /// The first bytes of a new subscriber's stream and its cursor: `retry:`, then the full
     /// state, or the difference since `last_event_id`.
     pub fn start(&self, last_event_id: Option<&str>, retry_ms: u64) -> (Bytes, Cursor) {
-        let log = self.lock();
+        let (opening, outages, cursor) = {
+            let mut inner = self.lock();
+            let opening = match last_event_id.map(|id| inner.state.since(id)) {
+                None => Opening::Full {
+                    state: inner.full_state(),
+                    resync: false,
+                },
+                Some(Since::UpToDate) => Opening::Since(Vec::new()),
+                Some(Since::Frames(frames)) => {
+                    Metrics::inc(&self.metrics.resumes);
+                    Opening::Since(frames)
+                }
+                Some(Since::Unknown) => {
+                    Metrics::inc(&self.metrics.resyncs_unknown_id);
+                    Opening::Full {
+                        state: inner.full_state(),
+                        resync: true,
+                    }
+                }
+            };
+            let outages: Vec<Bytes> = inner.outages.iter().flatten().cloned().collect();
+            let cursor = Cursor {
+                next: inner.state.next_seq(),
+                heartbeat: inner.heartbeat,
+                registered: 0,
+            };
+            (opening, outages, cursor)
+        };
         let mut out = BytesMut::new();
         sse::retry_into(&mut out, retry_ms);
         let before = out.len();
-        match last_event_id {
-            None => full_state(&log, &mut out),
-            Some(id) if !log.live.is_empty() && id == state_id(log.state_hash) => {}
-            Some(id) => match log
-                .entries
-                .iter()
-                .rposition(|e| e.id.as_deref() == Some(id))
-            {
-                Some(position) => {
-                    Metrics::inc(&self.metrics.resumes);
-                    for entry in log.entries.iter().skip(position + 1) {
-                        if is_latest(&log, entry) {
-                            out.put_slice(&entry.frame);
-                        }
-                    }
-                }
-                None => {
-                    Metrics::inc(&self.metrics.resyncs_unknown_id);
+        let mut waiting = false;
+        match opening {
+            Opening::Full { state, resync } => {
+                if resync {
                     resync_into(&mut out, "unknown_last_event_id");
-                    full_state(&log, &mut out);
                 }
-            },
+                waiting = state.is_empty();
+                out.put_slice(state.frame());
+            }
+            Opening::Since(frames) => frames.iter().for_each(|f| out.put_slice(f)),
         }
-        for notice in log.outages.iter().flatten() {
+        for notice in &outages {
             out.put_slice(notice);
         }
         if out.len() == before {
-            let note = if log.live.is_empty() {
+            let note = if waiting {
                 "connected; waiting for the origin's first answer"
             } else {
                 "connected; up to date"
             };
             sse::comment_into(&mut out, note);
         }
-        let cursor = Cursor {
-            next: log.next_seq,
-            heartbeat: log.heartbeat,
-            registered: 0,
-        };
         (out.freeze(), cursor)
     }
 
     /// The next bytes for a subscriber, or `Pending` with its waker parked.
     pub fn poll_next(&self, cursor: &mut Cursor, cx: &mut Context<'_>) -> Poll<Next> {
-        let mut log = self.lock();
-        let first = log.entries.front().map_or(log.next_seq, |e| e.seq);
-        if cursor.next < first {
-            // Fell behind the history: skip to the current state.
-            Metrics::inc(&self.metrics.resyncs_lagged);
-            let mut out = BytesMut::new();
-            resync_into(&mut out, "lagged");
-            full_state(&log, &mut out);
-            cursor.next = log.next_seq;
-            return Poll::Ready(Next::Frame(out.freeze()));
-        }
-        if cursor.next < log.next_seq {
-            let index = (cursor.next - first) as usize;
-            cursor.next += 1;
-            if let Some(entry) = log.entries.get(index) {
-                return Poll::Ready(Next::Frame(entry.frame.clone()));
+        let lagged = {
+            let mut inner = self.lock();
+            match inner.state.frame_at(cursor.next) {
+                Err(_) => {
+                    let full = inner.full_state();
+                    cursor.next = full.seq;
+                    full
+                }
+                Ok(Some(frame)) => {
+                    cursor.next += 1;
+                    return Poll::Ready(Next::Frame(frame));
+                }
+                Ok(None) => {
+                    if let Some(end) = &inner.end {
+                        return Poll::Ready(Next::End(end.clone()));
+                    }
+                    if cursor.heartbeat < inner.heartbeat {
+                        cursor.heartbeat = inner.heartbeat;
+                        return Poll::Ready(Next::Frame(Bytes::from_static(HEARTBEAT)));
+                    }
+                    if cursor.registered != inner.wake_epoch {
+                        cursor.registered = inner.wake_epoch;
+                        inner.wakers.push(cx.waker().clone());
+                    }
+                    return Poll::Pending;
+                }
             }
-        }
-        if let Some(end) = &log.end {
-            return Poll::Ready(Next::End(end.clone()));
-        }
-        if cursor.heartbeat < log.heartbeat {
-            cursor.heartbeat = log.heartbeat;
-            return Poll::Ready(Next::Frame(Bytes::from_static(HEARTBEAT)));
-        }
-        if cursor.registered != log.wake_epoch {
-            cursor.registered = log.wake_epoch;
-            log.wakers.push(cx.waker().clone());
-        }
-        Poll::Pending
+        };
+        // Fell behind the history: skip to the current state, built outside the lock.
+        Metrics::inc(&self.metrics.resyncs_lagged);
+        let mut out = BytesMut::new();
+        resync_into(&mut out, "lagged");
+        out.put_slice(lagged.frame());
+        Poll::Ready(Next::Frame(out.freeze()))
     }
-}
-
-/// Whether a log entry is still the latest for its slot (and so part of a delta).
-fn is_latest(log: &Log, entry: &Entry) -> bool {
-    entry
-        .slot
-        .as_ref()
-        .is_some_and(|slot| log.latest.get(slot) == Some(&entry.seq))
-}
-
-/// The current state as a compacted replay, ending on the current state's id.
-fn full_state(log: &Log, out: &mut BytesMut) {
-    for entry in log.live.values() {
-        out.put_slice(&entry.frame);
-    }
-    // Each replayed frame keeps the id it was published with. When slots were removed after
-    // the newest live one, that id names a state the client never had, and resuming from it
-    // could skip an item that later came back; so end on the current state's id. A frame
-    // with an id and no data sets `lastEventId` without dispatching an event.
-    let current = state_id(log.state_hash);
-    let last = log.live.values().next_back().and_then(|e| e.id.as_deref());
-    if !log.live.is_empty() && last != Some(current.as_str()) {
-        out.put_slice(b"id: ");
-        out.put_slice(current.as_bytes());
-        out.put_slice(b"\n\n");
-    }
-}
-
-fn resync_into(out: &mut BytesMut, reason: &str) {
-    let data = json!({ "reason": reason }).to_string();
-    sse::encode_into(
-        out,
-        &Event {
-            id: None,
-            event: Some("resync"),
-            data: &data,
-        },
-    );
-}
-
-/// The `id:` of a state: its hash in hex.
-fn state_id(hash: u128) -> String {
-    format!("{hash:032x}")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::SourceConfig;
+    use crate::config::{Mode, SourceConfig};
     use crate::http::path::{PathPattern, PollTemplate};
-    use crate::stream::delta::Tracker;
     use std::task::Wake;
     use std::time::Duration;
 
@@ -577,6 +510,10 @@ mod tests {
     }
 
     fn channel(history: usize) -> (Channel, Tracker) {
+        sized(history, 1 << 20)
+    }
+
+    fn sized(history: usize, bytes: usize) -> (Channel, Tracker) {
         let path = PathPattern::parse("/s").expect("pattern");
         let mode = Mode::Items {
             pointer: "/items".into(),
@@ -596,12 +533,12 @@ mod tests {
             auth: false,
         };
         let key = StreamKey {
-            route: 0,
+            route: Arc::new(route),
             params: vec![],
             user: None,
         };
         (
-            Channel::new(key, Arc::new(route), history, 1 << 20, Arc::default()),
+            Channel::new(key, State::new(history, bytes), Arc::default()),
             Tracker::new(mode, "item"),
         )
     }
@@ -717,16 +654,14 @@ mod tests {
 
     #[test]
     fn a_frame_over_the_byte_bound_stays_and_nobody_lags() {
-        let (ch, mut t) = channel(100);
-        let big = Channel::new(ch.key.clone(), ch.route.clone(), 100, 64, Arc::default());
+        let (big, mut t) = sized(100, 64);
         poll_document(&big, &mut t, &[("a", 1)]);
         let (_, mut cursor) = big.start(None, 0);
         poll_document(&big, &mut t, &[("a", 2)]);
         let text = drain(&big, &mut cursor);
         assert!(!text.contains("lagged"), "{text}");
         assert!(text.contains(r#""v":2"#));
-        assert_eq!(big.lock().entries.len(), 1);
-        drop(ch);
+        assert_eq!(big.lock().state.history_len(), 1);
     }
 
     #[test]
@@ -753,10 +688,11 @@ mod tests {
             let key = format!("k{round}");
             poll_document(&ch, &mut t, &[(key.as_str(), round)]);
         }
-        let log = ch.lock();
-        assert!(log.entries.len() <= 8);
-        assert!(log.latest.len() <= 9, "latest grew to {}", log.latest.len());
-        assert_eq!(log.live.len(), 1);
+        let inner = ch.lock();
+        let (latest, live) = inner.state.slots();
+        assert!(inner.state.history_len() <= 8);
+        assert!(latest <= 9, "latest grew to {latest}");
+        assert_eq!(live, 1);
     }
 
     #[test]

@@ -78,6 +78,26 @@ impl Tracker {
         }
     }
 
+    /// A tracker that has published the values with these content hashes (by item key, or
+    /// `None` for a snapshot document), as a state kept after an earlier poller stopped: its
+    /// first document is diffed against them, so only what changed since is published.
+    pub fn resume(
+        mode: Mode,
+        event: &str,
+        published: impl Iterator<Item = (Option<String>, u128)>,
+    ) -> Tracker {
+        let mut tracker = Tracker::new(mode, event);
+        for (key, hash) in published {
+            match key {
+                Some(key) => {
+                    tracker.items.insert(key, hash);
+                }
+                None => tracker.snapshot = hash,
+            }
+        }
+        tracker
+    }
+
     /// The changes that turn the published state into `body`'s, in a deterministic order
     /// (array order for upserts, then removals by key). On error nothing is remembered.
     pub fn apply(&mut self, body: &Bytes) -> Result<Vec<Change>, DeltaError> {

@@ -1,10 +1,13 @@
 //! The hub: one channel and one poller per stream key, however many clients.
 //!
-//! The first subscriber of a key creates its [`Channel`] and a supervisor task that runs one
-//! poller per source and the channel's heartbeat. The supervisor retires the channel a short
-//! `linger` after its last subscriber leaves (aborting any poll in flight), or, when the
-//! origin refused the stream, keeps it for `negative_ttl` so reconnecting clients get the
-//! refusal as an HTTP status without asking the origin again.
+//! The first subscriber of a key creates its [`Channel`] (from the state kept in the resume
+//! window, if any) and a supervisor task that runs one poller per source and the channel's
+//! heartbeat. The supervisor retires the channel a short `linger` after its last subscriber
+//! leaves (aborting any poll in flight) and parks its state in the [`Resume`] window, so a
+//! reconnect within `resume_window` gets exactly what it missed. When the origin refuses the
+//! stream, the channel is retired at once and only the refusal is remembered
+//! ([`Refusals`]), so reconnecting clients get it as an HTTP status without asking the
+//! origin again, and refused keys cost no channel and no task.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -14,16 +17,19 @@ use bytes::{Bytes, BytesMut};
 use tokio::task::JoinSet;
 
 use super::Identity;
-use super::channel::{Channel, Phase, StreamKey};
+use super::channel::{Channel, FatalAnswer, Phase, StreamKey};
 use super::poller;
 use super::poller::PollContext;
+use super::refusals::Refusals;
+use super::resume::Resume;
 use super::sse;
+use super::state::State;
 use crate::config::{SseConfig, StreamConfig};
-use crate::ops::metrics::{Metrics, RouteGauge};
+use crate::ops::metrics::{HubGauge, Metrics, RouteGauge};
 use crate::ops::shutdown::ShutdownSignal;
 use crate::origin::Upstream;
 
-/// Shared by the hub handle, supervisors and pollers.
+/// Shared by the hub handle and supervisors.
 pub struct HubShared {
     /// Live channels by key.
     channels: Mutex<HashMap<StreamKey, Arc<Channel>>>,
@@ -33,8 +39,10 @@ pub struct HubShared {
     polling: Arc<PollContext>,
     /// Heartbeat, linger and history settings.
     sse: SseConfig,
-    /// How long a refused stream is answered from memory.
-    negative_ttl: Duration,
+    /// Keys the origin refused, answered from memory for `refusal_ttl`.
+    refusals: Refusals,
+    /// States of keys whose poller stopped, kept for `resume_window`.
+    resume: Resume,
     /// Fires when the proxy shuts down.
     shutdown: ShutdownSignal,
     /// Counters shared with every channel.
@@ -64,7 +72,7 @@ impl Subscription {
     }
 
     /// Waits until every source answered once, the origin refused, or `bound` passed.
-    pub async fn wait_ready(&self, bound: Duration) -> Phase {
+    async fn wait_ready(&self, bound: Duration) -> Phase {
         let mut phase = self.channel.phase();
         let ready = async {
             phase
@@ -91,7 +99,6 @@ impl Hub {
         routes: Vec<Arc<StreamConfig>>,
         upstream: Arc<Upstream>,
         sse: SseConfig,
-        negative_ttl: Duration,
         shutdown: ShutdownSignal,
         metrics: Arc<Metrics>,
     ) -> Hub {
@@ -104,8 +111,9 @@ impl Hub {
                     metrics: metrics.clone(),
                     max_backoff: sse.max_backoff,
                 }),
+                refusals: Refusals::new(sse.refusal_ttl, sse.refusal_capacity),
+                resume: Resume::new(sse.resume_window, sse.resume_memory_bytes),
                 sse,
-                negative_ttl,
                 shutdown,
                 metrics,
                 closing: OnceLock::new(),
@@ -113,42 +121,74 @@ impl Hub {
         }
     }
 
-    /// Joins the channel for `key` (of `route`), creating it (and its pollers) if it is the
-    /// first client.
-    pub fn subscribe(
+    /// Joins the channel for `key` and waits (up to `wait`) for its first poll; the origin's
+    /// refusal, remembered or new, is the error.
+    pub async fn join(
         &self,
-        route: Arc<StreamConfig>,
         key: StreamKey,
         identity: Option<Identity>,
-    ) -> Subscription {
+        wait: Duration,
+    ) -> Result<Subscription, Arc<FatalAnswer>> {
+        let subscription = self.subscribe(key, identity)?;
+        match subscription.wait_ready(wait).await {
+            Phase::Failed(answer) => {
+                // Retire the channel before answering, so the refusal costs no channel even
+                // while its supervisor has not run yet.
+                self.shared.refuse(&subscription.channel, &answer);
+                Err(answer)
+            }
+            Phase::Pending | Phase::Live => Ok(subscription),
+        }
+    }
+
+    /// Joins the channel for `key`, creating it (and its pollers) if it is the first client,
+    /// unless the origin refused the key within `refusal_ttl`.
+    fn subscribe(
+        &self,
+        key: StreamKey,
+        identity: Option<Identity>,
+    ) -> Result<Subscription, Arc<FatalAnswer>> {
         let mut channels = self.shared.lock();
         if let Some(existing) = channels.get(&key) {
             let id = existing.attach(identity);
             if let Some(frame) = self.shared.closing.get() {
                 existing.end(frame.clone());
             }
-            return Subscription {
+            return Ok(Subscription {
                 channel: existing.clone(),
                 id,
-            };
+            });
         }
+        if let Some(answer) = self.shared.refusals.get(&key) {
+            return Err(answer);
+        }
+        if let Some(frame) = self.shared.closing.get() {
+            // Shutting down: no poller, and the stream ends as soon as it starts.
+            let state = State::new(
+                self.shared.sse.history_events,
+                self.shared.sse.history_bytes,
+            );
+            let channel = Arc::new(Channel::new(key, state, self.shared.metrics.clone()));
+            let id = channel.attach(identity);
+            channel.end(frame.clone());
+            return Ok(Subscription { channel, id });
+        }
+        let state = self.shared.resume.take(&key).unwrap_or_else(|| {
+            State::new(
+                self.shared.sse.history_events,
+                self.shared.sse.history_bytes,
+            )
+        });
         let channel = Arc::new(Channel::new(
             key.clone(),
-            route,
-            self.shared.sse.history_events,
-            self.shared.sse.history_bytes,
+            state,
             self.shared.metrics.clone(),
         ));
         // Attach (with the credentials the pollers forward) before they start.
         let id = channel.attach(identity);
-        if let Some(frame) = self.shared.closing.get() {
-            // Shutting down: no poller, and the stream ends as soon as it starts.
-            channel.end(frame.clone());
-            return Subscription { channel, id };
-        }
         channels.insert(key, channel.clone());
         tokio::spawn(supervise(self.shared.clone(), channel.clone()));
-        Subscription { channel, id }
+        Ok(Subscription { channel, id })
     }
 
     /// Channels (and so pollers) alive now.
@@ -159,6 +199,16 @@ impl Hub {
     /// The proxy's counters.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.shared.metrics
+    }
+
+    /// What the hub remembers besides live channels: refusals, and states kept to resume.
+    pub fn gauge(&self) -> HubGauge {
+        let (resume_keys, resume_bytes) = self.shared.resume.usage();
+        HubGauge {
+            refused_keys: self.shared.refusals.len(),
+            resume_keys,
+            resume_bytes,
+        }
     }
 
     /// Pollers and subscribers of each configured route now.
@@ -173,7 +223,7 @@ impl Hub {
             })
             .collect();
         for channel in self.shared.lock().values() {
-            if let Some(route) = routes.get_mut(channel.key.route) {
+            if let Some(route) = routes.get_mut(channel.key.route.index) {
                 route.pollers += 1;
                 route.subscribers += channel.subscribers();
             }
@@ -203,53 +253,76 @@ impl HubShared {
         self.channels.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Removes `channel` if it is still the one registered for its key and, unless `force`,
-    /// has no subscribers. Subscribing happens under the same lock, so none can slip in.
-    fn retire(&self, channel: &Arc<Channel>, force: bool) -> bool {
+    /// Retires `channel` if it is still the one registered for its key and has no
+    /// subscribers (subscribing happens under the same lock, so none can slip in), and keeps
+    /// its state for the resume window. Returns whether the supervisor is done.
+    fn retire(&self, channel: &Arc<Channel>) -> bool {
         let mut channels = self.lock();
         let current = channels
             .get(&channel.key)
             .is_some_and(|c| Arc::ptr_eq(c, channel));
-        if current && (force || channel.subscribers() == 0) {
+        if !current {
+            return true;
+        }
+        if channel.subscribers() > 0 {
+            return false;
+        }
+        channels.remove(&channel.key);
+        self.resume.park(channel.key.clone(), channel.take_state());
+        true
+    }
+
+    /// The origin refused `channel`'s key: remember the answer, and retire the channel (its
+    /// subscribers were sent the end frame). Idempotent; under the channels' lock, so a new
+    /// client finds either the failed channel or the refusal.
+    fn refuse(&self, channel: &Arc<Channel>, answer: &FatalAnswer) {
+        let mut channels = self.lock();
+        let current = channels
+            .get(&channel.key)
+            .is_some_and(|c| Arc::ptr_eq(c, channel));
+        if current {
+            self.refusals.insert(channel.key.clone(), answer);
             channels.remove(&channel.key);
-            true
-        } else {
-            !current
         }
     }
 }
 
-/// Runs a channel's pollers and heartbeat until it is retired.
+/// Runs a channel's pollers and heartbeat until it is retired: linger, heartbeat, refusal and
+/// shutdown are branches of one `select!`, so none waits for another.
 async fn supervise(hub: Arc<HubShared>, channel: Arc<Channel>) {
     let mut pollers = JoinSet::new();
-    for source in 0..channel.route.sources.len() {
+    for source in 0..channel.route().sources.len() {
         pollers.spawn(poller::run(hub.polling.clone(), channel.clone(), source));
     }
     let beat = hub.sse.heartbeat;
     let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + beat, beat);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let linger = tokio::time::sleep(hub.sse.linger);
+    tokio::pin!(linger);
+    let mut lingering = false;
     let mut shutdown = hub.shutdown.clone();
     loop {
         tokio::select! {
             _ = heartbeat.tick() => channel.heartbeat(),
             _ = channel.idle.notified() => {
-                tokio::time::sleep(hub.sse.linger).await;
-                if hub.retire(&channel, false) {
+                linger.as_mut().reset(tokio::time::Instant::now() + hub.sse.linger);
+                lingering = true;
+            }
+            _ = &mut linger, if lingering => {
+                lingering = false;
+                if hub.retire(&channel) {
                     break;
                 }
             }
             _ = channel.failed.notified() => {
-                pollers.abort_all();
-                let mut stop = hub.shutdown.clone();
-                tokio::select! {
-                    _ = tokio::time::sleep(hub.negative_ttl) => {}
-                    _ = stop.fired() => {}
+                if let Some(answer) = channel.refusal() {
+                    hub.refuse(&channel, &answer);
                 }
-                hub.retire(&channel, true);
                 break;
             }
             _ = shutdown.fired() => break,
         }
     }
-    tracing::debug!(route = %channel.route.path, "poller stopped");
+    pollers.abort_all();
+    tracing::debug!(route = %channel.route().path, "poller stopped");
 }

@@ -7,8 +7,11 @@
 //!
 //! - [`sse`]: the frame encoder.
 //! - [`delta`]: documents to changes, with content hashes.
-//! - [`channel`]: one key's log, state and fan-out.
+//! - [`state`]: one key's history and current state (no IO, no locks).
+//! - [`channel`]: the lock and wakes around a live key's state: fan-out.
 //! - [`hub`]: channels by key, their pollers' lifecycles.
+//! - [`resume`]: states kept after their poller stopped, for reconnects.
+//! - [`refusals`]: keys the origin refused, answered from memory.
 //! - [`poller`]: polling one source.
 //! - [`body`]: the response body that follows a channel.
 
@@ -17,7 +20,10 @@ pub mod channel;
 pub mod delta;
 pub mod hub;
 pub mod poller;
+pub mod refusals;
+pub mod resume;
 pub mod sse;
+pub mod state;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -28,7 +34,7 @@ use percent_encoding::percent_decode_str;
 use tokio::sync::Semaphore;
 
 pub use body::SseBody;
-use channel::{Phase, StreamKey};
+use channel::StreamKey;
 use hub::Hub;
 
 use crate::config::{SseConfig, StreamConfig};
@@ -127,18 +133,19 @@ impl Streams {
             None => None,
         };
         let key = StreamKey {
-            route: route.index,
+            route,
             params,
             user: identity.as_ref().map(|i| i.user_id.clone()),
         };
-        let subscription = self.hub.subscribe(route, key, identity);
-        if let Phase::Failed(answer) = subscription.wait_ready(self.sse.first_poll_wait).await {
-            return Err(StreamError::Refused {
+        let subscription = self
+            .hub
+            .join(key, identity, self.sse.first_poll_wait)
+            .await
+            .map_err(|answer| StreamError::Refused {
                 status: answer.status,
                 detail: answer.detail.clone(),
                 body: answer.body.clone(),
-            });
-        }
+            })?;
         let (first, cursor) = subscription
             .channel()
             .start(last_event_id.as_deref(), self.sse.retry_ms);

@@ -18,7 +18,6 @@ use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use serde_json::json;
 
 use super::channel::{Channel, FatalAnswer};
-use super::delta::Tracker;
 use crate::http::json::origin_detail;
 use crate::ops::metrics::{Metrics, PollOutcome};
 use crate::origin::{Fetched, Upstream};
@@ -57,9 +56,12 @@ enum Outcome {
 
 /// Polls `channel`'s source `index` until the supervisor aborts the task.
 pub async fn run(hub: Arc<PollContext>, channel: Arc<Channel>, index: usize) {
-    let spec = &channel.route.sources[index];
+    let spec = &channel.route().sources[index];
     let path = spec.poll.render(&channel.key.params);
-    let mut tracker = Tracker::new(spec.mode.clone(), &spec.event);
+    // Carries on from the channel's state, which may be kept from an earlier poller.
+    let Some(mut tracker) = channel.tracker(index) else {
+        return;
+    };
     let mut etag: Option<HeaderValue> = None;
     let mut last_modified: Option<HeaderValue> = None;
     let mut failures: u32 = 0;
@@ -139,7 +141,7 @@ pub async fn run(hub: Arc<PollContext>, channel: Arc<Channel>, index: usize) {
             }
             Outcome::Refused(answer) => {
                 metrics.poll(PollOutcome::Refused, micros);
-                tracing::info!(route = %channel.route.path, status = %answer.status, "origin refused the stream");
+                tracing::info!(route = %channel.route().path, status = %answer.status, "origin refused the stream");
                 channel.fail(answer);
                 return;
             }
@@ -162,7 +164,7 @@ pub async fn run(hub: Arc<PollContext>, channel: Arc<Channel>, index: usize) {
             }
             Err((status, detail, retry_after)) => {
                 if failures == 0 {
-                    tracing::warn!(route = %channel.route.path, event = %spec.event, %detail, "poll failed");
+                    tracing::warn!(route = %channel.route().path, event = %spec.event, %detail, "poll failed");
                     let data = json!({
                         "source": spec.event,
                         "status": status.map(|s| s.as_u16()),

@@ -16,5 +16,7 @@ mod origin_faults;
 mod passthrough;
 mod probe;
 mod properties;
+mod refusals;
+mod resume;
 mod scenarios;
 mod streams;

@@ -49,6 +49,8 @@ pub struct Options {
     pub max_validations_per_s: u64,
     /// `[listen] max_connections`.
     pub max_connections: usize,
+    /// `[sse] resume_memory_bytes`.
+    pub resume_memory_bytes: u64,
 }
 
 impl Default for Options {
@@ -70,6 +72,7 @@ impl Default for Options {
             max_streams_per_user: 20,
             max_validations_per_s: 100,
             max_connections: 10_000,
+            resume_memory_bytes: 64 << 20,
         }
     }
 }
@@ -128,6 +131,7 @@ linger_ms = {linger_ms}
 history_events = {history_events}
 history_bytes = {history_bytes}
 max_backoff_ms = 400
+resume_memory_bytes = {resume_memory_bytes}
 
 [[stream]]
 path = "/api/v2/stream"
@@ -168,6 +172,7 @@ auth = true
         max_validations_per_s = options.max_validations_per_s,
         max_streams_per_user = options.max_streams_per_user,
         max_connections = options.max_connections,
+        resume_memory_bytes = options.resume_memory_bytes,
         every = options.every_ms,
         wait = options
             .metrics_wait_s
