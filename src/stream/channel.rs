@@ -588,6 +588,28 @@ mod tests {
     }
 
     #[test]
+    fn the_full_state_is_built_once_per_sequence_number() {
+        let (ch, mut t) = channel(100);
+        poll_document(&ch, &mut t, &[("a", 1), ("b", 1)]);
+        let cached = |ch: &Channel| ch.lock().full.clone().expect("cached");
+        let (one, _) = ch.start(None, 0);
+        let first = cached(&ch);
+        let (two, _) = ch.start(Some("unknown"), 0);
+        assert!(Arc::ptr_eq(&first, &cached(&ch)), "one frame per seq");
+        let state = std::str::from_utf8(first.frame()).expect("utf-8");
+        assert!(std::str::from_utf8(&one).expect("utf-8").ends_with(state));
+        assert!(std::str::from_utf8(&two).expect("utf-8").ends_with(state));
+        poll_document(&ch, &mut t, &[("a", 2), ("b", 1)]);
+        let (three, _) = ch.start(None, 0);
+        assert!(!Arc::ptr_eq(&first, &cached(&ch)), "a new seq, a new frame");
+        assert!(
+            std::str::from_utf8(&three)
+                .expect("utf-8")
+                .contains(r#""v":2"#)
+        );
+    }
+
+    #[test]
     fn resume_sends_exactly_the_difference() {
         let (ch, mut t) = channel(100);
         poll_document(&ch, &mut t, &[("a", 1), ("b", 1), ("c", 1)]);

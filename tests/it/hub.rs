@@ -352,3 +352,37 @@ async fn origin_long_poll_delivers_changes_without_waiting_for_the_interval() {
         Err(ReadError::Timeout)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_joins_while_the_poller_lingers_gets_heartbeats() {
+    let origin = origin().await;
+    let proxy = start_proxy(
+        &origin,
+        Options {
+            heartbeat_s: 1,
+            linger_ms: 60_000,
+            ..Options::default()
+        },
+    )
+    .await;
+    let mut first = proxy
+        .client
+        .stream(Proto::H1Tls, "/api/v2/stream", &[])
+        .await;
+    first.next(WAIT).await;
+    drop(first);
+    common::eventually("the first client to leave", WAIT, || {
+        proxy.proxy.open_streams() == 0
+    })
+    .await;
+    // The poller lingers (a minute); a client joining now reuses it, and the supervisor
+    // keeps beating while it waits out the linger.
+    let mut second = proxy
+        .client
+        .stream(Proto::H1Tls, "/api/v2/stream", &[])
+        .await;
+    second.next(WAIT).await;
+    assert_eq!(proxy.proxy.pollers(), 1);
+    let chunk = second.first_chunk(WAIT).await;
+    assert_eq!(chunk, ":\n\n", "a heartbeat within the linger");
+}
