@@ -16,6 +16,7 @@ use sse_edge::request::router::Router;
 use sse_edge::stream::channel::{Channel, Cursor, Next, StreamKey};
 use sse_edge::stream::delta::Tracker;
 use sse_edge::stream::sse::{self, Event};
+use sse_edge::stream::state::State;
 
 fn sentiment_document(tickers: usize, round: u64) -> Bytes {
     let items: Vec<_> = (0..tickers)
@@ -147,7 +148,7 @@ fn fan_out(c: &mut Criterion) {
         auth: false,
     });
     let key = StreamKey {
-        route: 0,
+        route,
         params: vec![],
         user: None,
     };
@@ -158,8 +159,8 @@ fn fan_out(c: &mut Criterion) {
         group.bench_function(format!("publish_and_deliver_to_{subscribers}"), |b| {
             b.iter_batched_ref(
                 || {
-                    let channel =
-                        Channel::new(key.clone(), route.clone(), 1024, 1 << 22, Arc::default());
+                    let state = State::new(1024, 1 << 22);
+                    let channel = Channel::new(key.clone(), state, Arc::default());
                     let mut tracker = Tracker::new(Mode::Snapshot, "metrics");
                     channel.publish(
                         0,

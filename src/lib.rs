@@ -10,8 +10,9 @@
 //!   log; the only layer that turns errors into HTTP answers ([`request::error`]).
 //! - [`stream`]: the event streams: a [`hub`](stream::hub) of channels, one per stream key,
 //!   each fed by one [`poller`](stream::poller) per source, turned into changes by
-//!   [`delta`](stream::delta), encoded once by [`sse`](stream::sse), and fanned out to every
-//!   client's [`body`](stream::body).
+//!   [`delta`](stream::delta), encoded once by [`sse`](stream::sse) into the key's
+//!   [`state`](stream::state), and fanned out to every client's [`body`](stream::body); a
+//!   key's state outlives its poller for the [`resume`](stream::resume) window.
 //! - [`origin`]: the pooled client to the buffered origin, and its TLS.
 //! - [`ops`] (metrics, shutdown) and [`http`] (paths, JSON, query strings): leaves that import
 //!   nothing of ours.

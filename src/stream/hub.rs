@@ -205,7 +205,7 @@ impl Hub {
     pub fn gauge(&self) -> HubGauge {
         let (resume_keys, resume_bytes) = self.shared.resume.usage();
         HubGauge {
-            refused_keys: self.shared.refusals.len(),
+            refused_keys: self.shared.refusals.count(),
             resume_keys,
             resume_bytes,
         }

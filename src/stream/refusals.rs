@@ -72,7 +72,7 @@ impl Refusals {
     }
 
     /// Refused keys remembered now.
-    pub fn len(&self) -> u64 {
+    pub fn count(&self) -> u64 {
         self.cache.as_ref().map_or(0, |cache| {
             cache.run_pending_tasks();
             cache.entry_count()
@@ -124,7 +124,7 @@ mod tests {
         for id in 0..1_000 {
             refusals.insert(key(id), &answer(10, 1));
         }
-        assert!(refusals.len() <= 100, "{} kept", refusals.len());
+        assert!(refusals.count() <= 100, "{} kept", refusals.count());
         refusals.insert(key(5_000), &answer(MAX_KEPT_BODY + 1, MAX_KEPT_DETAIL));
         let kept = refusals.get(&key(5_000)).expect("kept");
         assert_eq!(kept.status, StatusCode::NOT_FOUND);
@@ -137,6 +137,6 @@ mod tests {
         let refusals = Refusals::new(Duration::ZERO, 100);
         refusals.insert(key(1), &answer(10, 1));
         assert!(refusals.get(&key(1)).is_none());
-        assert_eq!(refusals.len(), 0);
+        assert_eq!(refusals.count(), 0);
     }
 }
