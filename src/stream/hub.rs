@@ -164,21 +164,18 @@ impl Hub {
         }
         if let Some(frame) = self.shared.closing.get() {
             // Shutting down: no poller, and the stream ends as soon as it starts.
-            let state = State::new(
-                self.shared.sse.history_events,
-                self.shared.sse.history_bytes,
-            );
+            let state = self.shared.empty_state();
             let channel = Arc::new(Channel::new(key, state, self.shared.metrics.clone()));
             let id = channel.attach(identity);
             channel.end(frame.clone());
             return Ok(Subscription { channel, id });
         }
-        let state = self.shared.resume.take(&key).unwrap_or_else(|| {
-            State::new(
-                self.shared.sse.history_events,
-                self.shared.sse.history_bytes,
-            )
-        });
+        // Within the resume window, carry on from the state the last poller left.
+        let state = self
+            .shared
+            .resume
+            .take(&key)
+            .unwrap_or_else(|| self.shared.empty_state());
         let channel = Arc::new(Channel::new(
             key.clone(),
             state,
@@ -251,6 +248,11 @@ impl Hub {
 impl HubShared {
     fn lock(&self) -> MutexGuard<'_, HashMap<StreamKey, Arc<Channel>>> {
         self.channels.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A state with nothing published yet, bounded by the configured history.
+    fn empty_state(&self) -> State {
+        State::new(self.sse.history_events, self.sse.history_bytes)
     }
 
     /// Retires `channel` if it is still the one registered for its key and has no
