@@ -3,7 +3,7 @@
 
 use crate::common;
 
-use common::client::Proto;
+use common::client::{Proto, json_response};
 use common::origin::FakeOrigin;
 use common::{Options, start_proxy};
 
@@ -13,12 +13,21 @@ const ROUTE_POLLERS: &str = "sse_edge_pollers{route=\"/api/v2/configurations/{id
 async fn refused_ids_leave_no_channel_and_are_answered_from_memory() {
     let origin = FakeOrigin::start().await;
     origin.add_token("tok-alice", "alice");
-    let proxy = start_proxy(&origin, Options::default()).await;
+    let proxy = start_proxy(
+        &origin,
+        Options {
+            // Far longer than the test: nothing expires while it runs, however slow the box.
+            refusal_ttl_s: 3600,
+            ..Options::default()
+        },
+    )
+    .await;
     let auth = [("authorization", "Bearer tok-alice")];
-    let refused = 200;
+    let refused = 300;
+    let mut connection = proxy.client.keep_alive(Proto::H1Plain).await;
     for n in 0..refused {
         let path = format!("/api/v2/configurations/nope-{n}/stream");
-        let (status, _, body) = proxy.client.get_json(Proto::H2Tls, &path, &auth).await;
+        let (status, _, body) = json_response(connection.get(&path, &auth).await).await;
         assert_eq!(status, 404, "{body}");
         assert_eq!(body["detail"], "configuration not found");
     }
@@ -26,7 +35,7 @@ async fn refused_ids_leave_no_channel_and_are_answered_from_memory() {
     assert_eq!(proxy.metric(ROUTE_POLLERS).await, 0.0);
     assert_eq!(proxy.metric("sse_edge_refused_keys").await, refused as f64);
 
-    // Asked again (over HTTP/1.1 this time): the same answer, and the origin is not asked.
+    // Asked again, over each protocol: the same answer, and the origin is not asked.
     let polls = origin.count("/api/v2/configurations/nope-7/sentiment");
     assert!(polls >= 1);
     for proto in [Proto::H1Plain, Proto::H1Tls, Proto::H2Tls] {

@@ -51,6 +51,8 @@ pub struct Options {
     pub max_connections: usize,
     /// `[sse] resume_memory_bytes`.
     pub resume_memory_bytes: u64,
+    /// `[sse] refusal_ttl_s`.
+    pub refusal_ttl_s: u64,
 }
 
 impl Default for Options {
@@ -73,6 +75,7 @@ impl Default for Options {
             max_validations_per_s: 100,
             max_connections: 10_000,
             resume_memory_bytes: 64 << 20,
+            refusal_ttl_s: 5,
         }
     }
 }
@@ -132,6 +135,7 @@ history_events = {history_events}
 history_bytes = {history_bytes}
 max_backoff_ms = 400
 resume_memory_bytes = {resume_memory_bytes}
+refusal_ttl_s = {refusal_ttl_s}
 
 [[stream]]
 path = "/api/v2/stream"
@@ -173,6 +177,7 @@ auth = true
         max_streams_per_user = options.max_streams_per_user,
         max_connections = options.max_connections,
         resume_memory_bytes = options.resume_memory_bytes,
+        refusal_ttl_s = options.refusal_ttl_s,
         every = options.every_ms,
         wait = options
             .metrics_wait_s
