@@ -49,6 +49,9 @@ pub struct Options {
     pub max_validations_per_s: u64,
     /// `[listen] max_connections`.
     pub max_connections: usize,
+    /// Replaces the whole `[auth]` table (default: `kind = "http"` on the fake origin's
+    /// validator with `token_sources`).
+    pub auth: Option<String>,
 }
 
 impl Default for Options {
@@ -70,6 +73,7 @@ impl Default for Options {
             max_streams_per_user: 20,
             max_validations_per_s: 100,
             max_connections: 10_000,
+            auth: None,
         }
     }
 }
@@ -111,12 +115,7 @@ connect_timeout_ms = 1000
 timeout_ms = {timeout_ms}
 {ca}
 
-[auth]
-validate = "/api/v2/auth/validate"
-sources = [{token_sources}]
-cache_ttl_s = 60
-negative_ttl_s = 5
-max_validations_per_s = {max_validations_per_s}
+{auth}
 
 [sse]
 heartbeat_s = {heartbeat_s}
@@ -164,8 +163,11 @@ auth = true
         history_events = options.history_events,
         history_bytes = options.history_bytes,
         write_timeout_ms = options.write_timeout_ms,
-        token_sources = options.token_sources,
-        max_validations_per_s = options.max_validations_per_s,
+        auth = options.auth.clone().unwrap_or_else(|| format!(
+            "[auth]\nvalidate = \"/api/v2/auth/validate\"\nsources = [{}]\ncache_ttl_s = 60\n\
+             negative_ttl_s = 5\nmax_validations_per_s = {}\n",
+            options.token_sources, options.max_validations_per_s
+        )),
         max_streams_per_user = options.max_streams_per_user,
         max_connections = options.max_connections,
         every = options.every_ms,
@@ -186,7 +188,11 @@ pub async fn start_proxy(origin: &FakeOrigin, options: Options) -> TestProxy {
     }
     let text = config_text(&origin.url, dir.path(), &options);
     let config = Config::from_toml(&text, "test.toml", dir.path(), &|name| {
-        (name == "TEST_DASHBOARD_KEY").then(|| "dashboard-key".to_owned())
+        match name {
+            "TEST_DASHBOARD_KEY" => Some("dashboard-key".to_owned()),
+            "TEST_CLIENT_SECRET" => Some("s3cret".to_owned()),
+            _ => None,
+        }
     })
     .expect("test config");
     let proxy = Proxy::start(config).await.expect("proxy starts");
