@@ -14,9 +14,9 @@ use crate::ops::metrics::Metrics;
 use crate::ops::shutdown::Shutdown;
 use crate::origin::Upstream;
 use crate::origin::tls::TlsError;
+use crate::request::App;
 use crate::request::auth::{AuthSetupError, Authenticator};
 use crate::request::router::Router;
-use crate::request::App;
 use crate::stream::Streams;
 use crate::stream::hub::Hub;
 
@@ -104,10 +104,12 @@ impl Proxy {
             .transpose()?;
         // Without [auth] no identity is sent, but the default header is still never a
         // client's to set.
-        let identity_header = config.auth.as_ref().map_or(
-            http::HeaderName::from_static("x-edge-user"),
-            |a| a.identity_header.clone(),
-        );
+        let identity_header = config
+            .auth
+            .as_ref()
+            .map_or(http::HeaderName::from_static("x-edge-user"), |a| {
+                a.identity_header.clone()
+            });
         let app = Arc::new(App {
             identity_header,
             router: Router::new(routes),

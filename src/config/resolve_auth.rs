@@ -57,7 +57,9 @@ impl Resolver<'_> {
             return Err(self.error(
                 raw.kind.span(),
                 "auth.kind",
-                format!("`{kind}` is not a validator kind; use \"http\", \"introspection\" or \"jwt\""),
+                format!(
+                    "`{kind}` is not a validator kind; use \"http\", \"introspection\" or \"jwt\""
+                ),
             ));
         }
         self.foreign_keys(raw, kind)?;
@@ -175,7 +177,10 @@ impl Resolver<'_> {
         let valid_status = self.statuses(&raw.valid_status, "auth.valid_status", &[200])?;
         let reject_status = self.statuses(&raw.reject_status, "auth.reject_status", &[401, 403])?;
         if let Some(both) = valid_status.iter().find(|s| reject_status.contains(s)) {
-            let span = raw.reject_status.as_ref().map_or(table.clone(), Spanned::span);
+            let span = raw
+                .reject_status
+                .as_ref()
+                .map_or(table.clone(), Spanned::span);
             return Err(self.error(
                 span,
                 "auth.reject_status",
@@ -466,7 +471,8 @@ impl Resolver<'_> {
 
 fn is_loopback(host: &str) -> bool {
     let bare = host.trim_start_matches('[').trim_end_matches(']');
-    bare.eq_ignore_ascii_case("localhost") || bare.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    bare.eq_ignore_ascii_case("localhost")
+        || bare.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 pub(super) fn parse_token_source(text: &str) -> Result<TokenSource, String> {
@@ -496,4 +502,172 @@ pub(super) fn parse_token_source(text: &str) -> Result<TokenSource, String> {
     HeaderName::from_bytes(header.as_bytes())
         .map(TokenSource::Header)
         .map_err(|_| invalid())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    const BASE: &str = r#"
+[listen]
+http = "127.0.0.1:0"
+
+[upstream]
+url = "http://127.0.0.1:9000"
+
+[auth]
+"#;
+
+    fn parse(auth: &str) -> Result<Config, ConfigError> {
+        let env = |name: &str| (name == "SECRET").then(|| "s3cret".to_owned());
+        Config::from_toml(&format!("{BASE}{auth}"), "proxy.toml", Path::new("."), &env)
+    }
+
+    fn auth(text: &str) -> AuthConfig {
+        parse(text).expect("valid").auth.expect("[auth]")
+    }
+
+    /// The key and message of an invalid `[auth]`, and its line within it (1 = first).
+    fn invalid(text: &str) -> (usize, String, String) {
+        match parse(text) {
+            Err(ConfigError::Invalid {
+                line, key, message, ..
+            }) => (line - BASE.lines().count(), key, message),
+            other => panic!("expected an invalid config, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn todays_contract_is_the_default() {
+        let config = auth("validate = \"/auth/validate\"\n");
+        let ValidatorConfig::Http(http) = config.validator else {
+            panic!("http kind")
+        };
+        assert_eq!(http.endpoint, Endpoint::Origin("/auth/validate".into()));
+        assert_eq!((http.method, http.send), (Method::GET, TokenSource::Bearer));
+        assert_eq!(http.valid_status, [StatusCode::OK]);
+        assert_eq!(
+            http.reject_status,
+            [StatusCode::UNAUTHORIZED, StatusCode::FORBIDDEN]
+        );
+        assert_eq!(
+            (http.valid, http.user_id.as_str(), http.expires_at.as_str()),
+            (None, "/user_id", "/expires_at")
+        );
+        assert_eq!(config.identity_header, "x-edge-user");
+        assert_eq!(config.sources, [TokenSource::Bearer]);
+    }
+
+    #[test]
+    fn the_dashboard_shape_resolves() {
+        let config = auth(
+            "validate = \"/api/v2/auth/validate\"\nsend = \"x-user-id\"\nvalid = \"/valid\"\n\
+             sources = [\"x-user-id\"]\n",
+        );
+        let ValidatorConfig::Http(http) = config.validator else {
+            panic!("http kind")
+        };
+        assert_eq!(
+            http.send,
+            TokenSource::Header(HeaderName::from_static("x-user-id"))
+        );
+        assert_eq!(http.valid.as_deref(), Some("/valid"));
+    }
+
+    #[test]
+    fn kinds_need_their_keys_and_refuse_the_others() {
+        let (_, key, message) = invalid("kind = \"http\"\n");
+        assert_eq!(key, "auth.validate");
+        assert!(message.contains("needs `validate`"), "{message}");
+        let (line, key, message) = invalid("kind = \"jwt\"\nvalidate = \"/v\"\n");
+        assert_eq!((line, key.as_str()), (2, "auth.validate"));
+        assert!(message.contains("kind = \"http\""), "{message}");
+        let (_, key, _) =
+            invalid("kind = \"introspection\"\nintrospect = \"/i\"\nclient_id = \"a\"\n");
+        assert_eq!(key, "auth.client_secret");
+        let (line, key, message) = invalid("kind = \"oauth\"\n");
+        assert_eq!((line, key.as_str()), (1, "auth.kind"));
+        assert!(message.contains("\"jwt\""), "{message}");
+    }
+
+    #[test]
+    fn introspection_takes_its_secret_from_the_environment_and_never_prints_it() {
+        let config = auth(
+            "kind = \"introspection\"\nintrospect = \"https://idp.example.com/introspect\"\n\
+             client_id = \"edge\"\nclient_secret = \"${SECRET}\"\n",
+        );
+        let ValidatorConfig::Introspection(i) = &config.validator else {
+            panic!("introspection kind")
+        };
+        assert_eq!(i.client_secret.0, "s3cret");
+        assert_eq!(i.user_id, ["/sub", "/username"]);
+        assert!(!format!("{config:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn endpoints_are_origin_paths_or_https_urls() {
+        let (line, key, message) = invalid("validate = \"http://auth.example.com/v\"\n");
+        assert_eq!((line, key.as_str()), (1, "auth.validate"));
+        assert!(message.contains("https"), "{message}");
+        for fine in [
+            "https://auth.example.com/v",
+            "http://127.0.0.1:9/v",
+            "http://localhost/v",
+        ] {
+            auth(&format!("validate = \"{fine}\"\n"));
+        }
+        let (_, _, message) = invalid("validate = \"auth/validate\"\n");
+        assert!(message.contains("starting with `/`"), "{message}");
+    }
+
+    #[test]
+    fn jwt_defaults_and_algorithm_rules() {
+        let jwt = "kind = \"jwt\"\njwks_url = \"https://i.example.com/jwks.json\"\nissuer = \"https://i.example.com/\"\n";
+        let ValidatorConfig::Jwt(config) = auth(jwt).validator else {
+            panic!("jwt kind")
+        };
+        use jsonwebtoken::Algorithm;
+        assert_eq!(config.algorithms, [Algorithm::RS256, Algorithm::ES256]);
+        assert_eq!(config.user_id, "/sub");
+        assert!(config.audience.is_empty());
+        assert_eq!(config.leeway, Duration::from_secs(30));
+        for refused in ["HS256", "none", "RSA"] {
+            let (line, key, _) = invalid(&format!("{jwt}algorithms = [\"{refused}\"]\n"));
+            assert_eq!((line, key.as_str()), (4, "auth.algorithms"), "{refused}");
+        }
+        let (_, key, message) =
+            invalid(&jwt.replace("https://i.example.com/jwks.json", "/jwks.json"));
+        assert_eq!(key, "auth.jwks_url");
+        assert!(message.contains("absolute"), "{message}");
+        let (_, key, _) = invalid(&format!("{jwt}leeway_s = 3600\n"));
+        assert_eq!(key, "auth.leeway_s");
+        let (_, key, _) = invalid(&jwt.replace("issuer = \"https://i.example.com/\"\n", ""));
+        assert_eq!(key, "auth.issuer");
+    }
+
+    #[test]
+    fn the_identity_header_is_never_a_token_source() {
+        let (line, key, message) = invalid(
+            "validate = \"/v\"\nsources = [\"x-user-id\"]\nidentity_header = \"x-user-id\"\n",
+        );
+        assert_eq!((line, key.as_str()), (3, "auth.identity_header"));
+        assert!(message.contains("token source"), "{message}");
+        let (_, key, _) = invalid("validate = \"/v\"\nidentity_header = \"authorization\"\n");
+        assert_eq!(key, "auth.identity_header");
+        let config = auth("validate = \"/v\"\nidentity_header = \"X-User-ID\"\n");
+        assert_eq!(config.identity_header, "x-user-id");
+    }
+
+    #[test]
+    fn status_lists_are_checked() {
+        let (_, key, _) =
+            invalid("validate = \"/v\"\nvalid_status = [200]\nreject_status = [200]\n");
+        assert_eq!(key, "auth.reject_status");
+        let (_, key, _) = invalid("validate = \"/v\"\nvalid_status = [99]\n");
+        assert_eq!(key, "auth.valid_status");
+        let (_, key, _) = invalid("validate = \"/v\"\nuser_id = \"user_id\"\n");
+        assert_eq!(key, "auth.user_id");
+    }
 }

@@ -43,10 +43,7 @@ async fn opens(proxy: &TestProxy, path: &str, headers: &[(&str, &str)]) {
 
 /// Opens the stream expecting a refusal; its status and JSON body.
 async fn refused(proxy: &TestProxy, headers: &[(&str, &str)]) -> (StatusCode, Value) {
-    let (status, _, body) = proxy
-        .client
-        .get_json(Proto::H1Plain, STREAM, headers)
-        .await;
+    let (status, _, body) = proxy.client.get_json(Proto::H1Plain, STREAM, headers).await;
     assert_ne!(status, 200, "{headers:?}: {body}");
     (status, body)
 }
@@ -66,7 +63,10 @@ async fn a_client_cannot_set_the_identity_header_on_passthrough() {
             .client
             .get_json(proto, SENTIMENT, &[("x-edge-user", "alice")])
             .await;
-        assert_eq!(status, 404, "{proto:?}: the forged identity never reached the origin");
+        assert_eq!(
+            status, 404,
+            "{proto:?}: the forged identity never reached the origin"
+        );
         let (_, _, echo) = proxy
             .client
             .get_json(proto, "/echo", &[("X-Edge-User", "victim")])
@@ -103,7 +103,10 @@ async fn polls_carry_the_validated_user_and_only_the_validated_credential() {
     opens(
         &proxy,
         "/api/v2/configurations/bobs/stream",
-        &[("authorization", "Bearer tok-bob"), ("x-user-id", "tok-alice")],
+        &[
+            ("authorization", "Bearer tok-bob"),
+            ("x-user-id", "tok-alice"),
+        ],
     )
     .await;
     let poll = origin.last_headers("/api/v2/configurations/bobs/sentiment");
@@ -156,6 +159,17 @@ async fn a_dashboard_validator_that_answers_200_for_both_outcomes() {
         Some("alice")
     );
 
+    // EventSource sends the token in the query; polls carry it the way the API reads it.
+    opens(
+        &proxy,
+        "/api/v2/configurations/cfg2/stream?user_token=tok-alice",
+        &[],
+    )
+    .await;
+    let poll = origin.last_headers("/api/v2/configurations/cfg2/sentiment");
+    assert_eq!(header(&poll, "x-user-id").as_deref(), Some("tok-alice"));
+    assert_eq!(header(&poll, "authorization"), None);
+
     let calls = origin.count("/api/v2/auth/session");
     for _ in 0..2 {
         let (status, body) = refused(&proxy, &[("x-user-id", "tok-nobody")]).await;
@@ -179,7 +193,10 @@ async fn every_malformed_validator_answer_fails_closed_and_is_not_cached() {
         (200, r#"{"user_id": "alice"}"#),
         (200, r#"{"valid": true}"#),
         (200, r#"{"valid": true, "user_id": {"id": 1}}"#),
-        (200, r#"{"valid": true, "user_id": "alice", "expires_at": "soon"}"#),
+        (
+            200,
+            r#"{"valid": true, "user_id": "alice", "expires_at": "soon"}"#,
+        ),
         (200, "<html>ok</html>"),
         (500, r#"{"detail": "database down"}"#),
         (404, r#"{"detail": "not found"}"#),
@@ -193,7 +210,11 @@ async fn every_malformed_validator_answer_fails_closed_and_is_not_cached() {
             assert_eq!(answered, 503, "{status} {body}: {reply}");
             assert_eq!(reply["error"], "validator_unavailable");
         }
-        assert_eq!(origin.count(path), before + 2, "{status} {body}: not cached");
+        assert_eq!(
+            origin.count(path),
+            before + 2,
+            "{status} {body}: not cached"
+        );
     }
     origin.clear_forced(path);
     opens(&proxy, STREAM, &[("x-user-id", "tok-alice")]).await;
@@ -225,7 +246,11 @@ negative_ttl_s = 60
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rfc_7662_introspection() {
     let origin = origin().await;
-    let proxy = with_auth(&origin, &introspection_auth(&origin, "${TEST_CLIENT_SECRET}")).await;
+    let proxy = with_auth(
+        &origin,
+        &introspection_auth(&origin, "${TEST_CLIENT_SECRET}"),
+    )
+    .await;
     let path = "/oauth2/introspect";
     opens(&proxy, STREAM, &[("authorization", "Bearer tok-alice")]).await;
     assert_eq!(
@@ -264,8 +289,11 @@ async fn rfc_7662_introspection() {
 
 /// An ECDSA P-256 key made for the test: its PKCS#8 form to sign, its JWK to publish.
 struct SigningKey {
+    /// The private key, to sign tokens with.
     pkcs8: Vec<u8>,
+    /// The public key as the JWKS publishes it.
     jwk: Value,
+    /// The public key's raw bytes, to forge an HS256 token with.
     raw_public: Vec<u8>,
 }
 
@@ -336,7 +364,10 @@ async fn jwts_are_verified_locally_against_the_issuers_keys() {
     opens(&proxy, STREAM, &[("authorization", &alice)]).await;
     let poll = origin.last_headers(SENTIMENT);
     assert_eq!(header(&poll, "x-edge-user").as_deref(), Some("alice"));
-    assert_eq!(header(&poll, "authorization").as_deref(), Some(alice.as_str()));
+    assert_eq!(
+        header(&poll, "authorization").as_deref(),
+        Some(alice.as_str())
+    );
     let bob = sign(&key, "k1", &claims("bob"));
     opens(
         &proxy,
@@ -345,7 +376,11 @@ async fn jwts_are_verified_locally_against_the_issuers_keys() {
     )
     .await;
     assert_eq!(origin.count(JWKS), 1, "one key set fetch for both tokens");
-    assert_eq!(origin.count("/api/v2/auth/validate"), 0, "no call per token");
+    assert_eq!(
+        origin.count("/api/v2/auth/validate"),
+        0,
+        "no call per token"
+    );
 
     let other_key = signing_key("k1");
     let mut expired = claims("alice");
@@ -368,22 +403,50 @@ async fn jwts_are_verified_locally_against_the_issuers_keys() {
     .expect("HS256");
     let cases: Vec<(&str, String, &str)> = vec![
         ("expired", sign(&key, "k1", &expired), "token expired"),
-        ("not yet valid", sign(&key, "k1", &early), "token not valid yet (nbf)"),
+        (
+            "not yet valid",
+            sign(&key, "k1", &early),
+            "token not valid yet (nbf)",
+        ),
         (
             "other issuer",
-            sign(&key, "k1", &json!({"iss": "https://evil.test/", "aud": "sse-edge", "sub": "alice", "exp": now() + 60})),
+            sign(
+                &key,
+                "k1",
+                &json!({"iss": "https://evil.test/", "aud": "sse-edge", "sub": "alice", "exp": now() + 60}),
+            ),
             "token from another issuer",
         ),
         (
             "other audience",
-            sign(&key, "k1", &json!({"iss": "https://issuer.test/", "aud": "other", "sub": "alice", "exp": now() + 60})),
+            sign(
+                &key,
+                "k1",
+                &json!({"iss": "https://issuer.test/", "aud": "other", "sub": "alice", "exp": now() + 60}),
+            ),
             "token for another audience",
         ),
-        ("no sub", sign(&key, "k1", &no_sub), "the token has no usable user id at /sub"),
-        ("no exp", sign(&key, "k1", &no_exp), "token has no `exp` claim"),
-        ("forged", sign(&other_key, "k1", &claims("alice")), "bad token signature"),
+        (
+            "no sub",
+            sign(&key, "k1", &no_sub),
+            "the token has no usable user id at /sub",
+        ),
+        (
+            "no exp",
+            sign(&key, "k1", &no_exp),
+            "token has no `exp` claim",
+        ),
+        (
+            "forged",
+            sign(&other_key, "k1", &claims("alice")),
+            "bad token signature",
+        ),
         ("alg none", format!("{header_none}.{body}."), "not a JWT"),
-        ("HS256 with the public key", confused, "tokens signed with HS256 are not accepted"),
+        (
+            "HS256 with the public key",
+            confused,
+            "tokens signed with HS256 are not accepted",
+        ),
         ("garbage", "abc.def.ghi".to_owned(), "not a JWT"),
     ];
     for (what, token, detail) in cases {
@@ -397,11 +460,18 @@ async fn jwts_are_verified_locally_against_the_issuers_keys() {
     let stranger = signing_key("k2");
     let (status, body) = refused(
         &proxy,
-        &[("authorization", &format!("Bearer {}", sign(&stranger, "k2", &claims("alice"))))],
+        &[(
+            "authorization",
+            &format!("Bearer {}", sign(&stranger, "k2", &claims("alice"))),
+        )],
     )
     .await;
     assert_eq!(status, 401, "{body}");
-    assert_eq!(origin.count(JWKS), 1, "no refresh within jwks_min_refresh_ms");
+    assert_eq!(
+        origin.count(JWKS),
+        1,
+        "no refresh within jwks_min_refresh_ms"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -417,7 +487,12 @@ async fn a_rotated_key_is_fetched_on_its_first_token() {
     let new = signing_key("k2");
     origin.set_jwks(json!({"keys": [old.jwk, new.jwk]}));
     let token = format!("Bearer {}", sign(&new, "k2", &claims("bob")));
-    opens(&proxy, "/api/v2/configurations/bobs/stream", &[("authorization", &token)]).await;
+    opens(
+        &proxy,
+        "/api/v2/configurations/bobs/stream",
+        &[("authorization", &token)],
+    )
+    .await;
     assert_eq!(origin.count(JWKS), 2, "refreshed for the unknown kid");
 }
 

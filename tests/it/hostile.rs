@@ -128,7 +128,11 @@ async fn a_client_cannot_assert_a_user_through_passthrough() {
         .get_json(
             Proto::H2Tls,
             "/echo",
-            &[("x-edge-user", "alice"), ("cookie", "a=1"), ("cookie", "b=2")],
+            &[
+                ("x-edge-user", "alice"),
+                ("cookie", "a=1"),
+                ("cookie", "b=2"),
+            ],
         )
         .await;
     assert!(echo["headers"].get("x-edge-user").is_none(), "{echo}");

@@ -83,7 +83,8 @@ pub(super) fn expiry(
     pointer: &str,
     who: &str,
 ) -> Result<Option<OffsetDateTime>, String> {
-    let unreadable = || format!("{who}'s expiry at {pointer} is neither RFC 3339 nor epoch seconds");
+    let unreadable =
+        || format!("{who}'s expiry at {pointer} is neither RFC 3339 nor epoch seconds");
     match answer.pointer(pointer) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(text)) => parse_time(text).map(Some).ok_or_else(unreadable),

@@ -144,7 +144,10 @@ mod tests {
     fn valid_false_is_a_rejection_and_garbage_is_a_failure() {
         let v = verifier(Some("/valid"));
         assert_eq!(
-            v.judge(&answer(200, r#"{"valid": false, "message": "Session expired"}"#)),
+            v.judge(&answer(
+                200,
+                r#"{"valid": false, "message": "Session expired"}"#
+            )),
             Ok(Checked::unauthorized("Session expired"))
         );
         assert!(matches!(

@@ -145,6 +145,9 @@ mod tests {
         ] {
             assert!(i.judge(&answer(200, broken)).is_err(), "{broken}");
         }
-        assert!(i.judge(&answer(401, r#"{"error": "invalid_client"}"#)).is_err());
+        assert!(
+            i.judge(&answer(401, r#"{"error": "invalid_client"}"#))
+                .is_err()
+        );
     }
 }

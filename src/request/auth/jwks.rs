@@ -64,7 +64,10 @@ impl Key {
 /// The last fetch: when, and whether it worked.
 #[derive(Clone, Copy)]
 struct Attempt {
+    /// When it finished: the refresh window starts there.
     at: Instant,
+    /// Whether it worked: within the window, a failure stays a failure (503), a success
+    /// means an unknown `kid` really is unknown (401).
     ok: bool,
 }
 

@@ -1,8 +1,8 @@
 //! Authentication for `auth = true` stream routes.
 //!
-//! The token is looked for in the configured sources, in order ([`source`]), and judged by
-//! the configured validator kind: an HTTP endpoint ([`http`]), RFC 7662 introspection
-//! ([`introspection`]) or local JWT verification ([`jwt`]). Each token is judged at most once
+//! The token is looked for in the configured sources, in order (`source`), and judged by
+//! the configured validator kind: an HTTP endpoint (`http`), RFC 7662 introspection
+//! (`introspection`) or local JWT verification (`jwt`). Each token is judged at most once
 //! per TTL: verdicts live in a moka cache keyed by a SHA-256 of the token (the raw token is
 //! never stored or logged), and concurrent first requests for one token share a single
 //! check. The validator's expiry caps a verdict's TTL. A rejection is remembered for
@@ -122,6 +122,9 @@ pub struct Authenticator {
     config: AuthConfig,
     /// The validator kind that judges tokens.
     verifier: Verifier,
+    /// How a query token travels on polls: the way the `http` validator is sent tokens (the
+    /// origin reads them that way), else as a bearer token.
+    query_as: TokenSource,
     /// Verdicts by token digest.
     cache: Cache<[u8; 32], Verdict>,
     /// Cache hits, validator calls and rejections are counted here.
@@ -167,6 +170,10 @@ impl Authenticator {
             .max_capacity(config.cache_capacity)
             .expire_after(VerdictExpiry)
             .build();
+        let query_as = match &config.validator {
+            ValidatorConfig::Http(http) => http.send.clone(),
+            _ => TokenSource::Bearer,
+        };
         let verifier = match config.validator.clone() {
             ValidatorConfig::Http(c) => Verifier::Http(http::HttpVerifier::new(c)),
             ValidatorConfig::Introspection(c) => Verifier::Introspection(
@@ -178,6 +185,7 @@ impl Authenticator {
             rate: RateLimit::new(config.max_validations_per_s),
             config,
             verifier,
+            query_as,
             cache,
             metrics,
         })
@@ -206,8 +214,8 @@ impl Authenticator {
         query: Option<&str>,
         upstream: &Upstream,
     ) -> Result<Identity, AuthError> {
-        let (source, token) = source::find_token(&self.config.sources, headers, query)
-            .ok_or_else(|| {
+        let (source, token) =
+            source::find_token(&self.config.sources, headers, query).ok_or_else(|| {
                 let places: Vec<String> = self
                     .config
                     .sources
@@ -241,7 +249,7 @@ impl Authenticator {
             Verdict::Valid { user_id, .. } => Ok(Identity {
                 user_id: user_id.to_string(),
                 user_header: self.config.identity_header.clone(),
-                credential: source::credential(source, token)?,
+                credential: source::credential(source, token, &self.query_as)?,
             }),
             Verdict::Rejected { status, detail, .. } => Err(AuthError::Rejected {
                 status,
@@ -257,9 +265,13 @@ impl Authenticator {
             return Err("too many new tokens to validate right now; try again shortly".to_owned());
         }
         Metrics::inc(&self.metrics.validator_calls);
-        let checked = self.verifier.check(token, upstream).await.inspect_err(|why| {
-            tracing::warn!(%why, "the token validator failed");
-        })?;
+        let checked = self
+            .verifier
+            .check(token, upstream)
+            .await
+            .inspect_err(|why| {
+                tracing::warn!(%why, "the token validator failed");
+            })?;
         let rejected = |status, detail: &str| Verdict::Rejected {
             status,
             detail: detail.into(),

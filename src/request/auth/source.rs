@@ -38,12 +38,19 @@ pub(super) fn find_token<'a, 's>(
 }
 
 /// The validated credential as polls carry it: a header token as it came, a bearer token or
-/// a cookie on its own (never another credential the client also sent), and a query token,
-/// which a poll cannot carry in its URL, as `Authorization: Bearer`.
+/// a cookie on its own (never another credential the client also sent). A query token, which
+/// a poll cannot carry in its URL, goes the way `query_as` says (the way the origin's own
+/// validator reads tokens), and as `Authorization: Bearer` when that is a query too.
 pub(super) fn credential(
     source: &TokenSource,
     token: &str,
+    query_as: &TokenSource,
 ) -> Result<(HeaderName, HeaderValue), AuthError> {
+    let source = match (source, query_as) {
+        (TokenSource::Query(_), TokenSource::Query(_)) => &TokenSource::Bearer,
+        (TokenSource::Query(_), other) => other,
+        (source, _) => source,
+    };
     let (name, value) = match source {
         TokenSource::Header(name) => (name.clone(), token.to_owned()),
         TokenSource::Cookie(name) => (header::COOKIE, format!("{name}={token}")),
@@ -90,7 +97,10 @@ mod tests {
             HeaderValue::from_static("bearer  from-bearer "),
         );
         assert_eq!(token(&headers, None), Some("from-bearer"));
-        assert_eq!(token(&HeaderMap::new(), Some("x=1&user_token=q")), Some("q"));
+        assert_eq!(
+            token(&HeaderMap::new(), Some("x=1&user_token=q")),
+            Some("q")
+        );
         let mut cookie_only = HeaderMap::new();
         cookie_only.insert(header::COOKIE, HeaderValue::from_static("sid=c"));
         assert_eq!(token(&cookie_only, None), Some("c"));
@@ -131,17 +141,40 @@ mod tests {
 
     #[test]
     fn only_the_validated_credential_is_forwarded() {
+        let bearer = TokenSource::Bearer;
         let header = TokenSource::Header(HeaderName::from_static("x-user-id"));
         assert_eq!(
-            credential(&header, "tok").expect("header"),
-            (HeaderName::from_static("x-user-id"), HeaderValue::from_static("tok"))
+            credential(&header, "tok", &bearer).expect("header"),
+            (
+                HeaderName::from_static("x-user-id"),
+                HeaderValue::from_static("tok")
+            )
         );
         let cookie = TokenSource::Cookie("sid".into());
-        assert_eq!(credential(&cookie, "c").expect("cookie").1, "sid=c");
+        assert_eq!(
+            credential(&cookie, "c", &bearer).expect("cookie").1,
+            "sid=c"
+        );
         let query = TokenSource::Query("user_token".into());
         assert_eq!(
-            credential(&query, "abc").expect("query"),
-            (header::AUTHORIZATION, HeaderValue::from_static("Bearer abc"))
+            credential(&query, "abc", &bearer).expect("query"),
+            (
+                header::AUTHORIZATION,
+                HeaderValue::from_static("Bearer abc")
+            )
+        );
+        assert_eq!(
+            credential(&query, "abc", &header).expect("query as a header"),
+            (
+                HeaderName::from_static("x-user-id"),
+                HeaderValue::from_static("abc")
+            )
+        );
+        assert_eq!(
+            credential(&query, "abc", &query)
+                .expect("query as a query")
+                .0,
+            header::AUTHORIZATION
         );
     }
 }

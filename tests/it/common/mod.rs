@@ -187,12 +187,10 @@ pub async fn start_proxy(origin: &FakeOrigin, options: Options) -> TestProxy {
         std::fs::write(dir.path().join("origin-ca.pem"), ca).expect("write ca");
     }
     let text = config_text(&origin.url, dir.path(), &options);
-    let config = Config::from_toml(&text, "test.toml", dir.path(), &|name| {
-        match name {
-            "TEST_DASHBOARD_KEY" => Some("dashboard-key".to_owned()),
-            "TEST_CLIENT_SECRET" => Some("s3cret".to_owned()),
-            _ => None,
-        }
+    let config = Config::from_toml(&text, "test.toml", dir.path(), &|name| match name {
+        "TEST_DASHBOARD_KEY" => Some("dashboard-key".to_owned()),
+        "TEST_CLIENT_SECRET" => Some("s3cret".to_owned()),
+        _ => None,
     })
     .expect("test config");
     let proxy = Proxy::start(config).await.expect("proxy starts");

@@ -402,7 +402,10 @@ impl FakeOrigin {
 
     /// A FastAPI-style validator: the session token in `X-User-ID`, 200 for both outcomes.
     fn session(&self, request: &Request<Incoming>) -> Response<Full<Bytes>> {
-        let token = request.headers().get("x-user-id").and_then(|v| v.to_str().ok());
+        let token = request
+            .headers()
+            .get("x-user-id")
+            .and_then(|v| v.to_str().ok());
         match token.and_then(|t| self.state().tokens.get(t).cloned()) {
             Some(user) => json_reply(
                 200,
