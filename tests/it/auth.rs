@@ -517,3 +517,41 @@ async fn an_unusable_key_set_fails_closed_and_is_not_cached() {
     origin.set_jwks(json!({"keys": [key.jwk]}));
     opens(&proxy, STREAM, &[("authorization", &token)]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_first_requests_share_one_introspection() {
+    let origin = origin().await;
+    let proxy = with_auth(
+        &origin,
+        &introspection_auth(&origin, "${TEST_CLIENT_SECRET}"),
+    )
+    .await;
+    let path = "/oauth2/introspect";
+    let gate = origin.hold(path);
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            let client = proxy.client.clone();
+            tokio::spawn(async move {
+                let mut stream = client
+                    .stream(
+                        Proto::H2Plain,
+                        STREAM,
+                        &[("authorization", "Bearer tok-alice")],
+                    )
+                    .await;
+                assert_eq!(stream.status, 200);
+                stream.next_of("sentiment_update", WAIT).await;
+            })
+        })
+        .collect();
+    origin.wait_for_count(path, 1, WAIT).await;
+    gate.release();
+    for client in clients {
+        client.await.expect("client");
+    }
+    assert_eq!(
+        origin.count(path),
+        1,
+        "one introspection for eight requests"
+    );
+}
