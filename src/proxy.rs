@@ -7,16 +7,16 @@ use std::sync::Arc;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::{Config, TokenSource};
+use crate::config::Config;
 use crate::edge::tls::ReloadableCert;
 use crate::edge::{self, BindError, Listeners};
 use crate::ops::metrics::Metrics;
 use crate::ops::shutdown::Shutdown;
 use crate::origin::Upstream;
 use crate::origin::tls::TlsError;
-use crate::request::auth::Authenticator;
+use crate::request::App;
+use crate::request::auth::{AuthSetupError, Authenticator};
 use crate::request::router::Router;
-use crate::request::{App, passthrough};
 use crate::stream::Streams;
 use crate::stream::hub::Hub;
 
@@ -29,6 +29,9 @@ pub enum StartError {
     /// A listener address is taken or not permitted.
     #[error(transparent)]
     Bind(#[from] BindError),
+    /// The token validator cannot be set up.
+    #[error(transparent)]
+    Auth(#[from] AuthSetupError),
 }
 
 /// A running proxy.
@@ -92,13 +95,18 @@ impl Proxy {
         let auth = config
             .auth
             .clone()
-            .map(|a| Authenticator::new(a, metrics.clone()));
-        let user_header_is_a_token = config.auth.as_ref().is_some_and(|a| {
-            a.sources
-                .contains(&TokenSource::Header(passthrough::USER_HEADER))
-        });
+            .map(|a| Authenticator::new(a, metrics.clone()))
+            .transpose()?;
+        // Without [auth] no identity is sent, but the default header is still never a
+        // client's to set.
+        let identity_header = config
+            .auth
+            .as_ref()
+            .map_or(http::HeaderName::from_static("x-edge-user"), |a| {
+                a.identity_header.clone()
+            });
         let app = Arc::new(App {
-            strip_user_header: !user_header_is_a_token,
+            identity_header,
             router: Router::new(routes),
             upstream,
             auth,

@@ -16,10 +16,16 @@ use http::{HeaderName, HeaderValue};
 
 use crate::http::path::{PathPattern, PollTemplate};
 
+mod auth;
 mod env;
 mod raw;
 mod resolve;
+mod resolve_auth;
 
+pub use auth::{
+    AuthConfig, Endpoint, HttpValidatorConfig, IntrospectionConfig, JwtConfig, Secret, TokenSource,
+    ValidatorConfig,
+};
 pub use env::expand_env;
 use raw::RawConfig;
 use resolve::Resolver;
@@ -116,48 +122,6 @@ pub struct UpstreamConfig {
     pub ca: Option<PathBuf>,
     /// Largest polled body accepted; a bigger one is a poll error, never buffered whole.
     pub max_poll_body_bytes: usize,
-}
-
-/// `[auth]`.
-#[derive(Debug, Clone)]
-pub struct AuthConfig {
-    /// Origin path that validates a token (`Authorization: Bearer <token>`).
-    pub validate: String,
-    /// Where a token may come from, tried in order.
-    pub sources: Vec<TokenSource>,
-    /// How long a valid token is trusted without asking again (shortened by `expires_at`).
-    pub cache_ttl: Duration,
-    /// How long a rejected token is answered from memory.
-    pub negative_ttl: Duration,
-    /// Most tokens remembered at once; the cache evicts beyond it.
-    pub cache_capacity: u64,
-    /// Most validator calls per second (with an equal burst); beyond it new tokens get 503.
-    pub max_validations_per_s: u64,
-}
-
-/// One place a token may be found in a request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TokenSource {
-    /// `Authorization: Bearer <token>`.
-    Bearer,
-    /// A request header holding the token as is (for example `x-user-id`).
-    Header(HeaderName),
-    /// A query parameter (`query:user_token`), for `EventSource`, which cannot set headers.
-    Query(String),
-    /// A cookie (`cookie:session`).
-    Cookie(String),
-}
-
-impl TokenSource {
-    /// How the source is described to a client that sent no token.
-    pub fn describe(&self) -> String {
-        match self {
-            TokenSource::Bearer => "`Authorization: Bearer <token>`".to_owned(),
-            TokenSource::Header(name) => format!("the `{name}` header"),
-            TokenSource::Query(name) => format!("the `{name}` query parameter"),
-            TokenSource::Cookie(name) => format!("the `{name}` cookie"),
-        }
-    }
 }
 
 /// `[sse]`.
@@ -285,7 +249,7 @@ impl Config {
 
 #[cfg(test)]
 mod tests {
-    use super::resolve::parse_token_source;
+    use super::resolve_auth::parse_token_source;
     use super::*;
 
     const MINIMAL: &str = r#"

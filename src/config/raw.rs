@@ -12,7 +12,7 @@ pub(super) struct RawConfig {
     pub(super) listen: RawListen,
     pub(super) tls: Option<RawTls>,
     pub(super) upstream: RawUpstream,
-    pub(super) auth: Option<RawAuth>,
+    pub(super) auth: Option<Spanned<RawAuth>>,
     #[serde(default)]
     pub(super) sse: RawSse,
     #[serde(default)]
@@ -60,7 +60,29 @@ pub(super) struct RawUpstream {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawAuth {
-    pub(super) validate: Spanned<String>,
+    #[serde(default = "defaults::auth_kind")]
+    pub(super) kind: Spanned<String>,
+    #[serde(default = "defaults::identity_header")]
+    pub(super) identity_header: Spanned<String>,
+    // The keys of every validator kind, each optional here: the resolver says which kind
+    // needs or forbids it.
+    pub(super) validate: Option<Spanned<String>>,
+    pub(super) method: Option<Spanned<String>>,
+    pub(super) send: Option<Spanned<String>>,
+    pub(super) valid_status: Option<Spanned<Vec<u16>>>,
+    pub(super) reject_status: Option<Spanned<Vec<u16>>>,
+    pub(super) valid: Option<Spanned<String>>,
+    pub(super) user_id: Option<Spanned<String>>,
+    pub(super) expires_at: Option<Spanned<String>>,
+    pub(super) introspect: Option<Spanned<String>>,
+    pub(super) client_id: Option<Spanned<String>>,
+    pub(super) client_secret: Option<Spanned<String>>,
+    pub(super) jwks_url: Option<Spanned<String>>,
+    pub(super) issuer: Option<Spanned<String>>,
+    pub(super) audience: Option<Spanned<Vec<String>>>,
+    pub(super) algorithms: Option<Spanned<Vec<String>>>,
+    pub(super) leeway_s: Option<Spanned<u64>>,
+    pub(super) jwks_min_refresh_ms: Option<Spanned<u64>>,
     #[serde(default = "defaults::sources")]
     pub(super) sources: Vec<Spanned<String>>,
     #[serde(default = "defaults::cache_ttl_s")]
@@ -183,6 +205,12 @@ pub(super) mod defaults {
     }
     pub fn sources() -> Vec<Spanned<String>> {
         vec![at0("bearer".to_owned())]
+    }
+    pub fn auth_kind() -> Spanned<String> {
+        at0("http".to_owned())
+    }
+    pub fn identity_header() -> Spanned<String> {
+        at0("x-edge-user".to_owned())
     }
     pub fn cache_ttl_s() -> Spanned<u64> {
         at0(60)

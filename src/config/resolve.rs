@@ -39,11 +39,11 @@ impl Resolver<'_> {
     }
 
     /// Expands `${NAME}` placeholders in a string value.
-    fn expand(&self, value: &Spanned<String>, key: &str) -> Result<String, ConfigError> {
+    pub(super) fn expand(&self, value: &Spanned<String>, key: &str) -> Result<String, ConfigError> {
         expand_env(value.get_ref(), self.env).map_err(|m| self.error(value.span(), key, m))
     }
 
-    fn positive(&self, value: &Spanned<u64>, key: &str) -> Result<u64, ConfigError> {
+    pub(super) fn positive(&self, value: &Spanned<u64>, key: &str) -> Result<u64, ConfigError> {
         match *value.get_ref() {
             0 => Err(self.error(value.span(), key, "must be greater than 0")),
             n => Ok(n),
@@ -86,7 +86,7 @@ impl Resolver<'_> {
                 return Err(self.error(
                     stream.span(),
                     &format!("stream[{index}].auth"),
-                    "`auth = true` needs an [auth] table with `validate`",
+                    "`auth = true` needs an [auth] table",
                 ));
             }
             if !seen_paths.insert(resolved.path.to_string()) {
@@ -208,40 +208,6 @@ impl Resolver<'_> {
             max_poll_body_bytes: self
                 .positive(&raw.max_poll_body_bytes, "upstream.max_poll_body_bytes")?
                 as usize,
-        })
-    }
-
-    fn auth(&self, raw: &RawAuth) -> Result<AuthConfig, ConfigError> {
-        let validate = self.expand(&raw.validate, "auth.validate")?;
-        if !validate.starts_with('/') {
-            return Err(self.error(
-                raw.validate.span(),
-                "auth.validate",
-                "must be an origin path starting with `/`",
-            ));
-        }
-        if raw.sources.is_empty() {
-            return Err(self.error(
-                0..0,
-                "auth.sources",
-                "list at least one token source, for example [\"bearer\"]",
-            ));
-        }
-        let mut sources = Vec::with_capacity(raw.sources.len());
-        for (i, source) in raw.sources.iter().enumerate() {
-            let key = format!("auth.sources[{i}]");
-            let parsed = parse_token_source(source.get_ref())
-                .map_err(|m| self.error(source.span(), &key, m))?;
-            sources.push(parsed);
-        }
-        Ok(AuthConfig {
-            validate,
-            sources,
-            cache_ttl: Duration::from_secs(self.positive(&raw.cache_ttl_s, "auth.cache_ttl_s")?),
-            negative_ttl: Duration::from_secs(*raw.negative_ttl_s.get_ref()),
-            cache_capacity: self.positive(&raw.cache_capacity, "auth.cache_capacity")?,
-            max_validations_per_s: self
-                .positive(&raw.max_validations_per_s, "auth.max_validations_per_s")?,
         })
     }
 
@@ -446,33 +412,4 @@ fn check_event_name(event: &str) -> Result<(), String> {
         return Err(format!("`{event}` is reserved for the proxy's own events"));
     }
     Ok(())
-}
-
-pub(super) fn parse_token_source(text: &str) -> Result<TokenSource, String> {
-    let invalid = || {
-        format!(
-            "`{text}` is not a token source; use \"bearer\", a header name, \"query:NAME\" or \"cookie:NAME\""
-        )
-    };
-    if text.eq_ignore_ascii_case("bearer") {
-        return Ok(TokenSource::Bearer);
-    }
-    if let Some(name) = text.strip_prefix("query:") {
-        return if name.is_empty() {
-            Err(invalid())
-        } else {
-            Ok(TokenSource::Query(name.to_owned()))
-        };
-    }
-    if let Some(name) = text.strip_prefix("cookie:") {
-        return if name.is_empty() {
-            Err(invalid())
-        } else {
-            Ok(TokenSource::Cookie(name.to_owned()))
-        };
-    }
-    let header = text.strip_prefix("header:").unwrap_or(text);
-    HeaderName::from_bytes(header.as_bytes())
-        .map(TokenSource::Header)
-        .map_err(|_| invalid())
 }

@@ -28,10 +28,12 @@ use tls::{TlsError, origin_roots, provider};
 
 /// A request body sent to the origin.
 pub enum ClientBody {
-    /// Polls and validation calls.
+    /// Polls and most validation calls.
     Empty,
     /// A client's request body, streamed through by passthrough.
     Streamed(Incoming),
+    /// A small body the proxy made (a token introspection form), sent once.
+    Full(Option<Bytes>),
 }
 
 impl Body for ClientBody {
@@ -45,6 +47,7 @@ impl Body for ClientBody {
         match self.get_mut() {
             ClientBody::Empty => Poll::Ready(None),
             ClientBody::Streamed(incoming) => Pin::new(incoming).poll_frame(cx),
+            ClientBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
         }
     }
 
@@ -52,6 +55,7 @@ impl Body for ClientBody {
         match self {
             ClientBody::Empty => true,
             ClientBody::Streamed(incoming) => incoming.is_end_stream(),
+            ClientBody::Full(bytes) => bytes.is_none(),
         }
     }
 
@@ -59,6 +63,9 @@ impl Body for ClientBody {
         match self {
             ClientBody::Empty => SizeHint::with_exact(0),
             ClientBody::Streamed(incoming) => incoming.size_hint(),
+            ClientBody::Full(bytes) => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
         }
     }
 }
@@ -194,6 +201,30 @@ impl Upstream {
         let mut request = Request::new(ClientBody::Empty);
         *request.uri_mut() = self.uri(path_and_query)?;
         *request.headers_mut() = headers;
+        let result = self.read_whole(request, self.timeout + held).await;
+        self.record(result)
+    }
+
+    /// Sends a whole request to any absolute URL through the same client (pool, timeouts,
+    /// TLS roots) and reads the whole answer, bounded like [`Upstream::fetch`]: for validators
+    /// and key sets that may live on another host. Only calls to the origin itself count
+    /// towards `/readyz`.
+    pub async fn exchange(&self, request: Request<ClientBody>) -> Result<Fetched, UpstreamError> {
+        let to_origin = request.uri().authority() == Some(&self.authority);
+        let result = self.read_whole(request, self.timeout).await;
+        if to_origin {
+            self.record(result)
+        } else {
+            result
+        }
+    }
+
+    /// Sends `request` and collects the answer, the whole within `bound`.
+    async fn read_whole(
+        &self,
+        request: Request<ClientBody>,
+        bound: Duration,
+    ) -> Result<Fetched, UpstreamError> {
         let fetch = async {
             let response = self
                 .client
@@ -218,12 +249,10 @@ impl Upstream {
                 body,
             })
         };
-        let bound = self.timeout + held;
-        let result = match tokio::time::timeout(bound, fetch).await {
+        match tokio::time::timeout(bound, fetch).await {
             Ok(result) => result,
             Err(_) => Err(UpstreamError::Timeout(bound.as_millis() as u64)),
-        };
-        self.record(result)
+        }
     }
 
     fn classify(&self, error: &hyper_util::client::legacy::Error) -> UpstreamError {

@@ -56,8 +56,9 @@ pub struct App {
     pub retry_ms: u64,
     /// The proxy's counters.
     pub metrics: Arc<Metrics>,
-    /// Drop a client-sent `X-User-ID` on passthrough (it is not a token source).
-    pub strip_user_header: bool,
+    /// `[auth] identity_header`: removed from every request a client sends through, since
+    /// only the proxy may name the validated user to the origin.
+    pub identity_header: http::HeaderName,
 }
 
 impl App {
@@ -73,7 +74,7 @@ impl App {
             Err(error) => ("rejected", Err(error.into())),
             Ok(Route::Passthrough) => (
                 "passthrough",
-                passthrough::forward(&self.upstream, request, &conn, self.strip_user_header).await,
+                passthrough::forward(&self.upstream, request, &conn, &self.identity_header).await,
             ),
             Ok(Route::Stream { route, params }) => {
                 let (parts, _body) = request.into_parts();

@@ -25,19 +25,15 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::PROXY_AUTHORIZATION,
 ];
 
-/// The header pollers use to tell the origin the validated user.
-pub const USER_HEADER: HeaderName = HeaderName::from_static("x-user-id");
-
-/// Forwards one request and returns the origin's streaming answer. With `strip_user_header`,
-/// a client-sent `X-User-ID` is dropped: on polls that header is the proxy's statement of the
+/// Forwards one request and returns the origin's streaming answer. Any client-sent copy of
+/// `identity_header` is dropped: on polls that header is the proxy's statement of the
 /// validated user, and a client must not be able to make the same statement through
-/// passthrough. (When `x-user-id` is a configured token source it is a credential the origin
-/// validates, and goes through.)
+/// passthrough.
 pub async fn forward(
     upstream: &Upstream,
     request: Request<ClientBody>,
     conn: &ConnInfo,
-    strip_user_header: bool,
+    identity_header: &HeaderName,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let (mut parts, body) = request.into_parts();
     let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
@@ -52,9 +48,7 @@ pub async fn forward(
     let headers = &mut parts.headers;
     strip_hop_by_hop(headers);
     headers.remove(header::HOST);
-    if strip_user_header {
-        headers.remove(USER_HEADER);
-    }
+    headers.remove(identity_header);
     join_cookies(headers);
     let peer = conn.peer.ip().to_string();
     let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {

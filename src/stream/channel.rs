@@ -722,23 +722,27 @@ mod tests {
         let (ch, _) = channel(10);
         let who = |user: &str| Identity {
             user_id: "u".into(),
-            authorization: http::HeaderValue::from_str(&format!("Bearer {user}")).expect("value"),
+            user_header: http::HeaderName::from_static("x-edge-user"),
+            credential: (
+                http::header::AUTHORIZATION,
+                http::HeaderValue::from_str(&format!("Bearer {user}")).expect("value"),
+            ),
         };
         let a = ch.attach(Some(who("a")));
         let b = ch.attach(Some(who("b")));
         assert_eq!(
-            ch.identity().map(|i| i.authorization),
-            Some(who("b").authorization)
+            ch.identity().map(|i| i.credential),
+            Some(who("b").credential)
         );
         ch.detach(b);
         assert_eq!(
-            ch.identity().map(|i| i.authorization),
-            Some(who("a").authorization)
+            ch.identity().map(|i| i.credential),
+            Some(who("a").credential)
         );
         ch.detach(a);
         assert_eq!(
-            ch.identity().map(|i| i.authorization),
-            Some(who("a").authorization),
+            ch.identity().map(|i| i.credential),
+            Some(who("a").credential),
             "kept while lingering"
         );
         assert_eq!(ch.subscribers(), 0);

@@ -29,7 +29,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use http::{HeaderValue, Response, StatusCode, header, request};
+use http::{HeaderName, HeaderValue, Response, StatusCode, header, request};
 use percent_encoding::percent_decode_str;
 use tokio::sync::Semaphore;
 
@@ -47,11 +47,13 @@ const MAX_EVENT_ID_LEN: usize = 256;
 /// Who a validated stream belongs to, and what to forward on its behalf.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
-    /// The validator's user id: part of the hub key, sent upstream as `X-User-ID`.
+    /// The validator's user id: part of the hub key, sent upstream in `user_header`.
     pub user_id: String,
-    /// The `Authorization` forwarded on polls: the caller's own header, or
-    /// `Bearer <token>` when the token came from elsewhere.
-    pub authorization: HeaderValue,
+    /// `[auth] identity_header`: the header that tells the origin the validated user on polls.
+    pub user_header: HeaderName,
+    /// The credential that was validated, forwarded on polls (and no other one the client
+    /// sent): header name and value.
+    pub credential: (HeaderName, HeaderValue),
 }
 
 /// Why a stream could not be opened.

@@ -76,9 +76,11 @@ pub async fn run(hub: Arc<PollContext>, channel: Arc<Channel>, index: usize) {
             headers.insert(name.clone(), value.clone());
         }
         if let Some(identity) = channel.identity() {
-            headers.insert(header::AUTHORIZATION, identity.authorization);
+            // After the configured headers, so neither statement can be overridden.
+            let (name, value) = identity.credential;
+            headers.insert(name, value);
             if let Ok(user) = HeaderValue::from_str(&identity.user_id) {
-                headers.insert(HeaderName::from_static("x-user-id"), user);
+                headers.insert(identity.user_header, user);
             }
         }
         if let Some(tag) = &etag {

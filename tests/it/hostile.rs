@@ -119,19 +119,23 @@ async fn a_client_cannot_assert_a_user_through_passthrough() {
         .get_json(
             Proto::H1Tls,
             "/api/v2/configurations/cfg1/sentiment",
-            &[("x-user-id", "alice")],
+            &[("x-edge-user", "alice")],
         )
         .await;
-    assert_eq!(status, 404, "the forged X-User-ID was dropped");
+    assert_eq!(status, 404, "the forged X-Edge-User was dropped");
     let (_, _, echo) = proxy
         .client
         .get_json(
             Proto::H2Tls,
             "/echo",
-            &[("x-user-id", "alice"), ("cookie", "a=1"), ("cookie", "b=2")],
+            &[
+                ("x-edge-user", "alice"),
+                ("cookie", "a=1"),
+                ("cookie", "b=2"),
+            ],
         )
         .await;
-    assert!(echo["headers"].get("x-user-id").is_none(), "{echo}");
+    assert!(echo["headers"].get("x-edge-user").is_none(), "{echo}");
     assert_eq!(
         echo["headers"]["cookie"], "a=1; b=2",
         "HTTP/2 cookies are joined"

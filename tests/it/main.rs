@@ -4,6 +4,7 @@
 
 mod common;
 
+mod auth;
 mod cli;
 mod demo;
 mod h1_fast_path;

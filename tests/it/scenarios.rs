@@ -102,7 +102,7 @@ async fn authenticated_stream_starts(proto: Proto) {
     )
     .await;
     let polled = origin.last_headers("/api/v2/configurations/cfg1/sentiment");
-    assert_eq!(polled["x-user-id"], "alice");
+    assert_eq!(polled["x-edge-user"], "alice");
     assert_eq!(polled["authorization"], "Bearer tok-alice");
 }
 

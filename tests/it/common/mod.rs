@@ -53,6 +53,9 @@ pub struct Options {
     pub resume_memory_bytes: u64,
     /// `[sse] refusal_ttl_s`.
     pub refusal_ttl_s: u64,
+    /// Replaces the whole `[auth]` table (default: `kind = "http"` on the fake origin's
+    /// validator with `token_sources`).
+    pub auth: Option<String>,
 }
 
 impl Default for Options {
@@ -76,6 +79,7 @@ impl Default for Options {
             max_connections: 10_000,
             resume_memory_bytes: 64 << 20,
             refusal_ttl_s: 5,
+            auth: None,
         }
     }
 }
@@ -117,12 +121,7 @@ connect_timeout_ms = 1000
 timeout_ms = {timeout_ms}
 {ca}
 
-[auth]
-validate = "/api/v2/auth/validate"
-sources = [{token_sources}]
-cache_ttl_s = 60
-negative_ttl_s = 5
-max_validations_per_s = {max_validations_per_s}
+{auth}
 
 [sse]
 heartbeat_s = {heartbeat_s}
@@ -172,8 +171,11 @@ auth = true
         history_events = options.history_events,
         history_bytes = options.history_bytes,
         write_timeout_ms = options.write_timeout_ms,
-        token_sources = options.token_sources,
-        max_validations_per_s = options.max_validations_per_s,
+        auth = options.auth.clone().unwrap_or_else(|| format!(
+            "[auth]\nvalidate = \"/api/v2/auth/validate\"\nsources = [{}]\ncache_ttl_s = 60\n\
+             negative_ttl_s = 5\nmax_validations_per_s = {}\n",
+            options.token_sources, options.max_validations_per_s
+        )),
         max_streams_per_user = options.max_streams_per_user,
         max_connections = options.max_connections,
         resume_memory_bytes = options.resume_memory_bytes,
@@ -195,8 +197,10 @@ pub async fn start_proxy(origin: &FakeOrigin, options: Options) -> TestProxy {
         std::fs::write(dir.path().join("origin-ca.pem"), ca).expect("write ca");
     }
     let text = config_text(&origin.url, dir.path(), &options);
-    let config = Config::from_toml(&text, "test.toml", dir.path(), &|name| {
-        (name == "TEST_DASHBOARD_KEY").then(|| "dashboard-key".to_owned())
+    let config = Config::from_toml(&text, "test.toml", dir.path(), &|name| match name {
+        "TEST_DASHBOARD_KEY" => Some("dashboard-key".to_owned()),
+        "TEST_CLIENT_SECRET" => Some("s3cret".to_owned()),
+        _ => None,
     })
     .expect("test config");
     let proxy = Proxy::start(config).await.expect("proxy starts");

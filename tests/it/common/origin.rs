@@ -46,6 +46,8 @@ struct State {
     last_headers: HashMap<String, HeaderMap>,
     holds: Vec<(String, watch::Receiver<bool>)>,
     forced: HashMap<String, Forced>,
+    /// The key set served at `/.well-known/jwks.json`.
+    jwks: Option<Value>,
 }
 
 /// The fake origin; clone freely.
@@ -152,6 +154,11 @@ impl FakeOrigin {
     /// Registers a token for a user.
     pub fn add_token(&self, token: &str, user: &str) {
         self.state().tokens.insert(token.into(), user.into());
+    }
+
+    /// Serves this key set at `/.well-known/jwks.json` (404 until set).
+    pub fn set_jwks(&self, jwks: Value) {
+        self.state().jwks = Some(jwks);
     }
 
     /// Creates or replaces a configuration owned by `owner` (`"*"`: every user may read it,
@@ -281,9 +288,10 @@ impl FakeOrigin {
             }
             return response;
         }
+        // The proxy's statement of the validated user on polls (`[auth] identity_header`).
         let user = request
             .headers()
-            .get("x-user-id")
+            .get("x-edge-user")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
         let segments: Vec<String> = path
@@ -363,6 +371,12 @@ impl FakeOrigin {
                     None => json_reply(401, json!({"detail": "invalid token"})),
                 }
             }
+            (Method::GET, ["api", "v2", "auth", "session"]) => self.session(&request),
+            (Method::POST, ["oauth2", "introspect"]) => self.introspect(request).await,
+            (Method::GET, [".well-known", "jwks.json"]) => match self.state().jwks.clone() {
+                Some(jwks) => json_reply(200, jwks),
+                None => json_reply(404, json!({"detail": "no key set"})),
+            },
             (Method::GET, ["api", "v2", "configurations", id, rest @ ..]) => {
                 let configuration = self.state().configurations.get(*id).cloned();
                 let owned =
@@ -383,6 +397,61 @@ impl FakeOrigin {
                 }
             }
             _ => json_reply(404, json!({"detail": "no such endpoint"})),
+        }
+    }
+
+    /// A FastAPI-style validator: the session token in `X-User-ID`, 200 for both outcomes.
+    fn session(&self, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+        let token = request
+            .headers()
+            .get("x-user-id")
+            .and_then(|v| v.to_str().ok());
+        match token.and_then(|t| self.state().tokens.get(t).cloned()) {
+            Some(user) => json_reply(
+                200,
+                json!({"valid": true, "user_id": user, "auth_type": "session", "expires_at": "2999-01-01T00:00:00.000000"}),
+            ),
+            None => json_reply(
+                200,
+                json!({"valid": false, "error": "invalid_session", "message": "Session not found"}),
+            ),
+        }
+    }
+
+    /// RFC 7662 introspection for client `edge` with secret `s3cret`.
+    async fn introspect(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
+        use base64::Engine;
+        let expected = base64::engine::general_purpose::STANDARD.encode("edge:s3cret");
+        let authorized = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .is_some_and(|v| v.as_bytes() == format!("Basic {expected}").as_bytes());
+        let form_type = request
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v == "application/x-www-form-urlencoded");
+        let body = request
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        if !authorized || !form_type {
+            return json_reply(401, json!({"error": "invalid_client"}));
+        }
+        let form = String::from_utf8_lossy(&body).into_owned();
+        let token = form.split('&').find_map(|pair| pair.strip_prefix("token="));
+        let token = token.map(|t| {
+            percent_encoding::percent_decode_str(t)
+                .decode_utf8_lossy()
+                .into_owned()
+        });
+        match token.and_then(|t| self.state().tokens.get(&t).cloned()) {
+            Some(user) => json_reply(
+                200,
+                json!({"active": true, "username": user, "exp": 4_102_444_800u64}),
+            ),
+            None => json_reply(200, json!({"active": false})),
         }
     }
 
