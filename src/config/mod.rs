@@ -88,6 +88,13 @@ pub struct ListenConfig {
     pub write_timeout: Duration,
     /// How long in-flight passthrough requests may take to finish on shutdown.
     pub shutdown_grace: Duration,
+    /// HTTP/2 streams (requests of any kind) open at once on one connection, advertised in
+    /// SETTINGS; beyond it a stream is refused (`REFUSED_STREAM`), so one connection cannot
+    /// take the whole stream pool.
+    pub max_streams_per_connection: u32,
+    /// HTTP/2 control frames (WINDOW_UPDATE, PING, SETTINGS, RST_STREAM, PRIORITY) a connection
+    /// may send per second; past it the connection is closed, so a flood cannot take a core.
+    pub max_h2_control_frames_per_s: u32,
 }
 
 /// `[tls]`: file paths, resolved against the config file's folder.
@@ -181,6 +188,9 @@ pub struct SseConfig {
     pub history_bytes: usize,
     /// Ceiling of the exponential backoff after poll errors.
     pub max_backoff: Duration,
+    /// Open streams at once from one client address (IPv6: one /64); beyond it 429. Behind
+    /// a load balancer the address is the balancer's.
+    pub max_streams_per_ip: usize,
 }
 
 /// One `[[stream]]` route.

@@ -7,6 +7,7 @@ mod common;
 mod cli;
 mod demo;
 mod h1_fast_path;
+mod h2_limits;
 mod hostile;
 mod hub;
 mod layers;

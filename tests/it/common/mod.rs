@@ -49,6 +49,12 @@ pub struct Options {
     pub max_validations_per_s: u64,
     /// `[listen] max_connections`.
     pub max_connections: usize,
+    /// `[listen] max_streams_per_connection` (HTTP/2).
+    pub max_streams_per_connection: u32,
+    /// `[listen] max_h2_control_frames_per_s`.
+    pub max_h2_control_frames_per_s: u32,
+    /// `[sse] max_streams_per_ip` (every test client is 127.0.0.1).
+    pub max_streams_per_ip: usize,
 }
 
 impl Default for Options {
@@ -70,6 +76,9 @@ impl Default for Options {
             max_streams_per_user: 20,
             max_validations_per_s: 100,
             max_connections: 10_000,
+            max_streams_per_connection: 100,
+            max_h2_control_frames_per_s: 5_000,
+            max_streams_per_ip: 10_000,
         }
     }
 }
@@ -100,6 +109,8 @@ tls_handshake_timeout_ms = 2000
 header_read_timeout_ms = 2000
 write_timeout_ms = {write_timeout_ms}
 shutdown_grace_s = 2
+max_streams_per_connection = {max_streams_per_connection}
+max_h2_control_frames_per_s = {max_h2_control_frames_per_s}
 
 [tls]
 cert = "{cert}"
@@ -128,6 +139,7 @@ linger_ms = {linger_ms}
 history_events = {history_events}
 history_bytes = {history_bytes}
 max_backoff_ms = 400
+max_streams_per_ip = {max_streams_per_ip}
 
 [[stream]]
 path = "/api/v2/stream"
@@ -168,6 +180,9 @@ auth = true
         max_validations_per_s = options.max_validations_per_s,
         max_streams_per_user = options.max_streams_per_user,
         max_connections = options.max_connections,
+        max_streams_per_connection = options.max_streams_per_connection,
+        max_h2_control_frames_per_s = options.max_h2_control_frames_per_s,
+        max_streams_per_ip = options.max_streams_per_ip,
         every = options.every_ms,
         wait = options
             .metrics_wait_s

@@ -1,0 +1,237 @@
+//! Stalled HTTP/2 streams: a stream whose client stops granting flow-control window is reset
+//! after `write_timeout`, and a connection whose streams all stall is closed.
+//!
+//! [`super::write_timeout`] sees only blocked socket writes. Over HTTP/2 a client stalls one
+//! stream, or all of them, without blocking the socket: it sends `INITIAL_WINDOW_SIZE = 0`, or
+//! never returns window. Hyper then keeps the polled chunk until the window gives room and
+//! does not poll the body meanwhile, so the body cannot notice, and its stream slot would be
+//! held for as long as the client keeps the connection alive.
+//!
+//! So each HTTP/2 stream task runs under a watch: hyper spawns stream tasks through the
+//! connection's [`StreamExecutor`], which wraps each in [`watched`]; the response body, polled
+//! inside that task, finds the stream's [`Progress`] in a task-local and reports each chunk it
+//! hands out and each time it is polled again (which hyper does only once the previous chunk
+//! had window). A chunk still waiting after `write_timeout` ends the task: dropping it
+//! resets the stream (`RST_STREAM CANCEL`) and drops the body, which frees its stream slots.
+//! Chunks are cut to [`CHUNK`] bytes (the default HTTP/2 frame size, so no extra frames), so
+//! a client that reads slowly but steadily (at least `CHUNK` per `write_timeout`) is never cut.
+
+use std::future::Future;
+use std::pin::pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::ops::metrics::{Limit, Metrics};
+
+/// Largest chunk handed to hyper at once: the default HTTP/2 frame size, so a chunk accepted
+/// is at most one frame of window granted.
+const CHUNK: usize = 16 * 1024;
+
+tokio::task_local! {
+    /// The progress of the HTTP/2 stream whose task is running.
+    static STREAM: Arc<Progress>;
+}
+
+/// One HTTP/2 connection's streams, as their watches see them.
+pub(super) struct ConnStreams {
+    /// How long a chunk may wait for window.
+    limit: Duration,
+    /// For the stalled-stream count.
+    metrics: Arc<Metrics>,
+    /// Stream tasks running.
+    open: AtomicUsize,
+    /// Of them, those with a chunk waiting for window.
+    waiting: AtomicUsize,
+    /// Told when a stream was cut while every stream of the connection was waiting.
+    all_stalled: Notify,
+}
+
+impl ConnStreams {
+    /// No streams yet; a chunk may wait `limit`.
+    pub(super) fn new(limit: Duration, metrics: Arc<Metrics>) -> Arc<ConnStreams> {
+        Arc::new(ConnStreams {
+            limit,
+            metrics,
+            open: AtomicUsize::new(0),
+            waiting: AtomicUsize::new(0),
+            all_stalled: Notify::new(),
+        })
+    }
+
+    /// Resolves once a stream was cut for stalling while all the others were waiting too:
+    /// the client reads none of them, so the connection should close.
+    pub(super) async fn all_stalled(&self) {
+        self.all_stalled.notified().await
+    }
+}
+
+/// Runs one connection's HTTP/2 stream tasks, each under a stall watch.
+#[derive(Clone)]
+pub(super) struct StreamExecutor(pub(super) Arc<ConnStreams>);
+
+impl<F> hyper::rt::Executor<F> for StreamExecutor
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    fn execute(&self, task: F) {
+        tokio::spawn(watched(task, self.0.clone()));
+    }
+}
+
+/// What a stream's body reports to its watch.
+#[derive(Default)]
+pub(super) struct Progress {
+    /// Chunks handed to hyper so far.
+    chunks: AtomicU64,
+    /// Whether the last chunk handed out is still waiting (the body was not polled since).
+    waiting: AtomicBool,
+}
+
+/// Counts a stream task as open, and as waiting while it waits, until it ends.
+struct Counted {
+    conn: Arc<ConnStreams>,
+    waiting: bool,
+}
+
+impl Counted {
+    fn set_waiting(&mut self, waiting: bool) {
+        if waiting != self.waiting {
+            self.waiting = waiting;
+            if waiting {
+                self.conn.waiting.fetch_add(1, Ordering::Relaxed);
+            } else {
+                self.conn.waiting.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.set_waiting(false);
+        self.conn.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Runs a stream task until it ends, or until a chunk it handed out waited `limit` for window.
+async fn watched<F: Future<Output = ()>>(task: F, conn: Arc<ConnStreams>) {
+    conn.open.fetch_add(1, Ordering::Relaxed);
+    let mut counted = Counted {
+        conn: conn.clone(),
+        waiting: false,
+    };
+    let progress = Arc::new(Progress::default());
+    let mut task = pin!(STREAM.scope(progress.clone(), task));
+    let mut timer = pin!(tokio::time::sleep(conn.limit));
+    // The chunk the timer is armed for.
+    let mut armed_for = None;
+    let stalled = std::future::poll_fn(|cx| {
+        if task.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(false);
+        }
+        let waiting = progress.waiting.load(Ordering::Relaxed);
+        counted.set_waiting(waiting);
+        if !waiting {
+            armed_for = None;
+            return Poll::Pending;
+        }
+        let chunk = progress.chunks.load(Ordering::Relaxed);
+        if armed_for != Some(chunk) {
+            armed_for = Some(chunk);
+            timer.as_mut().reset(Instant::now() + conn.limit);
+        }
+        timer.as_mut().poll(cx).map(|()| true)
+    })
+    .await;
+    if stalled {
+        conn.metrics.limited(Limit::StalledStream);
+        let open = conn.open.load(Ordering::Relaxed);
+        let all = conn.waiting.load(Ordering::Relaxed) >= open;
+        tracing::debug!(
+            limit_ms = conn.limit.as_millis() as u64,
+            open,
+            all_stalled = all,
+            "HTTP/2 stream made no progress; reset"
+        );
+        if all {
+            conn.all_stalled.notify_one();
+        }
+    }
+    // Dropping the task here (before `counted`) resets the stream and frees its body.
+}
+
+/// A body's side of the watch: cuts chunks to [`CHUNK`] and reports them. Present only on
+/// HTTP/2 streams.
+pub(super) struct Watch {
+    /// The stream's progress, shared with its watch.
+    progress: Arc<Progress>,
+    /// What is left of a chunk larger than [`CHUNK`].
+    rest: Bytes,
+}
+
+impl Watch {
+    /// The watch of the HTTP/2 stream whose task is running, if this is one.
+    pub(super) fn current() -> Option<Watch> {
+        STREAM
+            .try_with(|progress| Watch {
+                progress: progress.clone(),
+                rest: Bytes::new(),
+            })
+            .ok()
+    }
+
+    /// `body`'s next frame, in chunks of at most [`CHUNK`] bytes, reported to the watch.
+    pub(super) fn poll_frame<B>(
+        &mut self,
+        body: std::pin::Pin<&mut B>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>>
+    where
+        B: Body<Data = Bytes>,
+    {
+        // Polled again: the previous chunk had window.
+        self.progress.waiting.store(false, Ordering::Relaxed);
+        let mut data = if self.rest.is_empty() {
+            match body.poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) => data,
+                    Err(frame) => return Poll::Ready(Some(Ok(frame))),
+                },
+                other => return other,
+            }
+        } else {
+            std::mem::take(&mut self.rest)
+        };
+        if data.len() > CHUNK {
+            self.rest = data.split_off(CHUNK);
+        }
+        if !data.is_empty() {
+            self.progress.chunks.fetch_add(1, Ordering::Relaxed);
+            self.progress.waiting.store(true, Ordering::Relaxed);
+        }
+        Poll::Ready(Some(Ok(Frame::data(data))))
+    }
+
+    /// Bytes cut off and not yet handed out: the body is not over while there are some.
+    pub(super) fn pending(&self) -> usize {
+        self.rest.len()
+    }
+
+    /// `hint` plus the bytes not yet handed out.
+    pub(super) fn size_hint(&self, hint: SizeHint) -> SizeHint {
+        let rest = self.rest.len() as u64;
+        let mut sum = SizeHint::new();
+        sum.set_lower(hint.lower() + rest);
+        if let Some(upper) = hint.upper() {
+            sum.set_upper(upper + rest);
+        }
+        sum
+    }
+}
