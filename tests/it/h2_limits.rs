@@ -6,6 +6,7 @@ use crate::common;
 use std::time::Duration;
 
 use bytes::Bytes;
+use http_body_util::BodyExt;
 use common::client::Proto;
 use common::origin::FakeOrigin;
 use common::{Options, TestProxy, WAIT, start_proxy};
@@ -303,13 +304,14 @@ fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
 async fn a_control_frame_flood_closes_its_connection_only() {
     let origin = origin().await;
     let proxy = start_proxy(&origin, Options::default()).await;
+    // A normal client: an event stream held open, so its connection is never idle.
     let mut normal = proxy.client.keep_alive(Proto::H2Tls).await;
-    let response = normal.get("/api/v2/stream/status", &[]).await;
-    assert_eq!(response.status(), 200);
+    let mut held = normal.get("/api/v2/stream", &[]).await;
+    assert_eq!(held.status(), 200);
 
     let tls = proxy.client.tls(b"h2").await;
     let (mut read, mut write) = tokio::io::split(tls);
-    // Whatever the proxy sends (SETTINGS, PING acks) is read, until it closes.
+    // Whatever the proxy sends (SETTINGS, the stream, PING acks) is read, until it closes.
     let reader = tokio::spawn(async move {
         let mut buffer = vec![0u8; 64 * 1024];
         loop {
@@ -319,8 +321,11 @@ async fn a_control_frame_flood_closes_its_connection_only() {
             }
         }
     });
+    // The flooder opens an event stream too (so it is not closed as idle), then floods.
     let mut flood = PREFACE.to_vec();
     flood.extend(frame(0x4, 0, 0, &[]));
+    flood.extend(frame(0x1, 0x5, 1, &hpack_get("/api/v2/stream")));
+    write.write_all(&flood).await.expect("write");
     let batch: Vec<u8> = (0..1000)
         .flat_map(|n| {
             if n % 2 == 0 {
@@ -330,7 +335,6 @@ async fn a_control_frame_flood_closes_its_connection_only() {
             }
         })
         .collect();
-    let _ = write.write_all(&flood).await;
     // 50,000 frames at most, as fast as the proxy takes them; the proxy closes long before.
     for _ in 0..50 {
         if write.write_all(&batch).await.is_err() {
@@ -344,6 +348,10 @@ async fn a_control_frame_flood_closes_its_connection_only() {
 
     let response = normal.get("/api/v2/stream/status", &[]).await;
     assert_eq!(response.status(), 200, "the normal client stays served");
+    let first = tokio::time::timeout(WAIT, held.body_mut().frame())
+        .await
+        .expect("its stream still delivers");
+    assert!(first.is_some_and(|frame| frame.is_ok()));
     let flood = "sse_edge_limit_rejections_total{reason=\"h2_control_flood\"}";
     assert_eq!(proxy.metric(flood).await, 1.0);
 }
