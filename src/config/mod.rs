@@ -365,6 +365,31 @@ path = "/api/v2/stream"
     }
 
     #[test]
+    fn client_limits_have_defaults_and_are_checked_at_their_line() {
+        let config = parse(MINIMAL).expect("valid");
+        assert_eq!(config.listen.max_streams_per_connection, 100);
+        assert_eq!(config.listen.max_h2_control_frames_per_s, 5_000);
+        assert_eq!(config.sse.max_streams_per_ip, 256);
+        let text = MINIMAL.replace(
+            "http = \"127.0.0.1:0\"",
+            "http = \"127.0.0.1:0\"\nmax_streams_per_connection = 5000000000",
+        );
+        let (line, key, message) = invalid(&text);
+        assert_eq!((line, key.as_str()), (4, "listen.max_streams_per_connection"));
+        assert!(message.contains("at most 4294967295"), "{message}");
+        let text = MINIMAL.replace(
+            "http = \"127.0.0.1:0\"",
+            "http = \"127.0.0.1:0\"\nmax_h2_control_frames_per_s = 0",
+        );
+        let (_, key, message) = invalid(&text);
+        assert_eq!(key, "listen.max_h2_control_frames_per_s");
+        assert!(message.contains("greater than 0"));
+        let text = format!("{MINIMAL}\n[sse]\nmax_streams_per_ip = 0\n");
+        let (_, key, _) = invalid(&text);
+        assert_eq!(key, "sse.max_streams_per_ip");
+    }
+
+    #[test]
     fn missing_env_var_is_named_and_secret_values_never_appear() {
         let text = MINIMAL.replace(
             "event = \"metrics\"",
