@@ -8,7 +8,7 @@
 //! held for as long as the client keeps the connection alive.
 //!
 //! So each HTTP/2 stream task runs under a watch: hyper spawns stream tasks through the
-//! connection's [`StreamExecutor`], which wraps each in [`watched`]; the response body, polled
+//! connection's [`StreamExecutor`], which wraps each in a [`Watched`]; the response body, polled
 //! inside that task, finds the stream's [`Progress`] in a task-local and reports each chunk it
 //! hands out and each time it is polled again (which hyper does only once the previous chunk
 //! had window). A chunk still waiting after `write_timeout` ends the task: dropping it
@@ -17,7 +17,7 @@
 //! a client that reads slowly but steadily (at least `CHUNK` per `write_timeout`) is never cut.
 
 use std::future::Future;
-use std::pin::pin;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
@@ -26,7 +26,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use tokio::sync::Notify;
-use tokio::time::Instant;
+use tokio::task::futures::TaskLocalFuture;
+use tokio::time::{Instant, Sleep};
 
 use crate::ops::metrics::{Limit, Metrics};
 
@@ -81,7 +82,7 @@ where
     F: Future<Output = ()> + Send + 'static,
 {
     fn execute(&self, task: F) {
-        tokio::spawn(watched(task, self.0.clone()));
+        tokio::spawn(Watched::new(task, self.0.clone()));
     }
 }
 
@@ -96,11 +97,21 @@ pub(super) struct Progress {
 
 /// Counts a stream task as open, and as waiting while it waits, until it ends.
 struct Counted {
+    /// The connection it is counted in.
     conn: Arc<ConnStreams>,
+    /// Whether it is counted as waiting now.
     waiting: bool,
 }
 
 impl Counted {
+    fn new(conn: Arc<ConnStreams>) -> Counted {
+        conn.open.fetch_add(1, Ordering::Relaxed);
+        Counted {
+            conn,
+            waiting: false,
+        }
+    }
+
     fn set_waiting(&mut self, waiting: bool) {
         if waiting != self.waiting {
             self.waiting = waiting;
@@ -120,37 +131,41 @@ impl Drop for Counted {
     }
 }
 
-/// Runs a stream task until it ends, or until a chunk it handed out waited `limit` for window.
-async fn watched<F: Future<Output = ()>>(task: F, conn: Arc<ConnStreams>) {
-    conn.open.fetch_add(1, Ordering::Relaxed);
-    let mut counted = Counted {
-        conn: conn.clone(),
-        waiting: false,
-    };
-    let progress = Arc::new(Progress::default());
-    let mut task = pin!(STREAM.scope(progress.clone(), task));
-    let mut timer = pin!(tokio::time::sleep(conn.limit));
-    // The chunk the timer is armed for.
-    let mut armed_for = None;
-    let stalled = std::future::poll_fn(|cx| {
-        if task.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(false);
+/// A stream task that ends when it is done, or once a chunk it handed out waited `limit`
+/// for window; ending it drops the task, which resets the stream.
+///
+/// A plain struct rather than an `async fn`: an `async fn` would hold the task twice (as its
+/// argument and as the local it is moved into), and stream tasks are the bulk of an HTTP/2
+/// stream's memory.
+struct Watched<F> {
+    /// The stream task, with its progress in the task-local.
+    task: Pin<Box<TaskLocalFuture<Arc<Progress>, F>>>,
+    /// The stream's progress, shared with its body.
+    progress: Arc<Progress>,
+    /// Its place in the connection's counts.
+    counted: Counted,
+    /// Fires `limit` after the chunk it was armed for; made the first time one waits.
+    timer: Option<Pin<Box<Sleep>>>,
+    /// The chunk the timer is armed for.
+    armed_for: Option<u64>,
+}
+
+impl<F: Future<Output = ()>> Watched<F> {
+    fn new(task: F, conn: Arc<ConnStreams>) -> Watched<F> {
+        let progress = Arc::new(Progress::default());
+        Watched {
+            task: Box::pin(STREAM.scope(progress.clone(), task)),
+            progress,
+            counted: Counted::new(conn),
+            timer: None,
+            armed_for: None,
         }
-        let waiting = progress.waiting.load(Ordering::Relaxed);
-        counted.set_waiting(waiting);
-        if !waiting {
-            armed_for = None;
-            return Poll::Pending;
-        }
-        let chunk = progress.chunks.load(Ordering::Relaxed);
-        if armed_for != Some(chunk) {
-            armed_for = Some(chunk);
-            timer.as_mut().reset(Instant::now() + conn.limit);
-        }
-        timer.as_mut().poll(cx).map(|()| true)
-    })
-    .await;
-    if stalled {
+    }
+
+    /// Counts and logs a stalled stream, and tells the connection when all of its streams
+    /// are waiting.
+    fn stalled(&self) {
+        let conn = &self.counted.conn;
         conn.metrics.limited(Limit::StalledStream);
         let open = conn.open.load(Ordering::Relaxed);
         let all = conn.waiting.load(Ordering::Relaxed) >= open;
@@ -164,7 +179,39 @@ async fn watched<F: Future<Output = ()>>(task: F, conn: Arc<ConnStreams>) {
             conn.all_stalled.notify_one();
         }
     }
-    // Dropping the task here (before `counted`) resets the stream and frees its body.
+}
+
+impl<F: Future<Output = ()>> Future for Watched<F> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        if this.task.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(());
+        }
+        let waiting = this.progress.waiting.load(Ordering::Relaxed);
+        this.counted.set_waiting(waiting);
+        if !waiting {
+            this.armed_for = None;
+            return Poll::Pending;
+        }
+        let chunk = this.progress.chunks.load(Ordering::Relaxed);
+        let limit = this.counted.conn.limit;
+        let timer = this
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        if this.armed_for != Some(chunk) {
+            this.armed_for = Some(chunk);
+            timer.as_mut().reset(Instant::now() + limit);
+        }
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => {
+                this.stalled();
+                Poll::Ready(())
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
 }
 
 /// A body's side of the watch: cuts chunks to [`CHUNK`] and reports them. Present only on
@@ -190,7 +237,7 @@ impl Watch {
     /// `body`'s next frame, in chunks of at most [`CHUNK`] bytes, reported to the watch.
     pub(super) fn poll_frame<B>(
         &mut self,
-        body: std::pin::Pin<&mut B>,
+        body: Pin<&mut B>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>>
     where
