@@ -2,8 +2,8 @@
 //! ([`super::h1`]) and go to hyper at the first request it does not serve; HTTP/2 ones go to
 //! hyper at once. A connection idle with nothing in flight gives its slot back.
 //!
-//! Connections hyper serves are read through [`ControlFrames`] (a bound on HTTP/2 control
-//! frames) and run their HTTP/2 streams under a stall watch ([`super::stall`]).
+//! Connections hyper serves are read through `ControlFrames` (a bound on HTTP/2 control
+//! frames) and run their HTTP/2 streams under a stall watch (`stall`).
 
 use std::future::Future;
 use std::pin::Pin;

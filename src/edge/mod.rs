@@ -5,7 +5,7 @@
 //! - [`connection`]: one connection, on the HTTP/1.1 fast path ([`h1`]) or hyper.
 //! - [`rewind`], [`idle`], [`write_timeout`]: IO wrappers: bytes read before hyper took over,
 //!   idleness with nothing in flight, and writes a client does not read.
-//! - [`stall`], [`control_frames`]: HTTP/2 streams that make no progress, and control-frame
+//! - `stall`, `control_frames`: HTTP/2 streams that make no progress, and control-frame
 //!   floods.
 //! - [`admin`]: the admin listener.
 //!
