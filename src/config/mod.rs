@@ -375,7 +375,10 @@ path = "/api/v2/stream"
             "http = \"127.0.0.1:0\"\nmax_streams_per_connection = 5000000000",
         );
         let (line, key, message) = invalid(&text);
-        assert_eq!((line, key.as_str()), (4, "listen.max_streams_per_connection"));
+        assert_eq!(
+            (line, key.as_str()),
+            (4, "listen.max_streams_per_connection")
+        );
         assert!(message.contains("at most 4294967295"), "{message}");
         let text = MINIMAL.replace(
             "http = \"127.0.0.1:0\"",

@@ -282,3 +282,79 @@ impl Watch {
         sum
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::Full;
+
+    /// A stream task that hands out a chunk now and another after `progress_after`, then
+    /// never gets window again.
+    async fn stalling_task(progress_after: Duration) {
+        let progress = STREAM.with(Arc::clone);
+        let hand_out = || {
+            progress.chunks.fetch_add(1, Ordering::Relaxed);
+            progress.waiting.store(true, Ordering::Relaxed);
+        };
+        hand_out();
+        tokio::time::sleep(progress_after).await;
+        progress.waiting.store(false, Ordering::Relaxed);
+        hand_out();
+        std::future::pending().await
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_chunk_waiting_past_the_limit_ends_the_task_and_progress_restarts_the_clock() {
+        let conn = ConnStreams::new(Duration::from_secs(5), Arc::default());
+        let started = Instant::now();
+        Watched::new(stalling_task(Duration::from_secs(3)), conn.clone()).await;
+        assert_eq!(
+            started.elapsed(),
+            Duration::from_secs(8),
+            "3 s of progress, then 5"
+        );
+        assert_eq!(conn.open.load(Ordering::Relaxed), 0);
+        assert_eq!(conn.waiting.load(Ordering::Relaxed), 0);
+        // Its only stream stalled: the connection is told to close.
+        tokio::time::timeout(Duration::from_millis(1), conn.all_stalled())
+            .await
+            .expect("all stalled");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_with_nothing_waiting_is_never_cut() {
+        let conn = ConnStreams::new(Duration::from_secs(5), Arc::default());
+        let idle = Watched::new(std::future::pending::<()>(), conn.clone());
+        let outcome = tokio::time::timeout(Duration::from_secs(3600), idle).await;
+        assert!(outcome.is_err(), "still running");
+    }
+
+    #[tokio::test]
+    async fn large_frames_are_handed_out_in_chunks_and_the_body_ends_after_the_last() {
+        let progress = Arc::new(Progress::default());
+        let data = Bytes::from(vec![1u8; 2 * CHUNK + 100]);
+        let (sizes, pending) = STREAM
+            .scope(progress.clone(), async {
+                let mut watch = Watch::current().expect("inside a stream task");
+                let mut body = Full::new(data);
+                let mut sizes = Vec::new();
+                let mut pending = Vec::new();
+                while let Some(frame) =
+                    std::future::poll_fn(|cx| watch.poll_frame(Pin::new(&mut body), cx)).await
+                {
+                    sizes.push(frame.expect("frame").into_data().expect("data").len());
+                    pending.push(watch.pending());
+                }
+                (sizes, pending)
+            })
+            .await;
+        assert_eq!(sizes, [CHUNK, CHUNK, 100]);
+        assert_eq!(
+            pending,
+            [CHUNK + 100, 100, 0],
+            "not over while bytes are cut off"
+        );
+        assert_eq!(progress.chunks.load(Ordering::Relaxed), 3);
+        assert!(Watch::current().is_none(), "outside a stream task");
+    }
+}

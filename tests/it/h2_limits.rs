@@ -6,13 +6,13 @@ use crate::common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::BodyExt;
 use common::client::Proto;
 use common::origin::FakeOrigin;
 use common::{Options, TestProxy, WAIT, start_proxy};
 use h2::client::{Builder, SendRequest};
 use h2::{Reason, RecvStream};
 use http::Request;
+use http_body_util::BodyExt;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
