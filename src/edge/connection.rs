@@ -191,7 +191,7 @@ impl Serving {
                 _permit,
                 ..
             } = self;
-            let streams = ConnStreams::new(builders.write_timeout, app.metrics.clone());
+            let streams = ConnStreams::new(conn.peer, builders.write_timeout, app.metrics.clone());
             let builder = builders.build(&streams, conn.tls, h1);
             let io = ControlFrames::new(io, builders.max_control_frames_per_s, app.metrics.clone());
             let activity = Activity::new();

@@ -17,6 +17,7 @@
 //! a client that reads slowly but steadily (at least `CHUNK` per `write_timeout`) is never cut.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -42,6 +43,8 @@ tokio::task_local! {
 
 /// One HTTP/2 connection's streams, as their watches see them.
 pub(super) struct ConnStreams {
+    /// The client, for the log.
+    peer: SocketAddr,
     /// How long a chunk may wait for window.
     limit: Duration,
     /// For the stalled-stream count.
@@ -56,8 +59,13 @@ pub(super) struct ConnStreams {
 
 impl ConnStreams {
     /// No streams yet; a chunk may wait `limit`.
-    pub(super) fn new(limit: Duration, metrics: Arc<Metrics>) -> Arc<ConnStreams> {
+    pub(super) fn new(
+        peer: SocketAddr,
+        limit: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Arc<ConnStreams> {
         Arc::new(ConnStreams {
+            peer,
             limit,
             metrics,
             open: AtomicUsize::new(0),
@@ -170,6 +178,7 @@ impl<F: Future<Output = ()>> Watched<F> {
         let open = conn.open.load(Ordering::Relaxed);
         let all = conn.waiting.load(Ordering::Relaxed) >= open;
         tracing::debug!(
+            peer = %conn.peer,
             limit_ms = conn.limit.as_millis() as u64,
             open,
             all_stalled = all,
@@ -288,6 +297,9 @@ mod tests {
     use super::*;
     use http_body_util::Full;
 
+    const PEER: SocketAddr =
+        SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 1);
+
     /// A stream task that hands out a chunk now and another after `progress_after`, then
     /// never gets window again.
     async fn stalling_task(progress_after: Duration) {
@@ -305,7 +317,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_chunk_waiting_past_the_limit_ends_the_task_and_progress_restarts_the_clock() {
-        let conn = ConnStreams::new(Duration::from_secs(5), Arc::default());
+        let conn = ConnStreams::new(PEER, Duration::from_secs(5), Arc::default());
         let started = Instant::now();
         Watched::new(stalling_task(Duration::from_secs(3)), conn.clone()).await;
         assert_eq!(
@@ -323,7 +335,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_stream_with_nothing_waiting_is_never_cut() {
-        let conn = ConnStreams::new(Duration::from_secs(5), Arc::default());
+        let conn = ConnStreams::new(PEER, Duration::from_secs(5), Arc::default());
         let idle = Watched::new(std::future::pending::<()>(), conn.clone());
         let outcome = tokio::time::timeout(Duration::from_secs(3600), idle).await;
         assert!(outcome.is_err(), "still running");
