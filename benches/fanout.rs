@@ -47,6 +47,7 @@ url = "http://{origin}"
 [sse]
 heartbeat_s = 3600
 max_streams = 19000
+max_streams_per_ip = 19000  # every load client is on loopback
 
 [[stream]]
 path = "/api/v2/stream"

@@ -4,12 +4,19 @@
 # run is bounded in streams and time.
 #
 #   benches/idle_memory.sh [STREAMS]      (default 10000; at most ~19000 on this machine)
+#
+# SSE_EDGE_BIN=path measures that binary instead of building one (to compare two builds in
+# one session).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . benches/common.sh
 streams=${1:-10000}
-cargo build --release --quiet
-bin=target/release/sse-edge
+if [ -n "${SSE_EDGE_BIN:-}" ]; then
+  bin=$SSE_EDGE_BIN
+else
+  cargo build --release --quiet
+  bin=${CARGO_TARGET_DIR:-target}/release/sse-edge
+fi
 export RUST_LOG=warn
 proxy=
 start_proxy() { # a fresh process per case, so no case reuses memory another one freed
@@ -50,3 +57,5 @@ echo "sse-edge idle streams: $streams per run, $(nproc) cores, $(date -u +%F)"
 measure "plaintext HTTP/1.1" "http://127.0.0.1:18080/api/v2/stream"
 measure "TLS HTTP/1.1" "https://localhost:18443/api/v2/stream" -k
 measure "TLS HTTP/2 (100/conn)" "https://localhost:18443/api/v2/stream" -k --http2 --connections $((streams / 100))
+# h2c reaches hyper through the fast path's detection, with the bytes it read (`rewind`).
+measure "plaintext h2c (1/conn)" "http://127.0.0.1:18080/api/v2/stream" --http2 --connections "$streams"

@@ -94,6 +94,13 @@ pub struct ListenConfig {
     pub write_timeout: Duration,
     /// How long in-flight passthrough requests may take to finish on shutdown.
     pub shutdown_grace: Duration,
+    /// HTTP/2 streams (requests of any kind) open at once on one connection, advertised in
+    /// SETTINGS; beyond it a stream is refused (`REFUSED_STREAM`), so one connection cannot
+    /// take the whole stream pool.
+    pub max_streams_per_connection: u32,
+    /// HTTP/2 control frames (WINDOW_UPDATE, PING, SETTINGS, RST_STREAM, PRIORITY) a connection
+    /// may send per second; past it the connection is closed, so a flood cannot take a core.
+    pub max_h2_control_frames_per_s: u32,
 }
 
 /// `[tls]`: file paths, resolved against the config file's folder.
@@ -155,6 +162,9 @@ pub struct SseConfig {
     pub resume_window: Duration,
     /// Bytes all kept states may hold together; beyond it the least recently kept go.
     pub resume_memory_bytes: u64,
+    /// Open streams at once from one client address (IPv6: one /64); beyond it 429. Behind
+    /// a load balancer the address is the balancer's.
+    pub max_streams_per_ip: usize,
 }
 
 /// One `[[stream]]` route.
@@ -350,6 +360,34 @@ path = "/api/v2/stream"
         let (line, key, message) = invalid(&text);
         assert_eq!((line, key.as_str()), (13, "stream[0].source[0].every_ms"));
         assert!(message.contains("greater than 0"));
+    }
+
+    #[test]
+    fn client_limits_have_defaults_and_are_checked_at_their_line() {
+        let config = parse(MINIMAL).expect("valid");
+        assert_eq!(config.listen.max_streams_per_connection, 100);
+        assert_eq!(config.listen.max_h2_control_frames_per_s, 5_000);
+        assert_eq!(config.sse.max_streams_per_ip, 256);
+        let text = MINIMAL.replace(
+            "http = \"127.0.0.1:0\"",
+            "http = \"127.0.0.1:0\"\nmax_streams_per_connection = 5000000000",
+        );
+        let (line, key, message) = invalid(&text);
+        assert_eq!(
+            (line, key.as_str()),
+            (4, "listen.max_streams_per_connection")
+        );
+        assert!(message.contains("at most 4294967295"), "{message}");
+        let text = MINIMAL.replace(
+            "http = \"127.0.0.1:0\"",
+            "http = \"127.0.0.1:0\"\nmax_h2_control_frames_per_s = 0",
+        );
+        let (_, key, message) = invalid(&text);
+        assert_eq!(key, "listen.max_h2_control_frames_per_s");
+        assert!(message.contains("greater than 0"));
+        let text = format!("{MINIMAL}\n[sse]\nmax_streams_per_ip = 0\n");
+        let (_, key, _) = invalid(&text);
+        assert_eq!(key, "sse.max_streams_per_ip");
     }
 
     #[test]

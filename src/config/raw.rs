@@ -35,6 +35,10 @@ pub(super) struct RawListen {
     pub(super) write_timeout_ms: Spanned<u64>,
     #[serde(default = "defaults::shutdown_grace_s")]
     pub(super) shutdown_grace_s: Spanned<u64>,
+    #[serde(default = "defaults::max_streams_per_connection")]
+    pub(super) max_streams_per_connection: Spanned<u64>,
+    #[serde(default = "defaults::max_h2_control_frames_per_s")]
+    pub(super) max_h2_control_frames_per_s: Spanned<u64>,
 }
 
 #[derive(Deserialize)]
@@ -124,6 +128,8 @@ pub(super) struct RawSse {
     pub(super) resume_window_s: Spanned<u64>,
     #[serde(default = "defaults::resume_memory_bytes")]
     pub(super) resume_memory_bytes: Spanned<u64>,
+    #[serde(default = "defaults::max_streams_per_ip")]
+    pub(super) max_streams_per_ip: Spanned<u64>,
 }
 
 impl Default for RawSse {
@@ -142,6 +148,7 @@ impl Default for RawSse {
             refusal_capacity: defaults::refusal_capacity(),
             resume_window_s: defaults::resume_window_s(),
             resume_memory_bytes: defaults::resume_memory_bytes(),
+            max_streams_per_ip: defaults::max_streams_per_ip(),
         }
     }
 }
@@ -268,5 +275,16 @@ pub(super) mod defaults {
     }
     pub fn mode() -> Spanned<String> {
         at0("snapshot".to_owned())
+    }
+    // Limits on one client: HTTP/2 streams per connection (RFC 9113 §6.5.2 advises no fewer
+    // than 100), control frames per connection, event streams per address.
+    pub fn max_streams_per_connection() -> Spanned<u64> {
+        at0(100)
+    }
+    pub fn max_h2_control_frames_per_s() -> Spanned<u64> {
+        at0(5_000)
+    }
+    pub fn max_streams_per_ip() -> Spanned<u64> {
+        at0(256)
     }
 }

@@ -152,7 +152,22 @@ impl Resolver<'_> {
                 self.positive(&raw.write_timeout_ms, "listen.write_timeout_ms")?,
             ),
             shutdown_grace: Duration::from_secs(*raw.shutdown_grace_s.get_ref()),
+            max_streams_per_connection: self.positive_u32(
+                &raw.max_streams_per_connection,
+                "listen.max_streams_per_connection",
+            )?,
+            max_h2_control_frames_per_s: self.positive_u32(
+                &raw.max_h2_control_frames_per_s,
+                "listen.max_h2_control_frames_per_s",
+            )?,
         })
+    }
+
+    /// A positive value that fits the 32 bits HTTP/2 settings and frame counters use.
+    fn positive_u32(&self, value: &Spanned<u64>, key: &str) -> Result<u32, ConfigError> {
+        let n = self.positive(value, key)?;
+        u32::try_from(n)
+            .map_err(|_| self.error(value.span(), key, format!("must be at most {}", u32::MAX)))
     }
 
     fn path(&self, value: &Spanned<String>, key: &str) -> Result<PathBuf, ConfigError> {
@@ -231,6 +246,8 @@ impl Resolver<'_> {
             resume_window: self.resume_window(raw)?,
             resume_memory_bytes: self
                 .positive(&raw.resume_memory_bytes, "sse.resume_memory_bytes")?,
+            max_streams_per_ip: self.positive(&raw.max_streams_per_ip, "sse.max_streams_per_ip")?
+                as usize,
         })
     }
 

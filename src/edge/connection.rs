@@ -1,6 +1,9 @@
 //! Serving one accepted connection: HTTP/1.1 ones start on the event-stream fast path
 //! ([`super::h1`]) and go to hyper at the first request it does not serve; HTTP/2 ones go to
 //! hyper at once. A connection idle with nothing in flight gives its slot back.
+//!
+//! Connections hyper serves are read through `ControlFrames` (a bound on HTTP/2 control
+//! frames) and run their HTTP/2 streams under a stall watch (`stall`).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -9,14 +12,16 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::Watcher;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::OwnedSemaphorePermit;
 
+use super::control_frames::ControlFrames;
 use super::h1::Outcome;
 use super::idle::{Activity, Tracked};
+use super::stall::{ConnStreams, StreamExecutor, Watch};
 use crate::config::ListenConfig;
 use crate::ops::metrics::Metrics;
 use crate::ops::shutdown::ShutdownSignal;
@@ -27,41 +32,68 @@ use crate::request::{App, ConnInfo};
 const MAX_H1_BUFFER: usize = 64 * 1024;
 /// Largest HTTP/2 header list accepted.
 const MAX_H2_HEADER_LIST: u32 = 64 * 1024;
-/// Concurrent HTTP/2 streams per connection.
-const MAX_H2_STREAMS: u32 = 256;
+/// HTTP/2 streams the client resets before they are accepted (rapid reset), at once; h2's
+/// own default, set here so the bound is visible.
+const MAX_H2_PENDING_RESETS: usize = 20;
+/// HTTP/2 streams reset for the client's protocol errors before the connection is closed
+/// with `ENHANCE_YOUR_CALM` (hyper's default is 1024; no honest client makes that many).
+const MAX_H2_ERROR_RESETS: usize = 128;
 /// HTTP/2 PINGs find dead peers on long-lived, quiet stream connections.
 const H2_PING_INTERVAL: Duration = Duration::from_secs(30);
 /// A PING unanswered this long closes the connection.
 const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// Per-protocol connection builders, made once.
+/// What hyper's connection builders are made from: one per connection, since each HTTP/2
+/// connection runs its stream tasks through its own [`StreamExecutor`].
 pub(super) struct Builders {
-    /// Plaintext: HTTP/1.1 or h2c by the connection preface.
-    auto: auto::Builder<TokioExecutor>,
-    /// TLS with ALPN `http/1.1` (or none).
-    http1: auto::Builder<TokioExecutor>,
-    /// TLS with ALPN `h2`.
-    http2: auto::Builder<TokioExecutor>,
+    /// `[listen] header_read_timeout_ms`.
+    header_read_timeout: Duration,
+    /// `[listen] write_timeout_ms`: also how long an HTTP/2 stream may make no progress.
+    write_timeout: Duration,
+    /// `[listen] max_streams_per_connection`.
+    max_streams_per_connection: u32,
+    /// `[listen] max_h2_control_frames_per_s`.
+    max_control_frames_per_s: u32,
 }
 
 impl Builders {
     pub(super) fn new(config: &ListenConfig) -> Builders {
-        let mut auto = auto::Builder::new(TokioExecutor::new());
-        auto.http1()
+        Builders {
+            header_read_timeout: config.header_read_timeout,
+            write_timeout: config.write_timeout,
+            max_streams_per_connection: config.max_streams_per_connection,
+            max_control_frames_per_s: config.max_h2_control_frames_per_s,
+        }
+    }
+
+    /// A builder for one connection: plaintext (HTTP/1.1 or h2c by the preface), or TLS
+    /// with ALPN `http/1.1` (`h1`) or `h2`.
+    fn build(
+        &self,
+        streams: &Arc<ConnStreams>,
+        tls: bool,
+        h1: bool,
+    ) -> auto::Builder<StreamExecutor> {
+        let mut builder = auto::Builder::new(StreamExecutor(streams.clone()));
+        builder
+            .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(config.header_read_timeout)
+            .header_read_timeout(self.header_read_timeout)
             .max_buf_size(MAX_H1_BUFFER)
             .keep_alive(true);
-        auto.http2()
+        builder
+            .http2()
             .timer(TokioTimer::new())
             .max_header_list_size(MAX_H2_HEADER_LIST)
-            .max_concurrent_streams(MAX_H2_STREAMS)
+            .max_concurrent_streams(self.max_streams_per_connection)
+            .max_pending_accept_reset_streams(MAX_H2_PENDING_RESETS)
+            .max_local_error_reset_streams(MAX_H2_ERROR_RESETS)
             .keep_alive_interval(H2_PING_INTERVAL)
             .keep_alive_timeout(H2_PING_TIMEOUT);
-        Builders {
-            http1: auto.clone().http1_only(),
-            http2: auto.clone().http2_only(),
-            auto,
+        match (tls, h1) {
+            (false, _) => builder,
+            (true, true) => builder.http1_only(),
+            (true, false) => builder.http2_only(),
         }
     }
 }
@@ -117,13 +149,8 @@ impl Serving {
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let builder = move |builders: &Builders| match (self.conn.tls, h1) {
-            (false, _) => builders.auto.clone(),
-            (true, true) => builders.http1.clone(),
-            (true, false) => builders.http2.clone(),
-        };
         if !h1 {
-            return self.serve_hyper(io, builder(&builders)).await;
+            return self.serve_hyper(io, builders, false).await;
         }
         let outcome = super::h1::serve(
             io,
@@ -135,19 +162,21 @@ impl Serving {
         .await;
         match outcome {
             Outcome::Closed => {}
-            Outcome::Handoff(io) => self.serve_hyper(io, builder(&builders)).await,
+            Outcome::Handoff(io) => self.serve_hyper(io, builders, true).await,
         }
     }
 
     /// Serves a connection with hyper, closing it once it has been idle (no response in
-    /// flight, nothing arriving) for `idle_limit`: see [`super::idle`].
+    /// flight, nothing arriving) for `idle_limit` ([`super::idle`]), or once all its HTTP/2
+    /// streams stalled ([`super::stall`]).
     ///
     /// Boxed: hyper's connection state is large, and connections that never reach hyper (the
     /// fast path's event streams) must not carry room for it in their task.
     fn serve_hyper<I>(
         self,
         io: I,
-        builder: auto::Builder<TokioExecutor>,
+        builders: Arc<Builders>,
+        h1: bool,
     ) -> Pin<Box<dyn Future<Output = ()> + Send>>
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -162,14 +191,20 @@ impl Serving {
                 _permit,
                 ..
             } = self;
+            let streams = ConnStreams::new(conn.peer, builders.write_timeout, app.metrics.clone());
+            let builder = builders.build(&streams, conn.tls, h1);
+            let io = ControlFrames::new(io, builders.max_control_frames_per_s, app.metrics.clone());
             let activity = Activity::new();
             let requests = activity.clone();
             let service = service_fn(move |request| {
                 let busy = requests.begin();
                 let app = app.clone();
                 async move {
+                    // Polled in the stream's own task: on HTTP/2, the stall watch is found here.
+                    let watch = Watch::current();
                     let response = app.handle(request.map(ClientBody::Streamed), conn).await;
-                    Ok::<_, std::convert::Infallible>(response.map(|body| Tracked { body, busy }))
+                    let response = response.map(|body| Tracked { body, busy, watch });
+                    Ok::<_, std::convert::Infallible>(response)
                 }
             });
             let connection = watcher.watch(builder.serve_connection(TokioIo::new(io), service));
@@ -180,6 +215,9 @@ impl Serving {
                     }
                 }
                 _ = activity.idle(idle_limit) => tracing::debug!(peer = %conn.peer, "idle; closed"),
+                _ = streams.all_stalled() => {
+                    tracing::info!(peer = %conn.peer, "every HTTP/2 stream stalled; connection closed");
+                }
             }
         })
     }

@@ -18,6 +18,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use tokio::time::Instant;
 
+use super::stall::Watch;
 use crate::request::body::ProxyBody;
 
 /// One connection's activity.
@@ -86,6 +87,8 @@ pub struct Tracked {
     pub body: ProxyBody,
     /// Released with the body.
     pub busy: Busy,
+    /// On HTTP/2, reports the stream's progress to its stall watch ([`super::stall`]).
+    pub(super) watch: Option<Watch>,
 }
 
 impl Body for Tracked {
@@ -96,15 +99,22 @@ impl Body for Tracked {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+        let this = self.get_mut();
+        match &mut this.watch {
+            Some(watch) => watch.poll_frame(Pin::new(&mut this.body), cx),
+            None => Pin::new(&mut this.body).poll_frame(cx),
+        }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        self.watch.as_ref().is_none_or(|w| w.pending() == 0) && self.body.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
+        match &self.watch {
+            Some(watch) => watch.size_hint(self.body.size_hint()),
+            None => self.body.size_hint(),
+        }
     }
 }
 

@@ -5,6 +5,8 @@
 //! - [`connection`]: one connection, on the HTTP/1.1 fast path ([`h1`]) or hyper.
 //! - [`rewind`], [`idle`], [`write_timeout`]: IO wrappers: bytes read before hyper took over,
 //!   idleness with nothing in flight, and writes a client does not read.
+//! - `stall`, `control_frames`: HTTP/2 streams that make no progress, and control-frame
+//!   floods.
 //! - [`admin`]: the admin listener.
 //!
 //! The edge reaches the request phases only through [`crate::request::App`].
@@ -22,9 +24,11 @@
 pub mod accept;
 pub mod admin;
 pub mod connection;
+mod control_frames;
 pub mod h1;
 pub mod idle;
 pub mod rewind;
+mod stall;
 pub mod tls;
 pub mod write_timeout;
 

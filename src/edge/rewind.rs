@@ -3,6 +3,10 @@
 //! The HTTP/1.1 fast path ([`super::h1`]) reads a request head before it knows whether
 //! it will serve the request itself; when it hands the connection to hyper, hyper must see the
 //! connection from its first byte. [`Rewind`] gives those bytes back, then reads on.
+//!
+//! The prefix is a view into the fast path's whole read buffer, and `Bytes::advance` keeps
+//! that allocation alive; a connection handed to hyper lives on (h2c, keep-alive
+//! passthrough), so the buffer is dropped as soon as the last byte is handed out.
 
 use std::io;
 use std::pin::Pin;
@@ -13,7 +17,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// `io`, with `prefix` read before anything else.
 pub struct Rewind<I> {
-    /// Bytes already taken from `io`, still to be handed out.
+    /// Bytes already taken from `io`, still to be handed out; empty and unallocated once
+    /// they all were.
     prefix: Bytes,
     /// The connection.
     io: I,
@@ -39,6 +44,10 @@ impl<I: AsyncRead + Unpin> AsyncRead for Rewind<I> {
         let n = this.prefix.len().min(buf.remaining());
         buf.put_slice(&this.prefix[..n]);
         this.prefix.advance(n);
+        if this.prefix.is_empty() {
+            // Frees the read buffer the prefix was a view into.
+            this.prefix = Bytes::new();
+        }
         Poll::Ready(Ok(()))
     }
 }
@@ -90,5 +99,16 @@ mod tests {
         let mut rest = Vec::new();
         io.read_to_end(&mut rest).await.expect("read");
         assert_eq!(rest, b"lo world");
+    }
+
+    #[tokio::test]
+    async fn lets_go_of_the_read_buffer_once_replayed() {
+        let (_client, server) = tokio::io::duplex(64);
+        // The fast path's buffer: larger than the prefix it hands over.
+        let buffer = Bytes::from(vec![7u8; 8192]);
+        let mut io = Rewind::new(buffer.slice(..100), server);
+        let mut head = [0u8; 100];
+        io.read_exact(&mut head).await.expect("read");
+        assert!(buffer.is_unique(), "the rewind still holds the read buffer");
     }
 }

@@ -38,14 +38,23 @@ pub enum Limit {
     ValidationRate,
     /// `[listen] max_connections`.
     MaxConnections,
+    /// `[sse] max_streams_per_ip`.
+    MaxStreamsPerIp,
+    /// An HTTP/2 stream reset after `write_timeout_ms` without progress.
+    StalledStream,
+    /// An HTTP/2 connection closed over `[listen] max_h2_control_frames_per_s`.
+    ControlFrameFlood,
 }
 
 impl Limit {
-    const ALL: [Limit; 4] = [
+    const ALL: [Limit; 7] = [
         Limit::MaxStreams,
         Limit::MaxStreamsPerUser,
         Limit::ValidationRate,
         Limit::MaxConnections,
+        Limit::MaxStreamsPerIp,
+        Limit::StalledStream,
+        Limit::ControlFrameFlood,
     ];
 
     fn label(self) -> &'static str {
@@ -54,6 +63,9 @@ impl Limit {
             Limit::MaxStreamsPerUser => "{reason=\"max_streams_per_user\"}",
             Limit::ValidationRate => "{reason=\"validation_rate\"}",
             Limit::MaxConnections => "{reason=\"max_connections\"}",
+            Limit::MaxStreamsPerIp => "{reason=\"max_streams_per_ip\"}",
+            Limit::StalledStream => "{reason=\"stalled_stream\"}",
+            Limit::ControlFrameFlood => "{reason=\"h2_control_flood\"}",
         }
     }
 }
@@ -97,7 +109,7 @@ pub struct Metrics {
     pub validator_calls: AtomicU64,
     /// Requests whose token was rejected or missing.
     pub auth_rejects: AtomicU64,
-    limits: [AtomicU64; 4],
+    limits: [AtomicU64; Limit::ALL.len()],
 }
 
 impl Metrics {

@@ -62,6 +62,12 @@ pub enum ProxyError {
         /// The configured per-user limit.
         max: usize,
     },
+    /// `[sse] max_streams_per_ip` is reached for this client address.
+    #[error("too many open streams from this address ({max}); close one or retry later")]
+    TooManyIpStreams {
+        /// The configured per-address limit.
+        max: usize,
+    },
     /// The upstream refused or dropped the connection.
     #[error("upstream unreachable: {0}")]
     UpstreamUnreachable(String),
@@ -95,7 +101,9 @@ impl ProxyError {
             ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::MissingCredentials(_) => StatusCode::UNAUTHORIZED,
             ProxyError::TooManyStreams { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            ProxyError::TooManyUserStreams { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ProxyError::TooManyUserStreams { .. } | ProxyError::TooManyIpStreams { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             ProxyError::UpstreamUnreachable(_) | ProxyError::UpstreamProtocol(_) => {
                 StatusCode::BAD_GATEWAY
             }
@@ -113,6 +121,7 @@ impl ProxyError {
             | ProxyError::MissingCredentials(_)
             | ProxyError::TooManyStreams { .. }
             | ProxyError::TooManyUserStreams { .. }
+            | ProxyError::TooManyIpStreams { .. }
             // The origin judged the client's request (a bad token, an unknown resource).
             | ProxyError::Relayed { .. } => Blame::Client,
             ProxyError::UpstreamUnreachable(_)
@@ -130,6 +139,7 @@ impl ProxyError {
             ProxyError::MissingCredentials(_) => "missing_credentials",
             ProxyError::TooManyStreams { .. } => "too_many_streams",
             ProxyError::TooManyUserStreams { .. } => "too_many_user_streams",
+            ProxyError::TooManyIpStreams { .. } => "too_many_ip_streams",
             ProxyError::UpstreamUnreachable(_) => "upstream_unreachable",
             ProxyError::UpstreamTimeout(_) => "upstream_timeout",
             ProxyError::UpstreamProtocol(_) => "upstream_protocol",
@@ -149,6 +159,11 @@ impl ProxyError {
                 "detail": self.to_string(),
                 "error": self.code(),
                 "max_streams_per_user": max,
+            })),
+            ProxyError::TooManyIpStreams { max } => json_bytes(&json!({
+                "detail": self.to_string(),
+                "error": self.code(),
+                "max_streams_per_ip": max,
             })),
             ProxyError::TooManyStreams { max, retry_after_s } => json_bytes(&json!({
                 "detail": self.to_string(),
@@ -239,6 +254,7 @@ impl From<StreamError> for ProxyError {
                 ProxyError::TooManyStreams { max, retry_after_s }
             }
             StreamError::TooManyUserStreams { max } => ProxyError::TooManyUserStreams { max },
+            StreamError::TooManyPeerStreams { max } => ProxyError::TooManyIpStreams { max },
             StreamError::Refused {
                 status,
                 detail,

@@ -78,7 +78,7 @@ impl App {
             ),
             Ok(Route::Stream { route, params }) => {
                 let (parts, _body) = request.into_parts();
-                ("stream", self.stream(route, params, &parts).await)
+                ("stream", self.stream(route, params, &parts, &conn).await)
             }
         };
         self.finish(log, kind, result, conn)
@@ -95,6 +95,7 @@ impl App {
         route: Arc<StreamConfig>,
         params: Vec<String>,
         parts: &request::Parts,
+        conn: &ConnInfo,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         if parts.method != Method::GET {
             return Err(ProxyError::MethodNotAllowed(parts.method.clone()));
@@ -106,7 +107,11 @@ impl App {
             ),
             _ => None,
         };
-        let response = self.streams.open(route, params, identity, parts).await?;
+        let peer = conn.peer.ip();
+        let response = self
+            .streams
+            .open(route, params, identity, peer, parts)
+            .await?;
         Ok(response.map(ProxyBody::Stream))
     }
 

@@ -12,11 +12,22 @@ use bytes::Bytes;
 use http_body::Frame;
 use tokio::sync::OwnedSemaphorePermit;
 
-use super::UserSlot;
 use super::channel::{Cursor, Next};
 use super::hub::Subscription;
+use super::slots::{PeerSlot, UserSlot};
 use super::sse::HEARTBEAT;
 use crate::ops::metrics::Metrics;
+
+/// The slots an open stream holds under its limits; dropping them frees them, whoever drops
+/// the body (the client leaving, shutdown, or the edge resetting a stalled HTTP/2 stream).
+pub struct Slots {
+    /// One of `max_streams`.
+    pub global: OwnedSemaphorePermit,
+    /// One of the user's `max_streams_per_user`, on `auth = true` routes.
+    pub user: Option<UserSlot>,
+    /// One of the client address's `max_streams_per_ip`.
+    pub peer: PeerSlot,
+}
 
 /// A streaming response body.
 pub struct SseBody {
@@ -28,10 +39,8 @@ pub struct SseBody {
     first: Option<Bytes>,
     /// Set once the end frame was sent.
     finished: bool,
-    /// The global stream slot, released when the body is dropped.
-    _slot: OwnedSemaphorePermit,
-    /// The user's stream slot on `auth = true` routes, likewise.
-    _user_slot: Option<UserSlot>,
+    /// The stream's slots, released when the body is dropped.
+    _slots: Slots,
     /// For the log line at the end: when it opened and how many frames it sent.
     opened: Instant,
     frames: u64,
@@ -39,20 +48,13 @@ pub struct SseBody {
 
 impl SseBody {
     /// A body that first sends `first`, then follows the channel from `cursor`.
-    pub fn new(
-        subscription: Subscription,
-        first: Bytes,
-        cursor: Cursor,
-        slot: OwnedSemaphorePermit,
-        user_slot: Option<UserSlot>,
-    ) -> SseBody {
+    pub fn new(subscription: Subscription, first: Bytes, cursor: Cursor, slots: Slots) -> SseBody {
         SseBody {
             subscription,
             cursor,
             first: Some(first),
             finished: false,
-            _slot: slot,
-            _user_slot: user_slot,
+            _slots: slots,
             opened: Instant::now(),
             frames: 0,
         }

@@ -14,6 +14,7 @@
 //! - [`refusals`]: keys the origin refused, answered from memory.
 //! - [`poller`]: polling one source.
 //! - [`body`]: the response body that follows a channel.
+//! - [`slots`]: stream slots counted per user and per client address.
 
 pub mod body;
 pub mod channel;
@@ -22,20 +23,22 @@ pub mod hub;
 pub mod poller;
 pub mod refusals;
 pub mod resume;
+pub mod slots;
 pub mod sse;
 pub mod state;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::net::IpAddr;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Response, StatusCode, header, request};
 use percent_encoding::percent_decode_str;
 use tokio::sync::Semaphore;
 
-pub use body::SseBody;
+pub use body::{Slots, SseBody};
 use channel::StreamKey;
 use hub::Hub;
+use slots::{KeyedSlots, client_key};
 
 use crate::config::{SseConfig, StreamConfig};
 use crate::http::query::query_param;
@@ -73,6 +76,12 @@ pub enum StreamError {
         /// The configured per-user limit.
         max: usize,
     },
+    /// `[sse] max_streams_per_ip` is reached for this client address.
+    #[error("too many open streams from this address ({max})")]
+    TooManyPeerStreams {
+        /// The configured per-address limit.
+        max: usize,
+    },
     /// The origin refused the stream's resource (401, 403, 404, 410) on its first poll.
     #[error("{detail}")]
     Refused {
@@ -92,7 +101,9 @@ pub struct Streams {
     /// Free stream slots (`max_streams`).
     slots: Arc<Semaphore>,
     /// Open streams per validated user (`max_streams_per_user`).
-    per_user: Arc<Mutex<HashMap<String, usize>>>,
+    per_user: KeyedSlots<String>,
+    /// Open streams per client address (`max_streams_per_ip`).
+    per_peer: KeyedSlots<IpAddr>,
     /// Retry hint, first-poll wait, limits.
     sse: SseConfig,
 }
@@ -103,7 +114,8 @@ impl Streams {
         Streams {
             hub,
             slots: Arc::new(Semaphore::new(sse.max_streams)),
-            per_user: Arc::default(),
+            per_user: KeyedSlots::new(sse.max_streams_per_user),
+            per_peer: KeyedSlots::new(sse.max_streams_per_ip),
             sse,
         }
     }
@@ -114,12 +126,14 @@ impl Streams {
     }
 
     /// Opens an event stream on `route` with these checked parameters, for `identity` (the
-    /// validated user on `auth = true` routes). `request` gives the `Last-Event-ID`.
+    /// validated user on `auth = true` routes), from the client at `peer`. `request` gives
+    /// the `Last-Event-ID`.
     pub async fn open(
         &self,
         route: Arc<StreamConfig>,
         params: Vec<String>,
         identity: Option<Identity>,
+        peer: IpAddr,
         request: &request::Parts,
     ) -> Result<Response<SseBody>, StreamError> {
         let last_event_id = last_event_id(request);
@@ -128,6 +142,12 @@ impl Streams {
             StreamError::TooManyStreams {
                 max: self.sse.max_streams,
                 retry_after_s: self.sse.retry_ms.div_ceil(1000).max(1),
+            }
+        })?;
+        let peer_slot = self.per_peer.take(&client_key(peer)).ok_or_else(|| {
+            self.hub.metrics().limited(Limit::MaxStreamsPerIp);
+            StreamError::TooManyPeerStreams {
+                max: self.per_peer.max(),
             }
         })?;
         let user_slot = match &identity {
@@ -152,8 +172,12 @@ impl Streams {
             .channel()
             .start(last_event_id.as_deref(), self.sse.retry_ms);
         Metrics::inc(&self.hub.metrics().streams_started);
-        let mut response =
-            Response::new(SseBody::new(subscription, first, cursor, slot, user_slot));
+        let slots = Slots {
+            global: slot,
+            user: user_slot,
+            peer: peer_slot,
+        };
+        let mut response = Response::new(SseBody::new(subscription, first, cursor, slots));
         let headers = response.headers_mut();
         headers.insert(
             header::CONTENT_TYPE,
@@ -167,38 +191,13 @@ impl Streams {
 
 impl Streams {
     /// Takes one of the user's stream slots, or refuses with 429.
-    fn user_slot(&self, user: &str) -> Result<UserSlot, StreamError> {
-        let mut counts = self.per_user.lock().unwrap_or_else(|e| e.into_inner());
-        let open = counts.entry(user.to_owned()).or_default();
-        if *open >= self.sse.max_streams_per_user {
+    fn user_slot(&self, user: &str) -> Result<slots::UserSlot, StreamError> {
+        self.per_user.take(&user.to_owned()).ok_or_else(|| {
             self.hub.metrics().limited(Limit::MaxStreamsPerUser);
-            return Err(StreamError::TooManyUserStreams {
+            StreamError::TooManyUserStreams {
                 max: self.sse.max_streams_per_user,
-            });
-        }
-        *open += 1;
-        Ok(UserSlot {
-            counts: self.per_user.clone(),
-            user: user.to_owned(),
-        })
-    }
-}
-
-/// One of a user's stream slots, given back when the stream's body is dropped.
-pub struct UserSlot {
-    counts: Arc<Mutex<HashMap<String, usize>>>,
-    user: String,
-}
-
-impl Drop for UserSlot {
-    fn drop(&mut self) {
-        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(open) = counts.get_mut(&self.user) {
-            *open -= 1;
-            if *open == 0 {
-                counts.remove(&self.user);
             }
-        }
+        })
     }
 }
 

@@ -8,6 +8,7 @@ mod auth;
 mod cli;
 mod demo;
 mod h1_fast_path;
+mod h2_limits;
 mod hostile;
 mod hub;
 mod layers;

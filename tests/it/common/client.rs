@@ -190,26 +190,33 @@ impl Client {
     }
 
     async fn connect(&self, addr: SocketAddr, tls: bool, proto: Proto) -> Sender {
-        let tcp = TcpStream::connect(addr).await.expect("connect");
         if tls {
-            let mut config =
-                rustls::ClientConfig::builder_with_provider(sse_edge::origin::tls::provider())
-                    .with_safe_default_protocol_versions()
-                    .expect("versions")
-                    .with_root_certificates(self.roots.clone())
-                    .with_no_client_auth();
             let alpn: &[u8] = if proto.is_h2() { b"h2" } else { b"http/1.1" };
-            config.alpn_protocols = vec![alpn.to_vec()];
-            let name = rustls_pki_types::ServerName::try_from("localhost").expect("name");
-            let stream = TlsConnector::from(Arc::new(config))
-                .connect(name, tcp)
-                .await
-                .expect("TLS handshake");
-            assert_eq!(stream.get_ref().1.alpn_protocol(), Some(alpn), "ALPN");
-            handshake(TokioIo::new(stream), proto).await
+            handshake(TokioIo::new(self.tls(alpn).await), proto).await
         } else {
+            let tcp = TcpStream::connect(addr).await.expect("connect");
             handshake(TokioIo::new(tcp), proto).await
         }
+    }
+
+    /// A TLS connection to the HTTPS listener with this ALPN protocol, for raw clients.
+    pub async fn tls(&self, alpn: &[u8]) -> tokio_rustls::client::TlsStream<TcpStream> {
+        let addr = self.https.expect("https listener");
+        let tcp = TcpStream::connect(addr).await.expect("connect");
+        let mut config =
+            rustls::ClientConfig::builder_with_provider(sse_edge::origin::tls::provider())
+                .with_safe_default_protocol_versions()
+                .expect("versions")
+                .with_root_certificates(self.roots.clone())
+                .with_no_client_auth();
+        config.alpn_protocols = vec![alpn.to_vec()];
+        let name = rustls_pki_types::ServerName::try_from("localhost").expect("name");
+        let stream = TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await
+            .expect("TLS handshake");
+        assert_eq!(stream.get_ref().1.alpn_protocol(), Some(alpn), "ALPN");
+        stream
     }
 
     /// GETs a path and parses a JSON body.

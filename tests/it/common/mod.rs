@@ -56,6 +56,12 @@ pub struct Options {
     /// Replaces the whole `[auth]` table (default: `kind = "http"` on the fake origin's
     /// validator with `token_sources`).
     pub auth: Option<String>,
+    /// `[listen] max_streams_per_connection` (HTTP/2).
+    pub max_streams_per_connection: u32,
+    /// `[listen] max_h2_control_frames_per_s`.
+    pub max_h2_control_frames_per_s: u32,
+    /// `[sse] max_streams_per_ip` (every test client is 127.0.0.1).
+    pub max_streams_per_ip: usize,
 }
 
 impl Default for Options {
@@ -80,6 +86,9 @@ impl Default for Options {
             resume_memory_bytes: 64 << 20,
             refusal_ttl_s: 5,
             auth: None,
+            max_streams_per_connection: 100,
+            max_h2_control_frames_per_s: 5_000,
+            max_streams_per_ip: 10_000,
         }
     }
 }
@@ -110,6 +119,8 @@ tls_handshake_timeout_ms = 2000
 header_read_timeout_ms = 2000
 write_timeout_ms = {write_timeout_ms}
 shutdown_grace_s = 2
+max_streams_per_connection = {max_streams_per_connection}
+max_h2_control_frames_per_s = {max_h2_control_frames_per_s}
 
 [tls]
 cert = "{cert}"
@@ -135,6 +146,7 @@ history_bytes = {history_bytes}
 max_backoff_ms = 400
 resume_memory_bytes = {resume_memory_bytes}
 refusal_ttl_s = {refusal_ttl_s}
+max_streams_per_ip = {max_streams_per_ip}
 
 [[stream]]
 path = "/api/v2/stream"
@@ -180,6 +192,9 @@ auth = true
         max_connections = options.max_connections,
         resume_memory_bytes = options.resume_memory_bytes,
         refusal_ttl_s = options.refusal_ttl_s,
+        max_streams_per_connection = options.max_streams_per_connection,
+        max_h2_control_frames_per_s = options.max_h2_control_frames_per_s,
+        max_streams_per_ip = options.max_streams_per_ip,
         every = options.every_ms,
         wait = options
             .metrics_wait_s
