@@ -4,10 +4,11 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use http::Response;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -21,6 +22,7 @@ use crate::config::ListenConfig;
 use crate::ops::metrics::Metrics;
 use crate::ops::shutdown::ShutdownSignal;
 use crate::origin::ClientBody;
+use crate::request::body::ProxyBody;
 use crate::request::{App, ConnInfo};
 
 /// Largest HTTP/1.1 read buffer: bounds the request line and headers (431 beyond).
@@ -123,7 +125,7 @@ impl Serving {
             (true, false) => builders.http2.clone(),
         };
         if !h1 {
-            return self.serve_hyper(io, builder(&builders)).await;
+            return self.serve_hyper(io, builder(&builders), None).await;
         }
         let outcome = super::h1::serve(
             io,
@@ -135,12 +137,13 @@ impl Serving {
         .await;
         match outcome {
             Outcome::Closed => {}
-            Outcome::Handoff(io) => self.serve_hyper(io, builder(&builders)).await,
+            Outcome::Handoff(io, answer) => self.serve_hyper(io, builder(&builders), answer).await,
         }
     }
 
     /// Serves a connection with hyper, closing it once it has been idle (no response in
-    /// flight, nothing arriving) for `idle_limit`: see [`super::idle`].
+    /// flight, nothing arriving) for `idle_limit`: see [`super::idle`]. `answer` is the
+    /// answer to the first request, when the fast path has already handled it.
     ///
     /// Boxed: hyper's connection state is large, and connections that never reach hyper (the
     /// fast path's event streams) must not carry room for it in their task.
@@ -148,6 +151,7 @@ impl Serving {
         self,
         io: I,
         builder: auto::Builder<TokioExecutor>,
+        answer: Option<Response<ProxyBody>>,
     ) -> Pin<Box<dyn Future<Output = ()> + Send>>
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -164,11 +168,16 @@ impl Serving {
             } = self;
             let activity = Activity::new();
             let requests = activity.clone();
+            let answer = Arc::new(Mutex::new(answer));
             let service = service_fn(move |request| {
                 let busy = requests.begin();
                 let app = app.clone();
+                let answer = answer.lock().unwrap_or_else(PoisonError::into_inner).take();
                 async move {
-                    let response = app.handle(request.map(ClientBody::Streamed), conn).await;
+                    let response = match answer {
+                        Some(answer) => answer,
+                        None => app.handle(request.map(ClientBody::Streamed), conn).await,
+                    };
                     Ok::<_, std::convert::Infallible>(response.map(|body| Tracked { body, busy }))
                 }
             });

@@ -28,7 +28,7 @@ use crate::stream::Streams;
 use auth::Authenticator;
 use body::ProxyBody;
 use error::ProxyError;
-use router::{Route, Router};
+use router::{Route, RouteError, Router};
 
 /// Longest path written to the access log.
 const MAX_LOGGED_PATH: usize = 256;
@@ -61,15 +61,27 @@ pub struct App {
 }
 
 impl App {
-    /// Serves one request through its phases; never fails (errors become responses). The
-    /// HTTP/1.1 fast path calls it with an empty body, hyper with the request's own.
+    /// Serves one request through its phases; never fails (errors become responses). Hyper
+    /// calls it with the request's own body.
     pub async fn handle(
         &self,
         request: Request<ClientBody>,
         conn: ConnInfo,
     ) -> Response<ProxyBody> {
+        let routed = self.router.route(&request);
+        self.handle_routed(request, routed, conn).await
+    }
+
+    /// [`App::handle`] for a request already routed by [`Router::route`]: the HTTP/1.1 fast
+    /// path routes to decide what it serves, and passes that decision on (with an empty body).
+    pub async fn handle_routed(
+        &self,
+        request: Request<ClientBody>,
+        routed: Result<Route, RouteError>,
+        conn: ConnInfo,
+    ) -> Response<ProxyBody> {
         let log = RequestLog::of(request.method(), request.version(), request.uri().path());
-        let (kind, result) = match self.router.route(request.uri().path()) {
+        let (kind, result) = match routed {
             Err(error) => ("rejected", Err(error.into())),
             Ok(Route::Passthrough) => (
                 "passthrough",
