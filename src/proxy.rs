@@ -15,6 +15,7 @@ use crate::ops::shutdown::Shutdown;
 use crate::origin::Upstream;
 use crate::origin::tls::TlsError;
 use crate::request::auth::Authenticator;
+use crate::request::forwarding::Forwarding;
 use crate::request::router::Router;
 use crate::request::{App, passthrough};
 use crate::stream::Streams;
@@ -110,6 +111,10 @@ impl Proxy {
             streams: Streams::new(hub, config.sse.clone()),
             retry_ms: config.sse.retry_ms,
             metrics,
+            forwarding: Forwarding {
+                trusted_proxies: config.listen.trusted_proxies.clone(),
+                keep_server_header: config.listen.keep_server_header,
+            },
         });
         if let Some((listener, _)) = admin {
             tokio::spawn(edge::admin::serve(

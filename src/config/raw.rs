@@ -35,6 +35,10 @@ pub(super) struct RawListen {
     pub(super) write_timeout_ms: Spanned<u64>,
     #[serde(default = "defaults::shutdown_grace_s")]
     pub(super) shutdown_grace_s: Spanned<u64>,
+    #[serde(default)]
+    pub(super) trusted_proxies: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub(super) keep_server_header: bool,
 }
 
 #[derive(Deserialize)]

@@ -13,6 +13,9 @@ use super::raw::*;
 use super::*;
 use crate::http::path::{PathPattern, PollTemplate};
 
+/// Most `[listen] trusted_proxies` ranges: each request's peer is checked against all of them.
+const MAX_TRUSTED_PROXIES: usize = 256;
+
 /// Where errors are reported and how placeholders are filled.
 pub(super) struct Resolver<'a> {
     pub(super) file: &'a str,
@@ -152,7 +155,28 @@ impl Resolver<'_> {
                 self.positive(&raw.write_timeout_ms, "listen.write_timeout_ms")?,
             ),
             shutdown_grace: Duration::from_secs(*raw.shutdown_grace_s.get_ref()),
+            trusted_proxies: self.trusted_proxies(&raw.trusted_proxies)?,
+            keep_server_header: raw.keep_server_header,
         })
+    }
+
+    /// `[listen] trusted_proxies`: CIDR ranges, each checked on its own line.
+    fn trusted_proxies(&self, raw: &[Spanned<String>]) -> Result<Vec<Cidr>, ConfigError> {
+        if raw.len() > MAX_TRUSTED_PROXIES {
+            return Err(self.error(
+                raw[MAX_TRUSTED_PROXIES].span(),
+                "listen.trusted_proxies",
+                format!("at most {MAX_TRUSTED_PROXIES} ranges; merge neighbouring ones"),
+            ));
+        }
+        raw.iter()
+            .enumerate()
+            .map(|(i, value)| {
+                let key = format!("listen.trusted_proxies[{i}]");
+                let text = self.expand(value, &key)?;
+                Cidr::parse(text.trim()).map_err(|m| self.error(value.span(), &key, m))
+            })
+            .collect()
     }
 
     fn path(&self, value: &Spanned<String>, key: &str) -> Result<PathBuf, ConfigError> {

@@ -12,6 +12,7 @@ mod admin;
 pub mod auth;
 pub mod body;
 pub mod error;
+pub mod forwarding;
 pub mod passthrough;
 pub mod router;
 
@@ -58,6 +59,9 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     /// Drop a client-sent `X-User-ID` on passthrough (it is not a token source).
     pub strip_user_header: bool,
+    /// What passthrough tells the origin about the client (`X-Forwarded-*`, `Forwarded`),
+    /// and the client about the origin (`Server`).
+    pub forwarding: forwarding::Forwarding,
 }
 
 impl App {
@@ -85,7 +89,14 @@ impl App {
             Err(error) => ("rejected", Err(error.into())),
             Ok(Route::Passthrough) => (
                 "passthrough",
-                passthrough::forward(&self.upstream, request, &conn, self.strip_user_header).await,
+                passthrough::forward(
+                    &self.upstream,
+                    request,
+                    &conn,
+                    self.strip_user_header,
+                    &self.forwarding,
+                )
+                .await,
             ),
             Ok(Route::Stream { route, params }) => {
                 let (parts, _body) = request.into_parts();

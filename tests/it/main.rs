@@ -6,6 +6,7 @@ mod common;
 
 mod cli;
 mod demo;
+mod edge_http;
 mod h1_fast_path;
 mod hostile;
 mod hub;

@@ -49,6 +49,8 @@ pub struct Options {
     pub max_validations_per_s: u64,
     /// `[listen] max_connections`.
     pub max_connections: usize,
+    /// More `[listen]` lines, as TOML (`trusted_proxies`, `keep_server_header`).
+    pub listen_extra: &'static str,
 }
 
 impl Default for Options {
@@ -70,6 +72,7 @@ impl Default for Options {
             max_streams_per_user: 20,
             max_validations_per_s: 100,
             max_connections: 10_000,
+            listen_extra: "",
         }
     }
 }
@@ -100,6 +103,7 @@ tls_handshake_timeout_ms = 2000
 header_read_timeout_ms = 2000
 write_timeout_ms = {write_timeout_ms}
 shutdown_grace_s = 2
+{listen_extra}
 
 [tls]
 cert = "{cert}"
@@ -168,6 +172,7 @@ auth = true
         max_validations_per_s = options.max_validations_per_s,
         max_streams_per_user = options.max_streams_per_user,
         max_connections = options.max_connections,
+        listen_extra = options.listen_extra,
         every = options.every_ms,
         wait = options
             .metrics_wait_s
