@@ -7,6 +7,7 @@ mod common;
 mod cli;
 mod demo;
 mod edge_http;
+mod fast_path_parser;
 mod h1_fast_path;
 mod hostile;
 mod hub;
