@@ -137,7 +137,10 @@ impl Serving {
         .await;
         match outcome {
             Outcome::Closed => {}
-            Outcome::Handoff(io, answer) => self.serve_hyper(io, builder(&builders), answer).await,
+            Outcome::Handoff(io, answer) => {
+                let answer = answer.map(|answer| *answer);
+                self.serve_hyper(io, builder(&builders), answer).await
+            }
         }
     }
 

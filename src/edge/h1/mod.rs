@@ -46,8 +46,9 @@ pub enum Outcome<I> {
     Closed,
     /// Hyper serves it from here, starting with the bytes already read. With an answer, the
     /// first request hyper reads has been through the request phases already: hyper writes
-    /// this answer for it instead of handling it again.
-    Handoff(Rewind<I>, Option<Response<ProxyBody>>),
+    /// this answer for it instead of handling it again (boxed: a response is large, and most
+    /// hand-offs carry none).
+    Handoff(Rewind<I>, Option<Box<Response<ProxyBody>>>),
 }
 
 /// Serves a stream request on an HTTP/1.1 connection, or hands the connection to hyper.
@@ -85,7 +86,7 @@ where
     let response = respond(app, request, routed, conn).await;
     if !matches!(response.body(), ProxyBody::Stream(_)) {
         // Hyper reads this head again from the start and writes the answer.
-        return Outcome::Handoff(Rewind::new(buf.freeze(), io), Some(response));
+        return Outcome::Handoff(Rewind::new(buf.freeze(), io), Some(Box::new(response)));
     }
     let (parts, body) = response.into_parts();
     // A stream ends only when the proxy ends it (shutdown); nothing after it is answered, so
