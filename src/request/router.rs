@@ -1,7 +1,7 @@
 //! Routing, the first request phase: is this request an event stream, and with which path
 //! parameters? A request whose path matches a `[[stream]] path` is served by the stream phase,
 //! everything else passes through. A bad parameter is a 400 that never reaches the origin, and
-//! so is a request that does not say which host it is for ([`host`]).
+//! so is a request that does not say which host it is for ([`HostError`]).
 
 use std::sync::Arc;
 
