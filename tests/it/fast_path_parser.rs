@@ -211,4 +211,3 @@ fn heads_the_fuzzer_found_parse_the_same() {
             .unwrap_or_else(|e| panic!("{:?}: {e}", String::from_utf8_lossy(input)));
     }
 }
-
