@@ -1,7 +1,8 @@
 //! The request phases, and the only place errors become HTTP answers.
 //!
 //! Every request, whichever way the edge read it (hyper, or the HTTP/1.1 fast path), enters
-//! through [`App::handle`] and goes: route ([`router`]) → authenticate ([`auth`], on
+//! through [`App::handle`] (the fast path, having routed it already, through
+//! [`App::handle_routed`]) and goes: route ([`router`]) → authenticate ([`auth`], on
 //! `auth = true` stream routes) → stream (the [`crate::stream`] phase) or passthrough
 //! ([`passthrough`]) → access log. A failure in any phase is a typed error of that phase,
 //! turned into a JSON answer by [`ProxyError`] here.
