@@ -103,26 +103,16 @@ fn deltas(c: &mut Criterion) {
 }
 
 fn routing(c: &mut Criterion) {
-    let route = |index, path: &str| {
-        Arc::new(StreamConfig {
-            index,
-            path: PathPattern::parse(path).expect("pattern"),
-            auth: false,
-            sources: Vec::new(),
-        })
-    };
-    let router = Router::new(vec![
-        route(0, "/api/v2/stream"),
-        route(1, "/api/v2/configurations/{id}/stream"),
-    ]);
+    let router = Router::of_patterns(&["/api/v2/stream", "/api/v2/configurations/{id}/stream"])
+        .expect("patterns");
     let mut group = c.benchmark_group("route");
     group.bench_function("stream_with_param", |b| {
         b.iter(|| {
-            router.route("/api/v2/configurations/5f1c2a9e-77b1-4f0e-9d1e-0a2b3c4d5e6f/stream")
+            router.route_path("/api/v2/configurations/5f1c2a9e-77b1-4f0e-9d1e-0a2b3c4d5e6f/stream")
         })
     });
     group.bench_function("passthrough", |b| {
-        b.iter(|| router.route("/api/v2/stream/status"))
+        b.iter(|| router.route_path("/api/v2/stream/status"))
     });
     group.finish();
 }

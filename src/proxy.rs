@@ -16,6 +16,7 @@ use crate::origin::Upstream;
 use crate::origin::tls::TlsError;
 use crate::request::App;
 use crate::request::auth::{AuthSetupError, Authenticator};
+use crate::request::forwarding::Forwarding;
 use crate::request::router::Router;
 use crate::stream::Streams;
 use crate::stream::hub::Hub;
@@ -113,6 +114,10 @@ impl Proxy {
             streams: Streams::new(hub, config.sse.clone()),
             retry_ms: config.sse.retry_ms,
             metrics,
+            forwarding: Forwarding {
+                trusted_proxies: config.listen.trusted_proxies.clone(),
+                keep_server_header: config.listen.keep_server_header,
+            },
         });
         if let Some((listener, _)) = admin {
             tokio::spawn(edge::admin::serve(

@@ -17,6 +17,7 @@ use http::{HeaderName, HeaderValue};
 use crate::http::path::{PathPattern, PollTemplate};
 
 mod auth;
+mod cidr;
 mod env;
 mod raw;
 mod resolve;
@@ -26,6 +27,7 @@ pub use auth::{
     AuthConfig, Endpoint, HttpValidatorConfig, IntrospectionConfig, JwtConfig, Secret, TokenSource,
     ValidatorConfig,
 };
+pub use cidr::Cidr;
 pub use env::expand_env;
 use raw::RawConfig;
 use resolve::Resolver;
@@ -101,6 +103,12 @@ pub struct ListenConfig {
     /// HTTP/2 control frames (WINDOW_UPDATE, PING, SETTINGS, RST_STREAM, PRIORITY) a connection
     /// may send per second; past it the connection is closed, so a flood cannot take a core.
     pub max_h2_control_frames_per_s: u32,
+    /// Peers (load balancers, CDNs) whose `X-Forwarded-*`, `Forwarded` and `X-Real-IP` are
+    /// believed and appended to; anyone else's are replaced, so a client cannot forge them.
+    pub trusted_proxies: Vec<Cidr>,
+    /// Pass the origin's `Server` header to clients; off, it is dropped (it names the
+    /// origin's software and version).
+    pub keep_server_header: bool,
 }
 
 /// `[tls]`: file paths, resolved against the config file's folder.
@@ -480,5 +488,32 @@ path = "/api/v2/stream"
         );
         assert!(parse_token_source("query:").is_err());
         assert!(parse_token_source("bad header").is_err());
+    }
+
+    #[test]
+    fn trusted_proxies_are_cidrs_checked_one_by_one() {
+        let config = parse(MINIMAL).expect("valid");
+        assert!(config.listen.trusted_proxies.is_empty());
+        assert!(!config.listen.keep_server_header);
+        let text = MINIMAL.replace(
+            "http = \"127.0.0.1:0\"",
+            "http = \"127.0.0.1:0\"\ntrusted_proxies = [\"10.0.0.0/8\", \"::1\"]\nkeep_server_header = true",
+        );
+        let config = parse(&text).expect("valid");
+        let ranges: Vec<String> = config
+            .listen
+            .trusted_proxies
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(ranges, ["10.0.0.0/8", "::1/128"]);
+        assert!(config.listen.keep_server_header);
+        let text = MINIMAL.replace(
+            "http = \"127.0.0.1:0\"",
+            "http = \"127.0.0.1:0\"\ntrusted_proxies = [\n  \"10.0.0.0/8\",\n  \"10.0.0.0/33\",\n]",
+        );
+        let (line, key, message) = invalid(&text);
+        assert_eq!((line, key.as_str()), (6, "listen.trusted_proxies[1]"));
+        assert!(message.contains("/33"), "{message}");
     }
 }

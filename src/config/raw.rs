@@ -39,6 +39,10 @@ pub(super) struct RawListen {
     pub(super) max_streams_per_connection: Spanned<u64>,
     #[serde(default = "defaults::max_h2_control_frames_per_s")]
     pub(super) max_h2_control_frames_per_s: Spanned<u64>,
+    #[serde(default)]
+    pub(super) trusted_proxies: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub(super) keep_server_header: bool,
 }
 
 #[derive(Deserialize)]

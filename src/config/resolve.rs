@@ -13,6 +13,9 @@ use super::raw::*;
 use super::*;
 use crate::http::path::{PathPattern, PollTemplate};
 
+/// Most `[listen] trusted_proxies` ranges: each request's peer is checked against all of them.
+const MAX_TRUSTED_PROXIES: usize = 256;
+
 /// Where errors are reported and how placeholders are filled.
 pub(super) struct Resolver<'a> {
     pub(super) file: &'a str,
@@ -160,6 +163,8 @@ impl Resolver<'_> {
                 &raw.max_h2_control_frames_per_s,
                 "listen.max_h2_control_frames_per_s",
             )?,
+            trusted_proxies: self.trusted_proxies(&raw.trusted_proxies)?,
+            keep_server_header: raw.keep_server_header,
         })
     }
 
@@ -168,6 +173,25 @@ impl Resolver<'_> {
         let n = self.positive(value, key)?;
         u32::try_from(n)
             .map_err(|_| self.error(value.span(), key, format!("must be at most {}", u32::MAX)))
+    }
+
+    /// `[listen] trusted_proxies`: CIDR ranges, each checked on its own line.
+    fn trusted_proxies(&self, raw: &[Spanned<String>]) -> Result<Vec<Cidr>, ConfigError> {
+        if raw.len() > MAX_TRUSTED_PROXIES {
+            return Err(self.error(
+                raw[MAX_TRUSTED_PROXIES].span(),
+                "listen.trusted_proxies",
+                format!("at most {MAX_TRUSTED_PROXIES} ranges; merge neighbouring ones"),
+            ));
+        }
+        raw.iter()
+            .enumerate()
+            .map(|(i, value)| {
+                let key = format!("listen.trusted_proxies[{i}]");
+                let text = self.expand(value, &key)?;
+                Cidr::parse(text.trim()).map_err(|m| self.error(value.span(), &key, m))
+            })
+            .collect()
     }
 
     fn path(&self, value: &Spanned<String>, key: &str) -> Result<PathBuf, ConfigError> {

@@ -7,10 +7,11 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use http::Response;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -26,6 +27,7 @@ use crate::config::ListenConfig;
 use crate::ops::metrics::Metrics;
 use crate::ops::shutdown::ShutdownSignal;
 use crate::origin::ClientBody;
+use crate::request::body::ProxyBody;
 use crate::request::{App, ConnInfo};
 
 /// Largest HTTP/1.1 read buffer: bounds the request line and headers (431 beyond).
@@ -150,7 +152,7 @@ impl Serving {
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         if !h1 {
-            return self.serve_hyper(io, builders, false).await;
+            return self.serve_hyper(io, builders, false, None).await;
         }
         let outcome = super::h1::serve(
             io,
@@ -162,13 +164,17 @@ impl Serving {
         .await;
         match outcome {
             Outcome::Closed => {}
-            Outcome::Handoff(io) => self.serve_hyper(io, builders, true).await,
+            Outcome::Handoff(io, answer) => {
+                let answer = answer.map(|answer| *answer);
+                self.serve_hyper(io, builders, true, answer).await
+            }
         }
     }
 
     /// Serves a connection with hyper, closing it once it has been idle (no response in
     /// flight, nothing arriving) for `idle_limit` ([`super::idle`]), or once all its HTTP/2
-    /// streams stalled ([`super::stall`]).
+    /// streams stalled ([`super::stall`]). `answer` is the answer to the first request, when
+    /// the fast path has already handled it.
     ///
     /// Boxed: hyper's connection state is large, and connections that never reach hyper (the
     /// fast path's event streams) must not carry room for it in their task.
@@ -177,6 +183,7 @@ impl Serving {
         io: I,
         builders: Arc<Builders>,
         h1: bool,
+        answer: Option<Response<ProxyBody>>,
     ) -> Pin<Box<dyn Future<Output = ()> + Send>>
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -196,13 +203,18 @@ impl Serving {
             let io = ControlFrames::new(io, builders.max_control_frames_per_s, app.metrics.clone());
             let activity = Activity::new();
             let requests = activity.clone();
+            let answer = Arc::new(Mutex::new(answer));
             let service = service_fn(move |request| {
                 let busy = requests.begin();
                 let app = app.clone();
+                let answer = answer.lock().unwrap_or_else(PoisonError::into_inner).take();
                 async move {
                     // Polled in the stream's own task: on HTTP/2, the stall watch is found here.
                     let watch = Watch::current();
-                    let response = app.handle(request.map(ClientBody::Streamed), conn).await;
+                    let response = match answer {
+                        Some(answer) => answer,
+                        None => app.handle(request.map(ClientBody::Streamed), conn).await,
+                    };
                     let response = response.map(|body| Tracked { body, busy, watch });
                     Ok::<_, std::convert::Infallible>(response)
                 }

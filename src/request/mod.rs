@@ -1,7 +1,8 @@
 //! The request phases, and the only place errors become HTTP answers.
 //!
 //! Every request, whichever way the edge read it (hyper, or the HTTP/1.1 fast path), enters
-//! through [`App::handle`] and goes: route ([`router`]) → authenticate ([`auth`], on
+//! through [`App::handle`] (the fast path, having routed it already, through
+//! [`App::handle_routed`]) and goes: route ([`router`]) → authenticate ([`auth`], on
 //! `auth = true` stream routes) → stream (the [`crate::stream`] phase) or passthrough
 //! ([`passthrough`]) → access log. A failure in any phase is a typed error of that phase,
 //! turned into a JSON answer by [`ProxyError`] here.
@@ -12,6 +13,7 @@ mod admin;
 pub mod auth;
 pub mod body;
 pub mod error;
+pub mod forwarding;
 pub mod passthrough;
 pub mod router;
 
@@ -28,7 +30,7 @@ use crate::stream::Streams;
 use auth::Authenticator;
 use body::ProxyBody;
 use error::ProxyError;
-use router::{Route, Router};
+use router::{Route, RouteError, Router};
 
 /// Longest path written to the access log.
 const MAX_LOGGED_PATH: usize = 256;
@@ -59,22 +61,44 @@ pub struct App {
     /// `[auth] identity_header`: removed from every request a client sends through, since
     /// only the proxy may name the validated user to the origin.
     pub identity_header: http::HeaderName,
+    /// What passthrough tells the origin about the client (`X-Forwarded-*`, `Forwarded`),
+    /// and the client about the origin (`Server`).
+    pub forwarding: forwarding::Forwarding,
 }
 
 impl App {
-    /// Serves one request through its phases; never fails (errors become responses). The
-    /// HTTP/1.1 fast path calls it with an empty body, hyper with the request's own.
+    /// Serves one request through its phases; never fails (errors become responses). Hyper
+    /// calls it with the request's own body.
     pub async fn handle(
         &self,
         request: Request<ClientBody>,
         conn: ConnInfo,
     ) -> Response<ProxyBody> {
+        let routed = self.router.route(&request);
+        self.handle_routed(request, routed, conn).await
+    }
+
+    /// [`App::handle`] for a request already routed by [`Router::route`]: the HTTP/1.1 fast
+    /// path routes to decide what it serves, and passes that decision on (with an empty body).
+    pub async fn handle_routed(
+        &self,
+        request: Request<ClientBody>,
+        routed: Result<Route, RouteError>,
+        conn: ConnInfo,
+    ) -> Response<ProxyBody> {
         let log = RequestLog::of(request.method(), request.version(), request.uri().path());
-        let (kind, result) = match self.router.route(request.uri().path()) {
+        let (kind, result) = match routed {
             Err(error) => ("rejected", Err(error.into())),
             Ok(Route::Passthrough) => (
                 "passthrough",
-                passthrough::forward(&self.upstream, request, &conn, &self.identity_header).await,
+                passthrough::forward(
+                    &self.upstream,
+                    request,
+                    &conn,
+                    &self.identity_header,
+                    &self.forwarding,
+                )
+                .await,
             ),
             Ok(Route::Stream { route, params }) => {
                 let (parts, _body) = request.into_parts();

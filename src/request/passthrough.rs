@@ -3,7 +3,8 @@
 //! Method, path, query, headers and body are forwarded, and the answer comes back; both
 //! bodies stream frame by frame, never buffered whole. Hop-by-hop headers (RFC 9110 §7.6.1)
 //! are dropped both ways, `Host` becomes the origin's (a Lambda Function URL or API Gateway
-//! routes on it), and the client's address, scheme and host travel in `X-Forwarded-*`.
+//! routes on it), and the client's address, scheme and host travel in `X-Forwarded-*` and
+//! `Forwarded`, as [`Forwarding`] decides.
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, Version};
@@ -11,6 +12,8 @@ use http::{Request, Response, Version};
 use super::ConnInfo;
 use super::body::ProxyBody;
 use super::error::ProxyError;
+use super::forwarding::Forwarding;
+use super::router::target_host;
 use crate::origin::{ClientBody, Upstream};
 
 /// Headers that describe one connection, not the message.
@@ -34,41 +37,26 @@ pub async fn forward(
     request: Request<ClientBody>,
     conn: &ConnInfo,
     identity_header: &HeaderName,
+    forwarding: &Forwarding,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let (mut parts, body) = request.into_parts();
     let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
     let uri = upstream.uri(path_and_query)?;
-    let client_host = parts.headers.get(header::HOST).cloned().or_else(|| {
-        parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    });
+    let client_host = target_host(&parts.uri, &parts.headers);
 
     let headers = &mut parts.headers;
     strip_hop_by_hop(headers);
     headers.remove(header::HOST);
     headers.remove(identity_header);
     join_cookies(headers);
-    let peer = conn.peer.ip().to_string();
-    let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(earlier) => format!("{earlier}, {peer}"),
-        None => peer,
-    };
-    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
-        headers.insert("x-forwarded-for", value);
-    }
-    let scheme = if conn.tls { "https" } else { "http" };
-    headers.insert("x-forwarded-proto", HeaderValue::from_static(scheme));
-    if let Some(host) = client_host {
-        headers.insert("x-forwarded-host", host);
-    }
+    forwarding.request(headers, conn, client_host);
 
     parts.uri = uri;
     parts.version = Version::HTTP_11;
     let response = upstream.send(Request::from_parts(parts, body)).await?;
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
+    forwarding.response(&mut parts.headers);
     Ok(Response::from_parts(parts, ProxyBody::Upstream(body)))
 }
 

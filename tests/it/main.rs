@@ -7,6 +7,8 @@ mod common;
 mod auth;
 mod cli;
 mod demo;
+mod edge_http;
+mod fast_path_parser;
 mod h1_fast_path;
 mod h2_limits;
 mod hostile;

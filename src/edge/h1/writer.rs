@@ -1,7 +1,8 @@
-//! Writing a response on the HTTP/1.1 fast path: the head once, together with the first
-//! frame, then every frame the hub shares as one chunk straight from its `Bytes` (one vectored
-//! write, no copy), up to [`BATCH`] ready frames per system call. While an event stream is
-//! open the read side is watched, so a client that closes is released at once.
+//! Writing an event stream on the HTTP/1.1 fast path, the one answer it writes itself: the
+//! head once, together with the first frame, then every frame the hub shares as one chunk
+//! straight from its `Bytes` (one vectored write, no copy), up to [`BATCH`] ready frames per
+//! system call. While the stream is open the read side is watched, so a client that closes is
+//! released at once.
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;
@@ -22,9 +23,9 @@ const MAX_DISCARDED: usize = 16 * 1024;
 /// The chunked encoding's last chunk.
 const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
 
-/// The response's status line and headers, framed by `content-length` when the body's
-/// length is known and by chunks otherwise.
-pub(super) fn encode_head(parts: &response::Parts, length: Option<u64>, keep_alive: bool) -> Bytes {
+/// The event stream's status line and headers: framed by chunks, and the connection closed
+/// after it (a stream ends only when the proxy ends it, and nothing is read behind it).
+pub(super) fn encode_head(parts: &response::Parts) -> Bytes {
     let mut out = Vec::with_capacity(256);
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(parts.status.as_str().as_bytes());
@@ -52,49 +53,33 @@ pub(super) fn encode_head(parts: &response::Parts, length: Option<u64>, keep_ali
             httpdate::fmt_http_date(SystemTime::now()).as_bytes(),
         );
     }
-    match length {
-        Some(length) => line(b"content-length", length.to_string().as_bytes()),
-        None => line(b"transfer-encoding", b"chunked"),
-    }
-    if !keep_alive {
-        line(b"connection", b"close");
-    }
+    line(b"transfer-encoding", b"chunked");
+    line(b"connection", b"close");
     out.extend_from_slice(b"\r\n");
     Bytes::from(out)
 }
 
-/// Writes one response: its head, then its body's frames as they come.
+/// Writes one event stream: its head, then its frames as chunks as they come.
 pub(super) struct Pump<'a, I> {
+    /// The client's connection.
     io: &'a mut I,
+    /// The stream's frames (a [`ProxyBody::Stream`]).
     body: ProxyBody,
     /// What is queued for the socket.
     out: Out,
-    /// Frames are chunks (`transfer-encoding: chunked`) rather than raw bytes.
-    chunked: bool,
     /// The body has ended (and the last chunk is queued).
     ended: bool,
-    /// Watch the read side: the client closing its end closes the stream. Only while an event
-    /// stream is open; between requests, what the client sends is its next request.
-    watch_reads: bool,
-    /// Bytes read and dropped while watching.
+    /// Bytes the client sent while its stream is open, read and dropped.
     discarded: usize,
 }
 
 impl<'a, I: AsyncRead + AsyncWrite + Unpin> Pump<'a, I> {
-    pub(super) fn new(
-        io: &'a mut I,
-        body: ProxyBody,
-        head: Bytes,
-        chunked: bool,
-        streaming: bool,
-    ) -> Self {
+    pub(super) fn new(io: &'a mut I, body: ProxyBody, head: Bytes) -> Self {
         Pump {
             io,
             body,
             out: Out::head(head),
-            chunked,
             ended: false,
-            watch_reads: streaming,
             discarded: 0,
         }
     }
@@ -102,15 +87,13 @@ impl<'a, I: AsyncRead + AsyncWrite + Unpin> Pump<'a, I> {
     /// Ready once the whole response is written and flushed; an error if the connection
     /// failed or the client closed it.
     pub(super) fn poll(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if self.watch_reads {
-            self.poll_client(cx)?;
-        }
+        self.poll_client(cx)?;
         loop {
             if !self.ended && self.out.takes_frame() {
                 match Pin::new(&mut self.body).poll_frame(cx) {
                     Poll::Ready(Some(Ok(frame))) => {
                         if let Ok(data) = frame.into_data() {
-                            self.out.frame(data, self.chunked);
+                            self.out.frame(data, true);
                         }
                         continue;
                     }
@@ -119,9 +102,7 @@ impl<'a, I: AsyncRead + AsyncWrite + Unpin> Pump<'a, I> {
                     }
                     Poll::Ready(None) => {
                         self.ended = true;
-                        if self.chunked {
-                            self.out.frame(Bytes::from_static(LAST_CHUNK), false);
-                        }
+                        self.out.frame(Bytes::from_static(LAST_CHUNK), false);
                         continue;
                     }
                     Poll::Pending => {}

@@ -62,6 +62,8 @@ pub struct Options {
     pub max_h2_control_frames_per_s: u32,
     /// `[sse] max_streams_per_ip` (every test client is 127.0.0.1).
     pub max_streams_per_ip: usize,
+    /// More `[listen]` lines, as TOML (`trusted_proxies`, `keep_server_header`).
+    pub listen_extra: &'static str,
 }
 
 impl Default for Options {
@@ -89,6 +91,7 @@ impl Default for Options {
             max_streams_per_connection: 100,
             max_h2_control_frames_per_s: 5_000,
             max_streams_per_ip: 10_000,
+            listen_extra: "",
         }
     }
 }
@@ -121,6 +124,7 @@ write_timeout_ms = {write_timeout_ms}
 shutdown_grace_s = 2
 max_streams_per_connection = {max_streams_per_connection}
 max_h2_control_frames_per_s = {max_h2_control_frames_per_s}
+{listen_extra}
 
 [tls]
 cert = "{cert}"
@@ -195,6 +199,7 @@ auth = true
         max_streams_per_connection = options.max_streams_per_connection,
         max_h2_control_frames_per_s = options.max_h2_control_frames_per_s,
         max_streams_per_ip = options.max_streams_per_ip,
+        listen_extra = options.listen_extra,
         every = options.every_ms,
         wait = options
             .metrics_wait_s

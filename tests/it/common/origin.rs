@@ -484,6 +484,9 @@ impl FakeOrigin {
             .headers_mut()
             .insert("keep-alive", "timeout=5".parse().expect("value"));
         response
+            .headers_mut()
+            .insert(header::SERVER, "fake-origin/1.0".parse().expect("value"));
+        response
     }
 }
 

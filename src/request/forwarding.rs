@@ -1,0 +1,231 @@
+//! What the origin is told about the client, and what the client is told about the origin.
+//!
+//! The proxy is the edge: what a client sends in `X-Forwarded-For`, `Forwarded`, `X-Real-IP`,
+//! `X-Forwarded-Proto` and `X-Forwarded-Host` is whatever it wants the origin to believe (an
+//! allow-listed address, another scheme). So those are replaced by what the proxy saw, unless
+//! the peer is a proxy in front of this one (`[listen] trusted_proxies`): then its statements
+//! are kept and the proxy appends its own hop. The origin's `Server` banner, which names its
+//! software and version, is dropped unless `[listen] keep_server_header` is set.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+use super::ConnInfo;
+use crate::config::Cidr;
+
+/// `X-Forwarded-For`: the chain of client addresses.
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// `X-Forwarded-Proto`: the scheme the client used.
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+/// `X-Forwarded-Host`: the host the client asked for.
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+/// `X-Real-IP`: the original client's address alone.
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+
+/// The forwarding policy, from `[listen]`.
+#[derive(Debug, Clone, Default)]
+pub struct Forwarding {
+    /// Peers whose forwarding headers are kept and appended to.
+    pub trusted_proxies: Vec<Cidr>,
+    /// Pass the origin's `Server` header to the client.
+    pub keep_server_header: bool,
+}
+
+impl Forwarding {
+    /// Sets the forwarding headers of a request going to the origin. `host` is the host the
+    /// client asked for (the target's authority, else `Host`), when it named one.
+    pub(super) fn request(
+        &self,
+        headers: &mut HeaderMap,
+        conn: &ConnInfo,
+        host: Option<HeaderValue>,
+    ) {
+        let peer = conn.peer.ip().to_canonical();
+        let trusted = self
+            .trusted_proxies
+            .iter()
+            .any(|range| range.contains(peer));
+        let scheme = if conn.tls { "https" } else { "http" };
+        let hop = peer.to_string();
+        let element = forwarded_element(peer, host.as_ref(), scheme);
+        let earlier = |headers: &HeaderMap, name: HeaderName| {
+            trusted.then(|| joined(headers, &name)).flatten()
+        };
+
+        let chain = match earlier(headers, X_FORWARDED_FOR) {
+            Some(earlier) => format!("{earlier}, {hop}"),
+            None => hop.clone(),
+        };
+        let forwarded = match earlier(headers, header::FORWARDED) {
+            Some(earlier) => format!("{earlier}, {element}"),
+            None => element,
+        };
+        replace(headers, X_FORWARDED_FOR, HeaderValue::from_str(&chain).ok());
+        replace(
+            headers,
+            header::FORWARDED,
+            HeaderValue::from_str(&forwarded).ok(),
+        );
+        // Single-valued: a trusted proxy's statement stands, anyone else's is replaced.
+        let single =
+            |headers: &HeaderMap, name: HeaderName| trusted.then(|| only(headers, &name)).flatten();
+        let real_ip = single(headers, X_REAL_IP).or_else(|| HeaderValue::from_str(&hop).ok());
+        replace(headers, X_REAL_IP, real_ip);
+        let proto = single(headers, X_FORWARDED_PROTO).or(Some(HeaderValue::from_static(scheme)));
+        replace(headers, X_FORWARDED_PROTO, proto);
+        let host = single(headers, X_FORWARDED_HOST).or(host);
+        replace(headers, X_FORWARDED_HOST, host);
+    }
+
+    /// Drops what the origin's answer should not tell the client.
+    pub(super) fn response(&self, headers: &mut HeaderMap) {
+        if !self.keep_server_header {
+            headers.remove(header::SERVER);
+        }
+    }
+}
+
+/// All of `name`'s lines joined with `, ` (a list header), if any are there.
+fn joined(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
+    let values: Vec<&str> = headers
+        .get_all(name)
+        .iter()
+        .map(|v| v.to_str().ok())
+        .collect::<Option<_>>()?;
+    (!values.is_empty()).then(|| values.join(", "))
+}
+
+/// `name`'s value when it has exactly one line.
+fn only(headers: &HeaderMap, name: &HeaderName) -> Option<HeaderValue> {
+    let mut lines = headers.get_all(name).iter();
+    match (lines.next(), lines.next()) {
+        (Some(value), None) => Some(value.clone()),
+        _ => None,
+    }
+}
+
+/// Sets `name` to `value` alone, or removes it when there is none.
+fn replace(headers: &mut HeaderMap, name: HeaderName, value: Option<HeaderValue>) {
+    match value {
+        Some(value) => {
+            headers.insert(name, value);
+        }
+        None => {
+            headers.remove(name);
+        }
+    }
+}
+
+/// This hop's `Forwarded` element (RFC 7239 §4): `for`, `host` and `proto`, quoted where the
+/// value is not a token (an IPv6 address, a host with a port).
+fn forwarded_element(peer: IpAddr, host: Option<&HeaderValue>, scheme: &str) -> String {
+    let mut element = match peer {
+        IpAddr::V4(v4) => format!("for={v4}"),
+        IpAddr::V6(v6) => format!("for=\"[{v6}]\""),
+    };
+    // A checked host has no `"` or `\`, so quoting needs no escapes.
+    if let Some(host) = host.and_then(|h| h.to_str().ok()) {
+        if host.bytes().all(is_tchar) {
+            element.push_str(&format!(";host={host}"));
+        } else {
+            element.push_str(&format!(";host=\"{host}\""));
+        }
+    }
+    element.push_str(&format!(";proto={scheme}"));
+    element
+}
+
+/// A token character (RFC 9110 §5.6.2).
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use super::*;
+
+    fn forward(policy: &Forwarding, peer: &str, sent: &[(&str, &str)]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (name, value) in sent {
+            headers.append(
+                HeaderName::from_bytes(name.as_bytes()).expect("name"),
+                HeaderValue::from_str(value).expect("value"),
+            );
+        }
+        let conn = ConnInfo {
+            peer: peer.parse::<SocketAddr>().expect("peer"),
+            tls: true,
+        };
+        policy.request(
+            &mut headers,
+            &conn,
+            Some(HeaderValue::from_static("edge.example:8443")),
+        );
+        headers
+    }
+
+    const FORGED: [(&str, &str); 6] = [
+        ("x-forwarded-for", "10.0.0.1"),
+        ("x-forwarded-for", "10.0.0.2"),
+        ("forwarded", "for=10.0.0.1"),
+        ("x-real-ip", "10.0.0.1"),
+        ("x-forwarded-proto", "http"),
+        ("x-forwarded-host", "internal.example"),
+    ];
+
+    #[test]
+    fn an_untrusted_peer_cannot_state_anything() {
+        let headers = forward(&Forwarding::default(), "[::ffff:203.0.113.9]:5000", &FORGED);
+        assert_eq!(headers["x-forwarded-for"], "203.0.113.9");
+        assert_eq!(
+            headers["forwarded"],
+            "for=203.0.113.9;host=\"edge.example:8443\";proto=https"
+        );
+        assert_eq!(headers["x-real-ip"], "203.0.113.9");
+        assert_eq!(headers["x-forwarded-proto"], "https");
+        assert_eq!(headers["x-forwarded-host"], "edge.example:8443");
+        assert_eq!(headers.get_all("x-forwarded-for").iter().count(), 1);
+    }
+
+    #[test]
+    fn a_trusted_proxy_is_believed_and_appended_to() {
+        let policy = Forwarding {
+            trusted_proxies: vec![Cidr::parse("2001:db8::/32").expect("cidr")],
+            keep_server_header: false,
+        };
+        let headers = forward(&policy, "[2001:db8::5]:5000", &FORGED);
+        assert_eq!(
+            headers["x-forwarded-for"],
+            "10.0.0.1, 10.0.0.2, 2001:db8::5"
+        );
+        assert_eq!(
+            headers["forwarded"],
+            "for=10.0.0.1, for=\"[2001:db8::5]\";host=\"edge.example:8443\";proto=https"
+        );
+        assert_eq!(headers["x-real-ip"], "10.0.0.1");
+        assert_eq!(headers["x-forwarded-proto"], "http");
+        assert_eq!(headers["x-forwarded-host"], "internal.example");
+        // With nothing stated, the proxy states what it saw.
+        let headers = forward(&policy, "[2001:db8::5]:5000", &[]);
+        assert_eq!(headers["x-forwarded-for"], "2001:db8::5");
+        assert_eq!(headers["x-real-ip"], "2001:db8::5");
+        assert_eq!(headers["x-forwarded-proto"], "https");
+    }
+
+    #[test]
+    fn the_server_banner_is_dropped_unless_kept() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::SERVER, HeaderValue::from_static("origin/1.2.3"));
+        let kept = Forwarding {
+            keep_server_header: true,
+            ..Forwarding::default()
+        };
+        kept.response(&mut headers);
+        assert!(headers.contains_key(header::SERVER));
+        Forwarding::default().response(&mut headers);
+        assert!(!headers.contains_key(header::SERVER));
+    }
+}
