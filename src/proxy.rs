@@ -15,6 +15,7 @@ use crate::ops::shutdown::Shutdown;
 use crate::origin::Upstream;
 use crate::origin::tls::TlsError;
 use crate::request::auth::Authenticator;
+use crate::request::cors::Cors;
 use crate::request::router::Router;
 use crate::request::{App, passthrough};
 use crate::stream::Streams;
@@ -110,6 +111,8 @@ impl Proxy {
             streams: Streams::new(hub, config.sse.clone()),
             retry_ms: config.sse.retry_ms,
             metrics,
+            cors: config.cors.clone().map(Cors::new),
+            events: config.sse.events.clone(),
         });
         if let Some((listener, _)) = admin {
             tokio::spawn(edge::admin::serve(

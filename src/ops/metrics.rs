@@ -38,14 +38,17 @@ pub enum Limit {
     ValidationRate,
     /// `[listen] max_connections`.
     MaxConnections,
+    /// `[[stream]] max_keys`.
+    MaxKeys,
 }
 
 impl Limit {
-    const ALL: [Limit; 4] = [
+    const ALL: [Limit; 5] = [
         Limit::MaxStreams,
         Limit::MaxStreamsPerUser,
         Limit::ValidationRate,
         Limit::MaxConnections,
+        Limit::MaxKeys,
     ];
 
     fn label(self) -> &'static str {
@@ -54,6 +57,7 @@ impl Limit {
             Limit::MaxStreamsPerUser => "{reason=\"max_streams_per_user\"}",
             Limit::ValidationRate => "{reason=\"validation_rate\"}",
             Limit::MaxConnections => "{reason=\"max_connections\"}",
+            Limit::MaxKeys => "{reason=\"max_keys\"}",
         }
     }
 }
@@ -97,7 +101,7 @@ pub struct Metrics {
     pub validator_calls: AtomicU64,
     /// Requests whose token was rejected or missing.
     pub auth_rejects: AtomicU64,
-    limits: [AtomicU64; 4],
+    limits: [AtomicU64; 5],
 }
 
 impl Metrics {

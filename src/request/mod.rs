@@ -11,6 +11,7 @@
 mod admin;
 pub mod auth;
 pub mod body;
+pub mod cors;
 pub mod error;
 pub mod passthrough;
 pub mod router;
@@ -19,16 +20,17 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::{Method, Request, Response, Version, request};
+use http::{HeaderValue, Method, Request, Response, Version, header, request};
 
-use crate::config::StreamConfig;
+use crate::config::{EventNames, StreamConfig};
 use crate::ops::metrics::Metrics;
 use crate::origin::{ClientBody, Upstream};
 use crate::stream::Streams;
 use auth::Authenticator;
 use body::ProxyBody;
-use error::ProxyError;
-use router::{Route, Router};
+use cors::Cors;
+use error::{ProxyError, wants_event_stream};
+use router::{Route, RouteError, Router};
 
 /// Longest path written to the access log.
 const MAX_LOGGED_PATH: usize = 256;
@@ -58,6 +60,10 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     /// Drop a client-sent `X-User-ID` on passthrough (it is not a token source).
     pub strip_user_header: bool,
+    /// `[cors]`: cross-origin reading of stream routes; `None` adds no CORS headers.
+    pub cors: Option<Cors>,
+    /// The proxy's own event names, for refusals answered as event streams.
+    pub events: Arc<EventNames>,
 }
 
 impl App {
@@ -69,7 +75,10 @@ impl App {
         conn: ConnInfo,
     ) -> Response<ProxyBody> {
         let log = RequestLog::of(request.method(), request.version(), request.uri().path());
-        let (kind, result) = match self.router.route(request.uri().path()) {
+        let browser = Browser::of(&request);
+        let routed = self.router.route(request.uri().path());
+        let stream_route = !matches!(routed, Ok(Route::Passthrough));
+        let (kind, result) = match routed {
             Err(error) => ("rejected", Err(error.into())),
             Ok(Route::Passthrough) => (
                 "passthrough",
@@ -80,7 +89,12 @@ impl App {
                 ("stream", self.stream(route, params, &parts).await)
             }
         };
-        self.finish(log, kind, result, conn)
+        let event_stream = stream_route && browser.event_stream;
+        let mut response = self.finish(log, kind, result, conn, event_stream);
+        if let (true, Some(cors)) = (stream_route, &self.cors) {
+            cors.apply(browser.origin.as_ref(), response.headers_mut());
+        }
+        response
     }
 
     /// Ends every event stream with a reconnect hint (shutdown: clients move elsewhere).
@@ -88,16 +102,22 @@ impl App {
         self.streams.hub.close_all(self.retry_ms);
     }
 
-    /// The stream phase: method check, authentication, then the hub.
+    /// The stream phase: method check (and CORS preflight), declared query parameters,
+    /// authentication, then the hub.
     async fn stream(
         &self,
         route: Arc<StreamConfig>,
-        params: Vec<String>,
+        mut params: Vec<String>,
         parts: &request::Parts,
     ) -> Result<Response<ProxyBody>, ProxyError> {
+        if let (&Method::OPTIONS, Some(cors)) = (&parts.method, &self.cors) {
+            return cors.preflight(parts);
+        }
         if parts.method != Method::GET {
             return Err(ProxyError::MethodNotAllowed(parts.method.clone()));
         }
+        let query = route.query.values(parts.uri.query());
+        params.extend(query.map_err(RouteError::from)?);
         let identity = match (&self.auth, route.auth) {
             (Some(auth), true) => Some(
                 auth.authenticate(&parts.headers, parts.uri.query(), &self.upstream)
@@ -116,6 +136,7 @@ impl App {
         kind: &'static str,
         result: Result<Response<ProxyBody>, ProxyError>,
         conn: ConnInfo,
+        event_stream: bool,
     ) -> Response<ProxyBody> {
         Metrics::inc(match kind {
             "stream" => &self.metrics.requests_stream,
@@ -132,7 +153,13 @@ impl App {
                     detail = %error,
                     "request failed"
                 );
-                error.into_response()
+                if event_stream {
+                    error
+                        .into_event_stream(self.retry_ms, &self.events.unavailable)
+                        .unwrap_or_else(ProxyError::into_response)
+                } else {
+                    error.into_response()
+                }
             }
         };
         tracing::info!(
@@ -146,6 +173,25 @@ impl App {
             ms = log.started.elapsed().as_millis() as u64,
         );
         response
+    }
+}
+
+/// What a browser's request says about the answer it can use, read before the request is
+/// consumed.
+struct Browser {
+    /// The page's origin (`Origin`), for CORS.
+    origin: Option<HeaderValue>,
+    /// `Accept: text/event-stream` (an `EventSource`): refusals that will pass are answered
+    /// as an event stream it reconnects from.
+    event_stream: bool,
+}
+
+impl Browser {
+    fn of<B>(request: &Request<B>) -> Browser {
+        Browser {
+            origin: request.headers().get(header::ORIGIN).cloned(),
+            event_stream: wants_event_stream(request.headers()),
+        }
     }
 }
 

@@ -75,6 +75,9 @@ mod tests {
                 path: PathPattern::parse(path).expect("pattern"),
                 auth: false,
                 sources: Vec::new(),
+                query: Default::default(),
+                max_keys: 1,
+                events: Default::default(),
             })
         };
         Router::new(vec![

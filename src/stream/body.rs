@@ -15,7 +15,8 @@ use tokio::sync::OwnedSemaphorePermit;
 use super::UserSlot;
 use super::channel::{Cursor, Next};
 use super::hub::Subscription;
-use super::sse::HEARTBEAT;
+use super::keys::KeySlot;
+use super::sse::{self, Event, HEARTBEAT};
 use crate::ops::metrics::Metrics;
 
 /// A streaming response body.
@@ -32,6 +33,8 @@ pub struct SseBody {
     _slot: OwnedSemaphorePermit,
     /// The user's stream slot on `auth = true` routes, likewise.
     _user_slot: Option<UserSlot>,
+    /// The hold on this stream's key (`max_keys`), likewise.
+    _key_slot: KeySlot,
     /// For the log line at the end: when it opened and how many frames it sent.
     opened: Instant,
     frames: u64,
@@ -45,6 +48,7 @@ impl SseBody {
         cursor: Cursor,
         slot: OwnedSemaphorePermit,
         user_slot: Option<UserSlot>,
+        key_slot: KeySlot,
     ) -> SseBody {
         SseBody {
             subscription,
@@ -53,6 +57,7 @@ impl SseBody {
             finished: false,
             _slot: slot,
             _user_slot: user_slot,
+            _key_slot: key_slot,
             opened: Instant::now(),
             frames: 0,
         }
@@ -75,13 +80,19 @@ impl SseBody {
                 Poll::Pending => return Poll::Pending,
             }
         };
-        let metrics = &this.subscription.channel().metrics;
-        if bytes[..] == *HEARTBEAT {
+        let channel = this.subscription.channel();
+        let metrics = &channel.metrics;
+        let bytes = if bytes[..] == *HEARTBEAT {
             Metrics::inc(&metrics.heartbeats_sent);
+            match &channel.route.events.heartbeat {
+                Some(name) => named_heartbeat(name),
+                None => bytes,
+            }
         } else {
             this.frames += 1;
             Metrics::inc(&metrics.frames_sent);
-        }
+            bytes
+        };
         metrics
             .stream_bytes_sent
             .fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
@@ -100,4 +111,18 @@ impl Drop for SseBody {
             "stream closed"
         );
     }
+}
+
+/// A heartbeat as a named event (`[sse] heartbeat_event`), for dashboards that listen for
+/// one; its data is JSON with the proxy's clock in Unix milliseconds. Never given an `id`, so
+/// it leaves the client's `Last-Event-ID` alone.
+fn named_heartbeat(name: &str) -> Bytes {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    sse::encode(&Event {
+        id: None,
+        event: Some(name),
+        data: &format!("{{\"time_ms\":{now_ms}}}"),
+    })
 }

@@ -341,12 +341,13 @@ impl Channel {
         wakers.into_iter().for_each(Waker::wake);
     }
 
-    /// Reports that `source` is failing: an `error` event for current subscribers, and for
-    /// anyone who joins until [`Channel::recovered`]. Never replayed on resume.
+    /// Reports that `source` is failing: an outage event (`upstream_error`) for current
+    /// subscribers, and for anyone who joins until [`Channel::recovered`]. Never replayed on
+    /// resume.
     pub fn outage(&self, source: usize, data: &str) {
         let frame = sse::encode(&Event {
             id: None,
-            event: Some("error"),
+            event: Some(&self.route.events.outage),
             data,
         });
         let wakers = {
@@ -393,13 +394,13 @@ impl Channel {
         wakers.into_iter().for_each(Waker::wake);
     }
 
-    /// The origin refused the stream: end it with an `error` event, and answer new clients
-    /// with the origin's status until the hub forgets the channel.
+    /// The origin refused the stream: end it with a refusal event (`stream_refused`), and
+    /// answer new clients with the origin's status until the hub forgets the channel.
     pub fn fail(&self, answer: FatalAnswer) {
         let data = json!({ "status": answer.status.as_u16(), "detail": answer.detail }).to_string();
         self.end(sse::encode(&Event {
             id: None,
-            event: Some("error"),
+            event: Some(&self.route.events.refused),
             data: &data,
         }));
         self.phase.send_replace(Phase::Failed(Arc::new(answer)));
@@ -460,7 +461,7 @@ impl Channel {
                 }
                 None => {
                     Metrics::inc(&self.metrics.resyncs_unknown_id);
-                    resync_into(&mut out, "unknown_last_event_id");
+                    resync_into(&mut out, &self.route.events.resync, "unknown_last_event_id");
                     full_state(&log, &mut out);
                 }
             },
@@ -492,7 +493,7 @@ impl Channel {
             // Fell behind the history: skip to the current state.
             Metrics::inc(&self.metrics.resyncs_lagged);
             let mut out = BytesMut::new();
-            resync_into(&mut out, "lagged");
+            resync_into(&mut out, &self.route.events.resync, "lagged");
             full_state(&log, &mut out);
             cursor.next = log.next_seq;
             return Poll::Ready(Next::Frame(out.freeze()));
@@ -545,13 +546,13 @@ fn full_state(log: &Log, out: &mut BytesMut) {
     }
 }
 
-fn resync_into(out: &mut BytesMut, reason: &str) {
+fn resync_into(out: &mut BytesMut, name: &str, reason: &str) {
     let data = json!({ "reason": reason }).to_string();
     sse::encode_into(
         out,
         &Event {
             id: None,
-            event: Some("resync"),
+            event: Some(name),
             data: &data,
         },
     );
@@ -585,7 +586,7 @@ mod tests {
         let route = StreamConfig {
             index: 0,
             sources: vec![SourceConfig {
-                poll: PollTemplate::parse("/p", &path).expect("template"),
+                poll: PollTemplate::parse("/p", &path, &[]).expect("template"),
                 every: Duration::from_secs(1),
                 event: "item".into(),
                 mode: mode.clone(),
@@ -594,6 +595,9 @@ mod tests {
             }],
             path,
             auth: false,
+            query: Default::default(),
+            max_keys: 1,
+            events: Default::default(),
         };
         let key = StreamKey {
             route: 0,

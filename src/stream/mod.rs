@@ -11,11 +11,13 @@
 //! - [`hub`]: channels by key, their pollers' lifecycles.
 //! - [`poller`]: polling one source.
 //! - [`body`]: the response body that follows a channel.
+//! - [`keys`]: the bound on distinct keys per route.
 
 pub mod body;
 pub mod channel;
 pub mod delta;
 pub mod hub;
+pub mod keys;
 pub mod poller;
 pub mod sse;
 
@@ -30,10 +32,15 @@ use tokio::sync::Semaphore;
 pub use body::SseBody;
 use channel::{Phase, StreamKey};
 use hub::Hub;
+use keys::KeyCounts;
 
 use crate::config::{SseConfig, StreamConfig};
 use crate::http::query::query_param;
 use crate::ops::metrics::{Limit, Metrics};
+
+/// `Cache-Control` of every event stream: `no-cache` so no cache answers for the origin,
+/// `no-transform` so no intermediary (a CDN compressing, a mobile proxy) buffers the stream.
+pub const CACHE_CONTROL: &str = "no-cache, no-transform";
 
 /// Longest `Last-Event-ID` looked up; longer ones are treated as unknown.
 const MAX_EVENT_ID_LEN: usize = 256;
@@ -65,6 +72,14 @@ pub enum StreamError {
         /// The configured per-user limit.
         max: usize,
     },
+    /// The route already has `[[stream]] max_keys` distinct keys open, and this is a new one.
+    #[error("too many distinct streams open on this route ({max}); retry in {retry_after_s} s")]
+    TooManyKeys {
+        /// The configured limit.
+        max: usize,
+        /// Seconds the client should wait.
+        retry_after_s: u64,
+    },
     /// The origin refused the stream's resource (401, 403, 404, 410) on its first poll.
     #[error("{detail}")]
     Refused {
@@ -85,6 +100,8 @@ pub struct Streams {
     slots: Arc<Semaphore>,
     /// Open streams per validated user (`max_streams_per_user`).
     per_user: Arc<Mutex<HashMap<String, usize>>>,
+    /// Distinct keys open per route (`[[stream]] max_keys`).
+    keys: KeyCounts,
     /// Retry hint, first-poll wait, limits.
     sse: SseConfig,
 }
@@ -96,6 +113,7 @@ impl Streams {
             hub,
             slots: Arc::new(Semaphore::new(sse.max_streams)),
             per_user: Arc::default(),
+            keys: KeyCounts::default(),
             sse,
         }
     }
@@ -105,7 +123,8 @@ impl Streams {
         self.sse.max_streams - self.slots.available_permits()
     }
 
-    /// Opens an event stream on `route` with these checked parameters, for `identity` (the
+    /// Opens an event stream on `route` with these checked parameters (path parameters,
+    /// then the canonical values of its declared query parameters), for `identity` (the
     /// validated user on `auth = true` routes). `request` gives the `Last-Event-ID`.
     pub async fn open(
         &self,
@@ -115,11 +134,12 @@ impl Streams {
         request: &request::Parts,
     ) -> Result<Response<SseBody>, StreamError> {
         let last_event_id = last_event_id(request);
+        let retry_after_s = self.sse.retry_ms.div_ceil(1000).max(1);
         let slot = self.slots.clone().try_acquire_owned().map_err(|_| {
             self.hub.metrics().limited(Limit::MaxStreams);
             StreamError::TooManyStreams {
                 max: self.sse.max_streams,
-                retry_after_s: self.sse.retry_ms.div_ceil(1000).max(1),
+                retry_after_s,
             }
         })?;
         let user_slot = match &identity {
@@ -131,6 +151,13 @@ impl Streams {
             params,
             user: identity.as_ref().map(|i| i.user_id.clone()),
         };
+        let key_slot = self.keys.take(&key, route.max_keys).ok_or_else(|| {
+            self.hub.metrics().limited(Limit::MaxKeys);
+            StreamError::TooManyKeys {
+                max: route.max_keys,
+                retry_after_s,
+            }
+        })?;
         let subscription = self.hub.subscribe(route, key, identity);
         if let Phase::Failed(answer) = subscription.wait_ready(self.sse.first_poll_wait).await {
             return Err(StreamError::Refused {
@@ -143,14 +170,23 @@ impl Streams {
             .channel()
             .start(last_event_id.as_deref(), self.sse.retry_ms);
         Metrics::inc(&self.hub.metrics().streams_started);
-        let mut response =
-            Response::new(SseBody::new(subscription, first, cursor, slot, user_slot));
+        let mut response = Response::new(SseBody::new(
+            subscription,
+            first,
+            cursor,
+            slot,
+            user_slot,
+            key_slot,
+        ));
         let headers = response.headers_mut();
         headers.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/event-stream"),
         );
-        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        headers.insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static(CACHE_CONTROL),
+        );
         headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
         Ok(response)
     }

@@ -148,6 +148,9 @@ mod tests {
                     path: PathPattern::parse(text).expect("pattern"),
                     auth: false,
                     sources: Vec::new(),
+                    query: Default::default(),
+                    max_keys: 1,
+                    events: Default::default(),
                 })
             })
             .collect();

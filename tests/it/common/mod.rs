@@ -49,6 +49,10 @@ pub struct Options {
     pub max_validations_per_s: u64,
     /// `[listen] max_connections`.
     pub max_connections: usize,
+    /// More `[sse]` lines (event names, heartbeat event).
+    pub sse_extra: &'static str,
+    /// Tables appended to the config (`[cors]`, more `[[stream]]` routes).
+    pub extra: &'static str,
 }
 
 impl Default for Options {
@@ -70,6 +74,8 @@ impl Default for Options {
             max_streams_per_user: 20,
             max_validations_per_s: 100,
             max_connections: 10_000,
+            sse_extra: "",
+            extra: "",
         }
     }
 }
@@ -128,6 +134,7 @@ linger_ms = {linger_ms}
 history_events = {history_events}
 history_bytes = {history_bytes}
 max_backoff_ms = 400
+{sse_extra}
 
 [[stream]]
 path = "/api/v2/stream"
@@ -152,6 +159,8 @@ auth = true
   poll = "/api/v2/configurations/{{id}}/refresh/status"
   every_ms = {every}
   event = "refresh"
+
+{extra}
 "#,
         cert = dir.join("cert.pem").display(),
         key = dir.join("key.pem").display(),
@@ -169,6 +178,8 @@ auth = true
         max_streams_per_user = options.max_streams_per_user,
         max_connections = options.max_connections,
         every = options.every_ms,
+        sse_extra = options.sse_extra,
+        extra = options.extra,
         wait = options
             .metrics_wait_s
             .map_or(String::new(), |s| format!("wait_s = {s}")),
