@@ -4,7 +4,9 @@
 //! through [`App::handle`] and goes: route ([`router`]) → authenticate ([`auth`], on
 //! `auth = true` stream routes) → stream (the [`crate::stream`] phase) or passthrough
 //! ([`passthrough`]) → access log. A failure in any phase is a typed error of that phase,
-//! turned into a JSON answer by [`ProxyError`] here.
+//! turned into a JSON answer by [`ProxyError`] here, or, for an `EventSource` refused for a
+//! reason that will pass, into an event stream it reconnects from. Stream-route answers get
+//! the `[cors]` headers ([`cors`]), and their `OPTIONS` preflights are answered there.
 //!
 //! The query string is never logged: it may carry a token (`user_token`).
 

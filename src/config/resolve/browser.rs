@@ -12,6 +12,9 @@ use super::{Resolver, check_event_name};
 use crate::http::path::{PathPattern, is_identifier};
 use crate::http::query::{Case, QueryKeys};
 
+/// Ceiling of `query_max_values`: keys stay small (each value is at most 128 bytes).
+const MAX_QUERY_VALUES: u64 = 1024;
+
 /// Query parameters the proxy reads itself; a route cannot declare them.
 const PROXY_QUERY: [&str; 1] = ["last_event_id"];
 
@@ -138,14 +141,19 @@ impl Resolver<'_> {
                 ));
             }
         };
-        let max_values = self.positive(
-            &raw.query_max_values,
-            &format!("stream[{index}].query_max_values"),
-        )?;
+        let max_key = format!("stream[{index}].query_max_values");
+        let max_values = self.positive(&raw.query_max_values, &max_key)?;
+        if max_values > MAX_QUERY_VALUES {
+            return Err(self.error(
+                raw.query_max_values.span(),
+                &max_key,
+                format!("at most {MAX_QUERY_VALUES}: every value is part of a stream key"),
+            ));
+        }
         Ok(QueryKeys {
             names,
             case,
-            max_values: max_values.min(1024) as usize,
+            max_values: max_values as usize,
         })
     }
 
