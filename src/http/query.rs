@@ -110,6 +110,30 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #[test]
+        fn any_query_gives_a_bounded_canonical_key_or_an_error(
+            pairs in proptest::collection::vec(
+                ("(tickers|res|x|)", "[a-zA-Z0-9,%.~_/ +-]{0,24}"),
+                0..12,
+            ),
+            noise in "[ -~]{0,100}",
+        ) {
+            let mut query: Vec<String> = pairs.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            query.push(noise);
+            let query = query.join("&");
+            let k = keys(Case::Upper);
+            if let Ok(values) = k.values(Some(&query)) {
+                for value in values {
+                    let items: Vec<&str> = value.split(',').filter(|i| !i.is_empty()).collect();
+                    proptest::prop_assert!(items.len() <= k.max_values);
+                    proptest::prop_assert!(items.windows(2).all(|w| w[0] < w[1]));
+                    proptest::prop_assert!(items.iter().all(|i| check_value("x", i).is_ok()));
+                }
+            }
+        }
+    }
+
     #[test]
     fn finds_a_parameter_by_exact_name() {
         assert_eq!(query_param("a=1&user_token=x&b", "user_token"), Some("x"));
