@@ -127,7 +127,7 @@ fn fan_out(c: &mut Criterion) {
     let route = Arc::new(StreamConfig {
         index: 0,
         sources: vec![SourceConfig {
-            poll: PollTemplate::parse("/p", &path).expect("template"),
+            poll: PollTemplate::parse("/p", &path, &[]).expect("template"),
             every: Duration::from_secs(1),
             event: "metrics".into(),
             mode: Mode::Snapshot,
@@ -136,6 +136,9 @@ fn fan_out(c: &mut Criterion) {
         }],
         path,
         auth: false,
+        query: Default::default(),
+        max_keys: 1,
+        events: Default::default(),
     });
     let key = StreamKey {
         route,

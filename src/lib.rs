@@ -7,7 +7,9 @@
 //!   HTTP/1.1 or HTTP/2. HTTP/1.1 connections start on the fast path ([`edge::h1`]), which
 //!   serves event streams without per-connection buffers and hands everything else to hyper.
 //! - [`request`]: the request phases: route → authenticate → stream or passthrough → access
-//!   log; the only layer that turns errors into HTTP answers ([`request::error`]).
+//!   log; the only layer that turns errors into HTTP answers ([`request::error`]: JSON, or
+//!   a retryable event stream for an `EventSource`), and CORS on stream routes
+//!   ([`request::cors`]).
 //! - [`stream`]: the event streams: a [`hub`](stream::hub) of channels, one per stream key,
 //!   each fed by one [`poller`](stream::poller) per source, turned into changes by
 //!   [`delta`](stream::delta), encoded once by [`sse`](stream::sse) into the key's

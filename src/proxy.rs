@@ -17,6 +17,7 @@ use crate::origin::tls::TlsError;
 use crate::request::App;
 use crate::request::auth::{AuthSetupError, Authenticator};
 use crate::request::forwarding::Forwarding;
+use crate::request::cors::Cors;
 use crate::request::router::Router;
 use crate::stream::Streams;
 use crate::stream::hub::Hub;
@@ -118,6 +119,8 @@ impl Proxy {
                 trusted_proxies: config.listen.trusted_proxies.clone(),
                 keep_server_header: config.listen.keep_server_header,
             },
+            cors: config.cors.clone().map(Cors::new),
+            events: config.sse.events.clone(),
         });
         if let Some((listener, _)) = admin {
             tokio::spawn(edge::admin::serve(

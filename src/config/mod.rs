@@ -10,11 +10,13 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue};
 
 use crate::http::path::{PathPattern, PollTemplate};
+use crate::http::query::QueryKeys;
 
 mod auth;
 mod cidr;
@@ -74,6 +76,8 @@ pub struct Config {
     pub sse: SseConfig,
     /// The routes answered as event streams; everything else passes through.
     pub streams: Vec<StreamConfig>,
+    /// Which browser origins may read stream routes' answers; `None`: no CORS headers.
+    pub cors: Option<CorsConfig>,
 }
 
 /// `[listen]`.
@@ -173,6 +177,76 @@ pub struct SseConfig {
     /// Open streams at once from one client address (IPv6: one /64); beyond it 429. Behind
     /// a load balancer the address is the balancer's.
     pub max_streams_per_ip: usize,
+    /// The names of the events the proxy itself sends, shared with every route.
+    pub events: Arc<EventNames>,
+}
+
+/// The `event:` names of the proxy's own events (`[sse] *_event`), configurable so they fit
+/// what existing dashboards listen for, and never `error`, which `EventSource` reserves for
+/// its own `onerror`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventNames {
+    /// A source is failing; the stream goes on (`upstream_error`).
+    pub outage: String,
+    /// The origin refused the stream's resource (401, 403, 404, 410); the stream ends
+    /// (`stream_refused`).
+    pub refused: String,
+    /// The stream could not be opened now (capacity, validator or origin down): sent to an
+    /// `EventSource` with `retry:` before closing, so it reconnects later (`unavailable`).
+    pub unavailable: String,
+    /// The client is skipped to the full state (`resync`).
+    pub resync: String,
+    /// Heartbeats as this named event with JSON data; `None`: comment frames.
+    pub heartbeat: Option<String>,
+}
+
+impl Default for EventNames {
+    fn default() -> Self {
+        EventNames {
+            outage: "upstream_error".to_owned(),
+            refused: "stream_refused".to_owned(),
+            unavailable: "unavailable".to_owned(),
+            resync: "resync".to_owned(),
+            heartbeat: None,
+        }
+    }
+}
+
+impl EventNames {
+    /// Every name in use, for the check that no source takes one.
+    pub fn all(&self) -> impl Iterator<Item = &str> {
+        [&self.outage, &self.refused, &self.unavailable, &self.resync]
+            .into_iter()
+            .map(String::as_str)
+            .chain(self.heartbeat.as_deref())
+    }
+}
+
+/// `[cors]`: cross-origin access for browsers, on stream routes only (passthrough answers
+/// are the origin's, with its own CORS headers).
+#[derive(Debug, Clone)]
+pub struct CorsConfig {
+    /// The origins whose pages may read the streams.
+    pub allow_origins: AllowOrigins,
+    /// Whether pages may send cookies (`withCredentials`): the allowed origin is echoed
+    /// with `Access-Control-Allow-Credentials: true`. Never combined with `*`.
+    pub allow_credentials: bool,
+    /// Response headers a page's script may read (`Access-Control-Expose-Headers`).
+    pub expose_headers: Vec<HeaderName>,
+    /// Request headers a preflight may ask for (a `fetch`-based SSE client's
+    /// `Authorization`, `Last-Event-ID`).
+    pub allow_headers: Vec<HeaderName>,
+    /// How long a browser may cache a preflight answer.
+    pub max_age: Duration,
+}
+
+/// Which origins `[cors] allow_origins` admits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AllowOrigins {
+    /// `"*"`: any page, without credentials.
+    Any,
+    /// Exactly these serialised origins (`https://app.example.com`), lower-cased.
+    List(Vec<String>),
 }
 
 /// One `[[stream]]` route.
@@ -187,6 +261,13 @@ pub struct StreamConfig {
     pub auth: bool,
     /// What is polled to feed the stream.
     pub sources: Vec<SourceConfig>,
+    /// Declared query parameters: checked, normalised, part of the key, usable in polls.
+    pub query: QueryKeys,
+    /// Most distinct keys (parameter values) with open streams on this route at once; a
+    /// new key beyond it is refused, so clients cannot make the proxy poll without bound.
+    pub max_keys: usize,
+    /// The proxy's own event names (from `[sse]`), used by this route's channels.
+    pub events: Arc<EventNames>,
 }
 
 /// One `[[stream.source]]`.

@@ -17,6 +17,29 @@ pub(super) struct RawConfig {
     pub(super) sse: RawSse,
     #[serde(default)]
     pub(super) stream: Vec<Spanned<RawStream>>,
+    pub(super) cors: Option<Spanned<RawCors>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCors {
+    pub(super) allow_origins: Spanned<RawOrigins>,
+    #[serde(default)]
+    pub(super) allow_credentials: bool,
+    #[serde(default)]
+    pub(super) expose_headers: Vec<Spanned<String>>,
+    #[serde(default = "defaults::cors_allow_headers")]
+    pub(super) allow_headers: Vec<Spanned<String>>,
+    #[serde(default = "defaults::cors_max_age_s")]
+    pub(super) max_age_s: Spanned<u64>,
+}
+
+/// `allow_origins = "*"` or a list of origins.
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub(super) enum RawOrigins {
+    One(String),
+    List(Vec<String>),
 }
 
 #[derive(Deserialize)]
@@ -134,6 +157,15 @@ pub(super) struct RawSse {
     pub(super) resume_memory_bytes: Spanned<u64>,
     #[serde(default = "defaults::max_streams_per_ip")]
     pub(super) max_streams_per_ip: Spanned<u64>,
+    #[serde(default = "defaults::outage_event")]
+    pub(super) outage_event: Spanned<String>,
+    #[serde(default = "defaults::refused_event")]
+    pub(super) refused_event: Spanned<String>,
+    #[serde(default = "defaults::unavailable_event")]
+    pub(super) unavailable_event: Spanned<String>,
+    #[serde(default = "defaults::resync_event")]
+    pub(super) resync_event: Spanned<String>,
+    pub(super) heartbeat_event: Option<Spanned<String>>,
 }
 
 impl Default for RawSse {
@@ -153,6 +185,11 @@ impl Default for RawSse {
             resume_window_s: defaults::resume_window_s(),
             resume_memory_bytes: defaults::resume_memory_bytes(),
             max_streams_per_ip: defaults::max_streams_per_ip(),
+            outage_event: defaults::outage_event(),
+            refused_event: defaults::refused_event(),
+            unavailable_event: defaults::unavailable_event(),
+            resync_event: defaults::resync_event(),
+            heartbeat_event: None,
         }
     }
 }
@@ -165,6 +202,13 @@ pub(super) struct RawStream {
     pub(super) auth: bool,
     #[serde(default)]
     pub(super) source: Vec<Spanned<RawSource>>,
+    #[serde(default)]
+    pub(super) query: Vec<Spanned<String>>,
+    #[serde(default = "defaults::query_case")]
+    pub(super) query_case: Spanned<String>,
+    #[serde(default = "defaults::query_max_values")]
+    pub(super) query_max_values: Spanned<u64>,
+    pub(super) max_keys: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize)]
@@ -233,7 +277,8 @@ pub(super) mod defaults {
         at0(100_000)
     }
     pub fn heartbeat_s() -> Spanned<u64> {
-        at0(30)
+        // Under CloudFront's 30 s origin idle timeout with room for a slow tick.
+        at0(15)
     }
     pub fn retry_ms() -> Spanned<u64> {
         at0(3_000)
@@ -290,5 +335,32 @@ pub(super) mod defaults {
     }
     pub fn max_streams_per_ip() -> Spanned<u64> {
         at0(256)
+    }
+    pub fn outage_event() -> Spanned<String> {
+        at0("upstream_error".to_owned())
+    }
+    pub fn refused_event() -> Spanned<String> {
+        at0("stream_refused".to_owned())
+    }
+    pub fn unavailable_event() -> Spanned<String> {
+        at0("unavailable".to_owned())
+    }
+    pub fn resync_event() -> Spanned<String> {
+        at0("resync".to_owned())
+    }
+    pub fn query_case() -> Spanned<String> {
+        at0("preserve".to_owned())
+    }
+    pub fn query_max_values() -> Spanned<u64> {
+        at0(crate::http::query::DEFAULT_MAX_VALUES as u64)
+    }
+    pub fn cors_allow_headers() -> Vec<Spanned<String>> {
+        vec![
+            at0("authorization".to_owned()),
+            at0("last-event-id".to_owned()),
+        ]
+    }
+    pub fn cors_max_age_s() -> Spanned<u64> {
+        at0(600)
     }
 }

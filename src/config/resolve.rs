@@ -15,6 +15,7 @@ use crate::http::path::{PathPattern, PollTemplate};
 
 /// Most `[listen] trusted_proxies` ranges: each request's peer is checked against all of them.
 const MAX_TRUSTED_PROXIES: usize = 256;
+mod browser;
 
 /// Where errors are reported and how placeholders are filled.
 pub(super) struct Resolver<'a> {
@@ -70,6 +71,7 @@ impl Resolver<'_> {
         let upstream = self.upstream(&raw.upstream)?;
         let auth = raw.auth.as_ref().map(|a| self.auth(a)).transpose()?;
         let sse = self.sse(&raw.sse)?;
+        let cors = raw.cors.as_ref().map(|c| self.cors(c)).transpose()?;
         if sse.history_bytes < upstream.max_poll_body_bytes {
             return Err(self.error(
                 raw.sse.history_bytes.span(),
@@ -84,7 +86,8 @@ impl Resolver<'_> {
         let mut streams = Vec::with_capacity(raw.stream.len());
         let mut seen_paths = HashSet::new();
         for (index, stream) in raw.stream.iter().enumerate() {
-            let resolved = self.stream(stream, index)?;
+            let resolved = self.stream(stream, index, &sse)?;
+            self.query_is_not_a_token(stream, &resolved, auth.as_ref(), index)?;
             if resolved.auth && auth.is_none() {
                 return Err(self.error(
                     stream.span(),
@@ -108,6 +111,7 @@ impl Resolver<'_> {
             auth,
             sse,
             streams,
+            cors,
         })
     }
 
@@ -272,6 +276,7 @@ impl Resolver<'_> {
                 .positive(&raw.resume_memory_bytes, "sse.resume_memory_bytes")?,
             max_streams_per_ip: self.positive(&raw.max_streams_per_ip, "sse.max_streams_per_ip")?
                 as usize,
+            events: Arc::new(self.event_names(raw)?),
         })
     }
 
@@ -298,7 +303,13 @@ impl Resolver<'_> {
         Ok(Duration::from_secs(window))
     }
 
-    fn stream(&self, raw: &Spanned<RawStream>, index: usize) -> Result<StreamConfig, ConfigError> {
+    fn stream(
+        &self,
+        raw: &Spanned<RawStream>,
+        index: usize,
+        sse: &SseConfig,
+    ) -> Result<StreamConfig, ConfigError> {
+        let events = &sse.events;
         let raw_stream = raw.get_ref();
         let key = format!("stream[{index}].path");
         let path_text = self.expand(&raw_stream.path, &key)?;
@@ -311,12 +322,23 @@ impl Resolver<'_> {
                 "a stream needs at least one [[stream.source]] to poll",
             ));
         }
+        let query = self.query_keys(raw_stream, &path, index)?;
         let mut sources = Vec::with_capacity(raw_stream.source.len());
-        let mut events = HashSet::new();
+        let mut names = HashSet::new();
         for (i, source) in raw_stream.source.iter().enumerate() {
             let prefix = format!("stream[{index}].source[{i}]");
-            let resolved = self.source(source.get_ref(), &path, &prefix)?;
-            if !events.insert(resolved.event.clone()) {
+            let resolved = self.source(source.get_ref(), &path, &query.names, &prefix)?;
+            if let Some(taken) = events
+                .all()
+                .find(|name| resolved.event == *name || resolved.event == format!("{name}_removed"))
+            {
+                return Err(self.error(
+                    source.get_ref().event.span(),
+                    &format!("{prefix}.event"),
+                    format!("`{taken}` is one of the proxy's own event names ([sse] *_event)"),
+                ));
+            }
+            if !names.insert(resolved.event.clone()) {
                 return Err(self.error(
                     source.get_ref().event.span(),
                     &format!("{prefix}.event"),
@@ -330,6 +352,12 @@ impl Resolver<'_> {
             path,
             auth: raw_stream.auth,
             sources,
+            query,
+            max_keys: match &raw_stream.max_keys {
+                Some(max) => self.positive(max, &format!("stream[{index}].max_keys"))? as usize,
+                None => sse.max_streams,
+            },
+            events: events.clone(),
         })
     }
 
@@ -337,11 +365,12 @@ impl Resolver<'_> {
         &self,
         raw: &RawSource,
         path: &PathPattern,
+        query: &[String],
         prefix: &str,
     ) -> Result<SourceConfig, ConfigError> {
         let poll_key = format!("{prefix}.poll");
         let poll_text = self.expand(&raw.poll, &poll_key)?;
-        let poll = PollTemplate::parse(&poll_text, path)
+        let poll = PollTemplate::parse(&poll_text, path, query)
             .map_err(|m| self.error(raw.poll.span(), &poll_key, m))?;
         let every =
             Duration::from_millis(self.positive(&raw.every_ms, &format!("{prefix}.every_ms"))?);
@@ -436,8 +465,10 @@ impl Resolver<'_> {
     }
 }
 
-/// Event names the proxy itself uses; a source must not take them.
-pub const RESERVED_EVENTS: [&str; 2] = ["error", "resync"];
+/// Event names no source and no `[sse] *_event` may take: `error` is what `EventSource`
+/// fires on a broken connection (`onerror`), so a page could not tell the two apart. The
+/// proxy's own names are configured (`[sse] *_event`) and checked per route.
+pub const RESERVED_EVENTS: [&str; 1] = ["error"];
 
 fn check_event_name(event: &str) -> Result<(), String> {
     if event.is_empty() || event.len() > 64 {
@@ -450,7 +481,9 @@ fn check_event_name(event: &str) -> Result<(), String> {
         return Err("use letters, digits, `_`, `-` and `.` only".to_owned());
     }
     if RESERVED_EVENTS.contains(&event) {
-        return Err(format!("`{event}` is reserved for the proxy's own events"));
+        return Err(format!(
+            "`{event}` is reserved: `EventSource` fires `error` for a broken connection"
+        ));
     }
     Ok(())
 }

@@ -2,7 +2,7 @@
 //!
 //! - [`path`]: `{name}` path patterns and poll templates, with checked parameters.
 //! - [`json`]: JSON bodies: serialising, and reading an origin's `detail`.
-//! - [`query`]: reading one query parameter.
+//! - [`query`]: reading one query parameter; the declared query parameters of a stream key.
 
 pub mod json;
 pub mod path;

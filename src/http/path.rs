@@ -116,16 +116,30 @@ impl fmt::Display for PathPattern {
 
 /// Decodes and checks one path parameter.
 fn check_param(name: &str, raw: &str) -> Result<String, ParamError> {
+    if raw.len() > MAX_PARAM_LEN * 3 {
+        return Err(ParamError {
+            name: name.to_owned(),
+            why: format!("is longer than {MAX_PARAM_LEN} bytes"),
+        });
+    }
+    let decoded = percent_decode_str(raw)
+        .decode_utf8()
+        .map_err(|_| ParamError {
+            name: name.to_owned(),
+            why: "is not valid UTF-8 once decoded".to_owned(),
+        })?;
+    check_value(name, &decoded)?;
+    Ok(decoded.into_owned())
+}
+
+/// Checks one decoded parameter value (a path segment, or one item of a query parameter):
+/// it is substituted into origin paths and becomes part of a hub key, so only a plain,
+/// bounded identifier is accepted.
+pub fn check_value(name: &str, decoded: &str) -> Result<(), ParamError> {
     let bad = |why: &str| ParamError {
         name: name.to_owned(),
         why: why.to_owned(),
     };
-    if raw.len() > MAX_PARAM_LEN * 3 {
-        return Err(bad(&format!("is longer than {MAX_PARAM_LEN} bytes")));
-    }
-    let decoded = percent_decode_str(raw)
-        .decode_utf8()
-        .map_err(|_| bad("is not valid UTF-8 once decoded"))?;
     if decoded.is_empty() {
         return Err(bad("is empty"));
     }
@@ -141,14 +155,16 @@ fn check_param(name: &str, raw: &str) -> Result<String, ParamError> {
     {
         return Err(bad("may hold only letters, digits, `-`, `_`, `.` and `~`"));
     }
-    Ok(decoded.into_owned())
+    Ok(())
 }
 
-fn is_identifier(name: &str) -> bool {
+/// Whether `name` can name a parameter: letters, digits and `_`.
+pub fn is_identifier(name: &str) -> bool {
     !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
-/// A `[[stream.source]] poll` path with `{name}` placeholders for the route's parameters.
+/// A `[[stream.source]] poll` path with `{name}` placeholders for the route's parameters:
+/// its path parameters, then its declared query parameters.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PollTemplate {
     parts: Vec<PollPart>,
@@ -157,13 +173,18 @@ pub struct PollTemplate {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum PollPart {
     Literal(String),
-    /// Index into the route's parameter values.
+    /// Index into the route's parameter values (path parameters, then query parameters).
     Param(usize),
 }
 
 impl PollTemplate {
-    /// Parses a poll path; every `{name}` must be a parameter of `route`.
-    pub fn parse(text: &str, route: &PathPattern) -> Result<PollTemplate, String> {
+    /// Parses a poll path; every `{name}` must be a parameter of `route` or one of its
+    /// declared `query` parameters.
+    pub fn parse(
+        text: &str,
+        route: &PathPattern,
+        query: &[String],
+    ) -> Result<PollTemplate, String> {
         if !text.starts_with('/') {
             return Err("a poll path starts with `/`".to_owned());
         }
@@ -178,9 +199,13 @@ impl PollTemplate {
             let index = route
                 .params()
                 .iter()
+                .chain(query)
                 .position(|p| p == name)
                 .ok_or_else(|| {
-                    format!("`{{{name}}}` is not a parameter of the stream path `{route}`")
+                    format!(
+                        "`{{{name}}}` is not a parameter of the stream path `{route}` nor one of \
+                         its `query` parameters"
+                    )
                 })?;
             if open > 0 {
                 parts.push(PollPart::Literal(rest[..open].to_owned()));
@@ -204,7 +229,8 @@ impl PollTemplate {
         Ok(PollTemplate { parts })
     }
 
-    /// The origin path for these parameter values (already checked to be plain identifiers).
+    /// The origin path for these parameter values (already checked to be plain identifiers,
+    /// or comma-joined lists of them).
     pub fn render(&self, params: &[String]) -> String {
         let mut out = String::new();
         for part in &self.parts {
@@ -232,10 +258,16 @@ mod tests {
     #[test]
     fn poll_template_renders_parameters() {
         let route = PathPattern::parse("/c/{id}/stream").expect("pattern");
-        let t = PollTemplate::parse("/c/{id}/sentiment?x={id}", &route).expect("template");
+        let t = PollTemplate::parse("/c/{id}/sentiment?x={id}", &route, &[]).expect("template");
         assert_eq!(t.render(&["42".into()]), "/c/42/sentiment?x=42");
-        assert!(PollTemplate::parse("/c/{other}", &route).is_err());
-        assert!(PollTemplate::parse("c/{id}", &route).is_err());
-        assert!(PollTemplate::parse("/c/{id", &route).is_err());
+        assert!(PollTemplate::parse("/c/{other}", &route, &[]).is_err());
+        assert!(PollTemplate::parse("c/{id}", &route, &[]).is_err());
+        assert!(PollTemplate::parse("/c/{id", &route, &[]).is_err());
+        let query = ["tickers".to_owned()];
+        let t = PollTemplate::parse("/c/{id}/q?s={tickers}", &route, &query).expect("template");
+        assert_eq!(
+            t.render(&["42".into(), "AAPL,MSFT".into()]),
+            "/c/42/q?s=AAPL,MSFT"
+        );
     }
 }

@@ -44,10 +44,12 @@ pub enum Limit {
     StalledStream,
     /// An HTTP/2 connection closed over `[listen] max_h2_control_frames_per_s`.
     ControlFrameFlood,
+    /// `[[stream]] max_keys`.
+    MaxKeys,
 }
 
 impl Limit {
-    const ALL: [Limit; 7] = [
+    const ALL: [Limit; 8] = [
         Limit::MaxStreams,
         Limit::MaxStreamsPerUser,
         Limit::ValidationRate,
@@ -55,6 +57,7 @@ impl Limit {
         Limit::MaxStreamsPerIp,
         Limit::StalledStream,
         Limit::ControlFrameFlood,
+        Limit::MaxKeys,
     ];
 
     fn label(self) -> &'static str {
@@ -66,6 +69,7 @@ impl Limit {
             Limit::MaxStreamsPerIp => "{reason=\"max_streams_per_ip\"}",
             Limit::StalledStream => "{reason=\"stalled_stream\"}",
             Limit::ControlFrameFlood => "{reason=\"h2_control_flood\"}",
+            Limit::MaxKeys => "{reason=\"max_keys\"}",
         }
     }
 }

@@ -5,7 +5,7 @@
 //! access log and the JSON body tell an operator at a glance whether to look at the client,
 //! the origin or the proxy. Bodies are always JSON with at least a `detail` string.
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::{HeaderValue, Response, StatusCode, header};
 use serde_json::json;
 
@@ -16,6 +16,7 @@ use super::body::ProxyBody;
 use super::router::RouteError;
 use crate::origin::UpstreamError;
 use crate::stream::StreamError;
+use crate::stream::sse::{self, Event};
 
 /// Who caused a failure, in the pingora sense: it tells the reader of a log where to look.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,6 +69,17 @@ pub enum ProxyError {
         /// The configured per-address limit.
         max: usize,
     },
+    /// `[[stream]] max_keys` distinct keys are open on the route and this one is new.
+    #[error("too many distinct streams open on this route ({max}); retry in {retry_after_s} s")]
+    TooManyKeys {
+        /// The configured limit.
+        max: usize,
+        /// Seconds the client should wait, also sent as `Retry-After`.
+        retry_after_s: u64,
+    },
+    /// A CORS preflight the `[cors]` policy does not admit (origin or method).
+    #[error("CORS preflight refused: {0}")]
+    CorsRefused(String),
     /// The upstream refused or dropped the connection.
     #[error("upstream unreachable: {0}")]
     UpstreamUnreachable(String),
@@ -104,6 +116,8 @@ impl ProxyError {
             ProxyError::TooManyUserStreams { .. } | ProxyError::TooManyIpStreams { .. } => {
                 StatusCode::TOO_MANY_REQUESTS
             }
+            ProxyError::TooManyKeys { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::CorsRefused(_) => StatusCode::FORBIDDEN,
             ProxyError::UpstreamUnreachable(_) | ProxyError::UpstreamProtocol(_) => {
                 StatusCode::BAD_GATEWAY
             }
@@ -122,6 +136,8 @@ impl ProxyError {
             | ProxyError::TooManyStreams { .. }
             | ProxyError::TooManyUserStreams { .. }
             | ProxyError::TooManyIpStreams { .. }
+            | ProxyError::TooManyKeys { .. }
+            | ProxyError::CorsRefused(_)
             // The origin judged the client's request (a bad token, an unknown resource).
             | ProxyError::Relayed { .. } => Blame::Client,
             ProxyError::UpstreamUnreachable(_)
@@ -140,6 +156,8 @@ impl ProxyError {
             ProxyError::TooManyStreams { .. } => "too_many_streams",
             ProxyError::TooManyUserStreams { .. } => "too_many_user_streams",
             ProxyError::TooManyIpStreams { .. } => "too_many_ip_streams",
+            ProxyError::TooManyKeys { .. } => "too_many_keys",
+            ProxyError::CorsRefused(_) => "cors_refused",
             ProxyError::UpstreamUnreachable(_) => "upstream_unreachable",
             ProxyError::UpstreamTimeout(_) => "upstream_timeout",
             ProxyError::UpstreamProtocol(_) => "upstream_protocol",
@@ -180,7 +198,8 @@ impl ProxyError {
         let mut response = json_response(status, body);
         let headers = response.headers_mut();
         match &self {
-            ProxyError::TooManyStreams { retry_after_s, .. } => {
+            ProxyError::TooManyStreams { retry_after_s, .. }
+            | ProxyError::TooManyKeys { retry_after_s, .. } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_s));
             }
             ProxyError::ValidatorUnavailable(_) => {
@@ -199,6 +218,79 @@ impl ProxyError {
         }
         response
     }
+}
+
+impl ProxyError {
+    /// The answer to an `EventSource` (a request with `Accept: text/event-stream`) for a
+    /// failure that will pass: over a limit, validator or origin down. `EventSource` gives up
+    /// for good on any non-200 answer and ignores `Retry-After`, so these are answered `200
+    /// text/event-stream` with `retry:` (the wait, with up to 50 % jitter so freed capacity is
+    /// not stormed by every waiting page at once), one `event` (named `[sse]
+    /// unavailable_event`) whose JSON data says why, and the end of the stream: the browser
+    /// reconnects by itself after the wait. Failures that will not pass (bad request, missing
+    /// or rejected credentials, a resource the origin refused) stay HTTP errors, which stop
+    /// `EventSource` as they should: `Err(self)`.
+    pub fn into_event_stream(
+        self,
+        retry_ms: u64,
+        event: &str,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let wait_ms = match &self {
+            ProxyError::TooManyStreams { retry_after_s, .. }
+            | ProxyError::TooManyKeys { retry_after_s, .. } => retry_after_s * 1000,
+            ProxyError::TooManyUserStreams { .. }
+            | ProxyError::ValidatorUnavailable(_)
+            | ProxyError::UpstreamUnreachable(_)
+            | ProxyError::UpstreamTimeout(_)
+            | ProxyError::UpstreamProtocol(_) => retry_ms,
+            _ => return Err(self),
+        }
+        .max(1);
+        let wait_ms = wait_ms + fastrand::u64(0..=wait_ms / 2);
+        let data = json!({
+            "error": self.code(),
+            "detail": self.to_string(),
+            "blame": self.blame().as_str(),
+            "status": self.status().as_u16(),
+            "retry_ms": wait_ms,
+        })
+        .to_string();
+        let mut body = BytesMut::new();
+        sse::retry_into(&mut body, wait_ms);
+        sse::encode_into(
+            &mut body,
+            &Event {
+                id: None,
+                event: Some(event),
+                data: &data,
+            },
+        );
+        let mut response = Response::new(ProxyBody::full(body.freeze()));
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream"),
+        );
+        headers.insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static(crate::stream::CACHE_CONTROL),
+        );
+        Ok(response)
+    }
+}
+
+/// Whether a request asks for an event stream (`Accept: text/event-stream`, as every
+/// `EventSource` sends): such a client is answered refusals it survives.
+pub fn wants_event_stream(headers: &http::HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .any(|range| {
+            let media = range.split(';').next().unwrap_or("").trim();
+            media.eq_ignore_ascii_case("text/event-stream")
+        })
 }
 
 /// A response with a JSON body and the headers every proxy-made answer carries.
@@ -255,6 +347,9 @@ impl From<StreamError> for ProxyError {
             }
             StreamError::TooManyUserStreams { max } => ProxyError::TooManyUserStreams { max },
             StreamError::TooManyPeerStreams { max } => ProxyError::TooManyIpStreams { max },
+            StreamError::TooManyKeys { max, retry_after_s } => {
+                ProxyError::TooManyKeys { max, retry_after_s }
+            }
             StreamError::Refused {
                 status,
                 detail,
@@ -296,6 +391,61 @@ mod tests {
         assert_eq!(body["max_connections"], 7);
         assert_eq!(body["retry_after"], 3);
         assert!(body["detail"].as_str().is_some_and(|d| d.contains('7')));
+    }
+
+    #[tokio::test]
+    async fn passing_failures_become_a_retryable_event_stream() {
+        let response = ProxyError::TooManyStreams {
+            max: 1,
+            retry_after_s: 2,
+        }
+        .into_event_stream(500, "unavailable")
+        .expect("an event stream");
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(
+            response.headers()[header::CONTENT_TYPE],
+            "text/event-stream"
+        );
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        let text = std::str::from_utf8(&bytes).expect("utf-8");
+        let retry: u64 = text
+            .strip_prefix("retry: ")
+            .and_then(|t| t.split('\n').next())
+            .and_then(|n| n.parse().ok())
+            .expect("retry first");
+        assert!((2000..=3000).contains(&retry), "{retry}");
+        assert!(text.contains("\nevent: unavailable\ndata: {"), "{text}");
+        assert!(text.contains("\"error\":\"too_many_streams\""), "{text}");
+        for lasting in [
+            ProxyError::MissingCredentials("x".into()),
+            ProxyError::BadRequest("x".into()),
+            ProxyError::Relayed {
+                status: StatusCode::NOT_FOUND,
+                detail: "gone".into(),
+                body: None,
+            },
+        ] {
+            assert!(lasting.into_event_stream(500, "unavailable").is_err());
+        }
+    }
+
+    #[test]
+    fn accept_negotiation() {
+        let accept = |v: &'static str| {
+            let mut h = http::HeaderMap::new();
+            h.insert(header::ACCEPT, HeaderValue::from_static(v));
+            wants_event_stream(&h)
+        };
+        assert!(accept("text/event-stream"));
+        assert!(accept("application/json, Text/Event-Stream;q=0.9"));
+        assert!(!accept("application/json"));
+        assert!(!accept("*/*"));
+        assert!(!wants_event_stream(&http::HeaderMap::new()));
     }
 
     #[tokio::test]

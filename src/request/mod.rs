@@ -5,13 +5,16 @@
 //! [`App::handle_routed`]) and goes: route ([`router`]) → authenticate ([`auth`], on
 //! `auth = true` stream routes) → stream (the [`crate::stream`] phase) or passthrough
 //! ([`passthrough`]) → access log. A failure in any phase is a typed error of that phase,
-//! turned into a JSON answer by [`ProxyError`] here.
+//! turned into a JSON answer by [`ProxyError`] here, or, for an `EventSource` refused for a
+//! reason that will pass, into an event stream it reconnects from. Stream-route answers get
+//! the `[cors]` headers ([`cors`]), and their `OPTIONS` preflights are answered there.
 //!
 //! The query string is never logged: it may carry a token (`user_token`).
 
 mod admin;
 pub mod auth;
 pub mod body;
+pub mod cors;
 pub mod error;
 pub mod forwarding;
 pub mod passthrough;
@@ -21,15 +24,16 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::{Method, Request, Response, Version, request};
+use http::{HeaderValue, Method, Request, Response, Version, header, request};
 
-use crate::config::StreamConfig;
+use crate::config::{EventNames, StreamConfig};
 use crate::ops::metrics::Metrics;
 use crate::origin::{ClientBody, Upstream};
 use crate::stream::Streams;
 use auth::Authenticator;
 use body::ProxyBody;
-use error::ProxyError;
+use cors::Cors;
+use error::{ProxyError, wants_event_stream};
 use router::{Route, RouteError, Router};
 
 /// Longest path written to the access log.
@@ -64,6 +68,10 @@ pub struct App {
     /// What passthrough tells the origin about the client (`X-Forwarded-*`, `Forwarded`),
     /// and the client about the origin (`Server`).
     pub forwarding: forwarding::Forwarding,
+    /// `[cors]`: cross-origin reading of stream routes; `None` adds no CORS headers.
+    pub cors: Option<Cors>,
+    /// The proxy's own event names, for refusals answered as event streams.
+    pub events: Arc<EventNames>,
 }
 
 impl App {
@@ -87,6 +95,8 @@ impl App {
         conn: ConnInfo,
     ) -> Response<ProxyBody> {
         let log = RequestLog::of(request.method(), request.version(), request.uri().path());
+        let browser = Browser::of(&request);
+        let stream_route = !matches!(routed, Ok(Route::Passthrough));
         let (kind, result) = match routed {
             Err(error) => ("rejected", Err(error.into())),
             Ok(Route::Passthrough) => (
@@ -105,7 +115,12 @@ impl App {
                 ("stream", self.stream(route, params, &parts, &conn).await)
             }
         };
-        self.finish(log, kind, result, conn)
+        let event_stream = stream_route && browser.event_stream;
+        let mut response = self.finish(log, kind, result, conn, event_stream);
+        if let (true, Some(cors)) = (stream_route, &self.cors) {
+            cors.apply(browser.origin.as_ref(), response.headers_mut());
+        }
+        response
     }
 
     /// Ends every event stream with a reconnect hint (shutdown: clients move elsewhere).
@@ -113,17 +128,23 @@ impl App {
         self.streams.hub.close_all(self.retry_ms);
     }
 
-    /// The stream phase: method check, authentication, then the hub.
+    /// The stream phase: method check (and CORS preflight), declared query parameters,
+    /// authentication, then the hub.
     async fn stream(
         &self,
         route: Arc<StreamConfig>,
-        params: Vec<String>,
+        mut params: Vec<String>,
         parts: &request::Parts,
         conn: &ConnInfo,
     ) -> Result<Response<ProxyBody>, ProxyError> {
+        if let (&Method::OPTIONS, Some(cors)) = (&parts.method, &self.cors) {
+            return cors.preflight(parts);
+        }
         if parts.method != Method::GET {
             return Err(ProxyError::MethodNotAllowed(parts.method.clone()));
         }
+        let query = route.query.values(parts.uri.query());
+        params.extend(query.map_err(RouteError::from)?);
         let identity = match (&self.auth, route.auth) {
             (Some(auth), true) => Some(
                 auth.authenticate(&parts.headers, parts.uri.query(), &self.upstream)
@@ -146,6 +167,7 @@ impl App {
         kind: &'static str,
         result: Result<Response<ProxyBody>, ProxyError>,
         conn: ConnInfo,
+        event_stream: bool,
     ) -> Response<ProxyBody> {
         Metrics::inc(match kind {
             "stream" => &self.metrics.requests_stream,
@@ -162,7 +184,13 @@ impl App {
                     detail = %error,
                     "request failed"
                 );
-                error.into_response()
+                if event_stream {
+                    error
+                        .into_event_stream(self.retry_ms, &self.events.unavailable)
+                        .unwrap_or_else(ProxyError::into_response)
+                } else {
+                    error.into_response()
+                }
             }
         };
         tracing::info!(
@@ -176,6 +204,25 @@ impl App {
             ms = log.started.elapsed().as_millis() as u64,
         );
         response
+    }
+}
+
+/// What a browser's request says about the answer it can use, read before the request is
+/// consumed.
+struct Browser {
+    /// The page's origin (`Origin`), for CORS.
+    origin: Option<HeaderValue>,
+    /// `Accept: text/event-stream` (an `EventSource`): refusals that will pass are answered
+    /// as an event stream it reconnects from.
+    event_stream: bool,
+}
+
+impl Browser {
+    fn of<B>(request: &Request<B>) -> Browser {
+        Browser {
+            origin: request.headers().get(header::ORIGIN).cloned(),
+            event_stream: wants_event_stream(request.headers()),
+        }
     }
 }
 

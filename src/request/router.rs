@@ -64,6 +64,9 @@ impl Router {
                     path: PathPattern::parse(text).map_err(|why| format!("{text}: {why}"))?,
                     auth: false,
                     sources: Vec::new(),
+                    query: Default::default(),
+                    max_keys: 1,
+                    events: Default::default(),
                 }))
             })
             .collect::<Result<_, String>>()?;

@@ -14,8 +14,9 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use super::channel::{Cursor, Next};
 use super::hub::Subscription;
+use super::keys::KeySlot;
 use super::slots::{PeerSlot, UserSlot};
-use super::sse::HEARTBEAT;
+use super::sse::{self, Event, HEARTBEAT};
 use crate::ops::metrics::Metrics;
 
 /// The slots an open stream holds under its limits; dropping them frees them, whoever drops
@@ -27,6 +28,8 @@ pub struct Slots {
     pub user: Option<UserSlot>,
     /// One of the client address's `max_streams_per_ip`.
     pub peer: PeerSlot,
+    /// The hold on this stream's key under `[[stream]] max_keys`.
+    pub key: KeySlot,
 }
 
 /// A streaming response body.
@@ -77,13 +80,19 @@ impl SseBody {
                 Poll::Pending => return Poll::Pending,
             }
         };
-        let metrics = &this.subscription.channel().metrics;
-        if bytes[..] == *HEARTBEAT {
+        let channel = this.subscription.channel();
+        let metrics = &channel.metrics;
+        let bytes = if bytes[..] == *HEARTBEAT {
             Metrics::inc(&metrics.heartbeats_sent);
+            match &channel.route().events.heartbeat {
+                Some(name) => named_heartbeat(name),
+                None => bytes,
+            }
         } else {
             this.frames += 1;
             Metrics::inc(&metrics.frames_sent);
-        }
+            bytes
+        };
         metrics
             .stream_bytes_sent
             .fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
@@ -102,4 +111,18 @@ impl Drop for SseBody {
             "stream closed"
         );
     }
+}
+
+/// A heartbeat as a named event (`[sse] heartbeat_event`), for dashboards that listen for
+/// one; its data is JSON with the proxy's clock in Unix milliseconds. Never given an `id`, so
+/// it leaves the client's `Last-Event-ID` alone.
+fn named_heartbeat(name: &str) -> Bytes {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    sse::encode(&Event {
+        id: None,
+        event: Some(name),
+        data: &format!("{{\"time_ms\":{now_ms}}}"),
+    })
 }

@@ -58,6 +58,38 @@ impl Hash for StreamKey {
     }
 }
 
+#[cfg(test)]
+impl StreamKey {
+    /// A key on a bare route at `index` (`/s/{id}`, one source polling `/p/{id}` in `mode`),
+    /// for the stream layer's unit tests.
+    pub(crate) fn for_tests(index: usize, mode: crate::config::Mode, params: Vec<String>) -> Self {
+        use crate::config::SourceConfig;
+        use crate::http::path::{PathPattern, PollTemplate};
+            let path = PathPattern::parse("/s/{id}").expect("pattern");
+        let route = StreamConfig {
+            index,
+            sources: vec![SourceConfig {
+                poll: PollTemplate::parse("/p/{id}", &path, &[]).expect("template"),
+                every: std::time::Duration::from_secs(1),
+                event: "doc".into(),
+                mode,
+                headers: vec![],
+                wait: None,
+            }],
+            path,
+            auth: false,
+            query: Default::default(),
+            max_keys: 1,
+            events: Default::default(),
+        };
+        StreamKey {
+            route: Arc::new(route),
+            params,
+            user: None,
+        }
+    }
+}
+
 impl StreamKey {
     /// Approximate bytes the key holds, for memory budgets.
     pub fn memory(&self) -> usize {
@@ -339,12 +371,13 @@ impl Channel {
         wakers.into_iter().for_each(Waker::wake);
     }
 
-    /// Reports that `source` is failing: an `error` event for current subscribers, and for
-    /// anyone who joins until [`Channel::recovered`]. Never replayed on resume.
+    /// Reports that `source` is failing: an outage event (`upstream_error`) for current
+    /// subscribers, and for anyone who joins until [`Channel::recovered`]. Never replayed on
+    /// resume.
     pub fn outage(&self, source: usize, data: &str) {
         let frame = sse::encode(&Event {
             id: None,
-            event: Some("error"),
+            event: Some(&self.key.route.events.outage),
             data,
         });
         let wakers = {
@@ -385,13 +418,13 @@ impl Channel {
         wakers.into_iter().for_each(Waker::wake);
     }
 
-    /// The origin refused the stream: end it with an `error` event, and answer new clients
+    /// The origin refused the stream: end it with a refusal event (`stream_refused`), and answer new clients
     /// with the origin's status (the hub then remembers the refusal instead of the channel).
     pub fn fail(&self, answer: FatalAnswer) {
         let data = json!({ "status": answer.status.as_u16(), "detail": answer.detail }).to_string();
         self.end(sse::encode(&Event {
             id: None,
-            event: Some("error"),
+            event: Some(&self.key.route.events.refused),
             data: &data,
         }));
         self.phase.send_replace(Phase::Failed(Arc::new(answer)));
@@ -436,7 +469,7 @@ impl Channel {
         match opening {
             Opening::Full { state, resync } => {
                 if resync {
-                    resync_into(&mut out, "unknown_last_event_id");
+                    resync_into(&mut out, &self.key.route.events.resync, "unknown_last_event_id");
                 }
                 waiting = state.is_empty();
                 out.put_slice(state.frame());
@@ -490,7 +523,7 @@ impl Channel {
         // Fell behind the history: skip to the current state, built outside the lock.
         Metrics::inc(&self.metrics.resyncs_lagged);
         let mut out = BytesMut::new();
-        resync_into(&mut out, "lagged");
+        resync_into(&mut out, &self.key.route.events.resync, "lagged");
         out.put_slice(lagged.frame());
         Poll::Ready(Next::Frame(out.freeze()))
     }
@@ -499,10 +532,8 @@ impl Channel {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Mode, SourceConfig};
-    use crate::http::path::{PathPattern, PollTemplate};
+    use crate::config::Mode;
     use std::task::Wake;
-    use std::time::Duration;
 
     struct Flag;
     impl Wake for Flag {
@@ -514,29 +545,11 @@ mod tests {
     }
 
     fn sized(history: usize, bytes: usize) -> (Channel, Tracker) {
-        let path = PathPattern::parse("/s").expect("pattern");
         let mode = Mode::Items {
             pointer: "/items".into(),
             key: "k".into(),
         };
-        let route = StreamConfig {
-            index: 0,
-            sources: vec![SourceConfig {
-                poll: PollTemplate::parse("/p", &path).expect("template"),
-                every: Duration::from_secs(1),
-                event: "item".into(),
-                mode: mode.clone(),
-                headers: vec![],
-                wait: None,
-            }],
-            path,
-            auth: false,
-        };
-        let key = StreamKey {
-            route: Arc::new(route),
-            params: vec![],
-            user: None,
-        };
+        let key = StreamKey::for_tests(0, mode.clone(), vec![]);
         (
             Channel::new(key, State::new(history, bytes), Arc::default()),
             Tracker::new(mode, "item"),

@@ -15,11 +15,13 @@
 //! - [`poller`]: polling one source.
 //! - [`body`]: the response body that follows a channel.
 //! - [`slots`]: stream slots counted per user and per client address.
+//! - [`keys`]: the bound on distinct keys per route.
 
 pub mod body;
 pub mod channel;
 pub mod delta;
 pub mod hub;
+pub mod keys;
 pub mod poller;
 pub mod refusals;
 pub mod resume;
@@ -38,11 +40,16 @@ use tokio::sync::Semaphore;
 pub use body::{Slots, SseBody};
 use channel::StreamKey;
 use hub::Hub;
+use keys::KeyCounts;
 use slots::{KeyedSlots, client_key};
 
 use crate::config::{SseConfig, StreamConfig};
 use crate::http::query::query_param;
 use crate::ops::metrics::{Limit, Metrics};
+
+/// `Cache-Control` of every event stream: `no-cache` so no cache answers for the origin,
+/// `no-transform` so no intermediary (a CDN compressing, a mobile proxy) buffers the stream.
+pub const CACHE_CONTROL: &str = "no-cache, no-transform";
 
 /// Longest `Last-Event-ID` looked up; longer ones are treated as unknown.
 const MAX_EVENT_ID_LEN: usize = 256;
@@ -82,6 +89,14 @@ pub enum StreamError {
         /// The configured per-address limit.
         max: usize,
     },
+    /// The route already has `[[stream]] max_keys` distinct keys open, and this is a new one.
+    #[error("too many distinct streams open on this route ({max}); retry in {retry_after_s} s")]
+    TooManyKeys {
+        /// The configured limit.
+        max: usize,
+        /// Seconds the client should wait.
+        retry_after_s: u64,
+    },
     /// The origin refused the stream's resource (401, 403, 404, 410) on its first poll.
     #[error("{detail}")]
     Refused {
@@ -104,6 +119,8 @@ pub struct Streams {
     per_user: KeyedSlots<String>,
     /// Open streams per client address (`max_streams_per_ip`).
     per_peer: KeyedSlots<IpAddr>,
+    /// Distinct keys open per route (`[[stream]] max_keys`).
+    keys: KeyCounts,
     /// Retry hint, first-poll wait, limits.
     sse: SseConfig,
 }
@@ -116,6 +133,7 @@ impl Streams {
             slots: Arc::new(Semaphore::new(sse.max_streams)),
             per_user: KeyedSlots::new(sse.max_streams_per_user),
             per_peer: KeyedSlots::new(sse.max_streams_per_ip),
+            keys: KeyCounts::default(),
             sse,
         }
     }
@@ -125,7 +143,8 @@ impl Streams {
         self.sse.max_streams - self.slots.available_permits()
     }
 
-    /// Opens an event stream on `route` with these checked parameters, for `identity` (the
+    /// Opens an event stream on `route` with these checked parameters (path parameters,
+    /// then the canonical values of its declared query parameters), for `identity` (the
     /// validated user on `auth = true` routes), from the client at `peer`. `request` gives
     /// the `Last-Event-ID`.
     pub async fn open(
@@ -137,11 +156,12 @@ impl Streams {
         request: &request::Parts,
     ) -> Result<Response<SseBody>, StreamError> {
         let last_event_id = last_event_id(request);
+        let retry_after_s = self.sse.retry_ms.div_ceil(1000).max(1);
         let slot = self.slots.clone().try_acquire_owned().map_err(|_| {
             self.hub.metrics().limited(Limit::MaxStreams);
             StreamError::TooManyStreams {
                 max: self.sse.max_streams,
-                retry_after_s: self.sse.retry_ms.div_ceil(1000).max(1),
+                retry_after_s,
             }
         })?;
         let peer_slot = self.per_peer.take(&client_key(peer)).ok_or_else(|| {
@@ -159,6 +179,13 @@ impl Streams {
             params,
             user: identity.as_ref().map(|i| i.user_id.clone()),
         };
+        let key_slot = self.keys.take(&key, key.route.max_keys).ok_or_else(|| {
+            self.hub.metrics().limited(Limit::MaxKeys);
+            StreamError::TooManyKeys {
+                max: key.route.max_keys,
+                retry_after_s,
+            }
+        })?;
         let subscription = self
             .hub
             .join(key, identity, self.sse.first_poll_wait)
@@ -176,6 +203,7 @@ impl Streams {
             global: slot,
             user: user_slot,
             peer: peer_slot,
+            key: key_slot,
         };
         let mut response = Response::new(SseBody::new(subscription, first, cursor, slots));
         let headers = response.headers_mut();
@@ -183,7 +211,10 @@ impl Streams {
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/event-stream"),
         );
-        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        headers.insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static(CACHE_CONTROL),
+        );
         headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
         Ok(response)
     }

@@ -83,31 +83,12 @@ impl Refusals {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Mode, SourceConfig, StreamConfig};
-    use crate::http::path::{PathPattern, PollTemplate};
+    use crate::config::Mode;
     use bytes::Bytes;
     use http::StatusCode;
 
     fn key(id: usize) -> StreamKey {
-        let path = PathPattern::parse("/s/{id}").expect("pattern");
-        let route = StreamConfig {
-            index: 0,
-            sources: vec![SourceConfig {
-                poll: PollTemplate::parse("/p/{id}", &path).expect("template"),
-                every: Duration::from_secs(1),
-                event: "doc".into(),
-                mode: Mode::Snapshot,
-                headers: vec![],
-                wait: None,
-            }],
-            path,
-            auth: false,
-        };
-        StreamKey {
-            route: Arc::new(route),
-            params: vec![format!("id{id}")],
-            user: None,
-        }
+        StreamKey::for_tests(0, Mode::Snapshot, vec![format!("id{id}")])
     }
 
     fn answer(body: usize, detail: usize) -> FatalAnswer {

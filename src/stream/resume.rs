@@ -80,30 +80,11 @@ impl Resume {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Mode, SourceConfig, StreamConfig};
-    use crate::http::path::{PathPattern, PollTemplate};
+    use crate::config::Mode;
     use bytes::Bytes;
 
     fn key(id: &str) -> StreamKey {
-        let path = PathPattern::parse("/s/{id}").expect("pattern");
-        let route = StreamConfig {
-            index: 0,
-            sources: vec![SourceConfig {
-                poll: PollTemplate::parse("/p/{id}", &path).expect("template"),
-                every: Duration::from_secs(1),
-                event: "doc".into(),
-                mode: Mode::Snapshot,
-                headers: vec![],
-                wait: None,
-            }],
-            path,
-            auth: false,
-        };
-        StreamKey {
-            route: Arc::new(route),
-            params: vec![id.to_owned()],
-            user: None,
-        }
+        StreamKey::for_tests(0, Mode::Snapshot, vec![id.to_owned()])
     }
 
     fn published(key: &StreamKey, size: usize) -> State {

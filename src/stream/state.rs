@@ -332,14 +332,14 @@ impl State {
 #[derive(Debug, PartialEq, Eq)]
 pub struct Lagged;
 
-/// Writes a `resync` event with `reason`.
-pub fn resync_into(out: &mut BytesMut, reason: &str) {
+/// Writes a resync event (named `name`, `[sse] resync_event`) with `reason`.
+pub fn resync_into(out: &mut BytesMut, name: &str, reason: &str) {
     let data = json!({ "reason": reason }).to_string();
     sse::encode_into(
         out,
         &Event {
             id: None,
-            event: Some("resync"),
+            event: Some(name),
             data: &data,
         },
     );
@@ -353,28 +353,14 @@ fn state_id(hash: u128) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::SourceConfig;
-    use crate::http::path::{PathPattern, PollTemplate};
-    use std::time::Duration;
 
     fn route() -> StreamConfig {
-        let path = PathPattern::parse("/s").expect("pattern");
-        StreamConfig {
-            index: 0,
-            sources: vec![SourceConfig {
-                poll: PollTemplate::parse("/p", &path).expect("template"),
-                every: Duration::from_secs(1),
-                event: "item".into(),
-                mode: Mode::Items {
-                    pointer: "/items".into(),
-                    key: "k".into(),
-                },
-                headers: vec![],
-                wait: None,
-            }],
-            path,
-            auth: false,
-        }
+        let mode = Mode::Items {
+            pointer: "/items".into(),
+            key: "k".into(),
+        };
+        let key = crate::stream::channel::StreamKey::for_tests(0, mode, vec![]);
+        StreamConfig::clone(&key.route)
     }
 
     fn document(items: &[(&str, u32)]) -> Bytes {

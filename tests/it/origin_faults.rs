@@ -26,7 +26,7 @@ async fn watch_outage(stream: &mut SseStream, window: Duration) -> Vec<serde_jso
         }
         if let Ok(event) = stream.try_next(left).await {
             assert_eq!(
-                event.event, "error",
+                event.event, "upstream_error",
                 "only the outage is reported: {event:?}"
             );
             errors.push(event.json());
@@ -151,7 +151,7 @@ async fn a_huge_body_is_refused_without_being_buffered() {
     let huge = format!(r#"{{"pad":"{}"}}"#, "x".repeat(50 << 20));
     origin.force(METRICS, 200, &huge, None);
     drop(huge);
-    let error = stream.next_of("error", WAIT).await;
+    let error = stream.next_of("upstream_error", WAIT).await;
     assert!(
         error.json()["detail"]
             .as_str()

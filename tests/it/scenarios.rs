@@ -49,7 +49,7 @@ async fn collect_until(
 fn assert_event_stream_head(stream: &common::client::SseStream) {
     assert_eq!(stream.status, 200);
     assert_eq!(stream.headers["content-type"], "text/event-stream");
-    assert_eq!(stream.headers["cache-control"], "no-cache");
+    assert_eq!(stream.headers["cache-control"], "no-cache, no-transform");
     assert_eq!(stream.headers["x-accel-buffering"], "no");
     assert!(stream.headers.get("content-length").is_none());
 }

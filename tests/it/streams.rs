@@ -255,7 +255,7 @@ async fn an_origin_refusal_mid_stream_ends_it_and_reconnects_get_the_status() {
         r#"{"detail":"configuration deleted"}"#,
         None,
     );
-    let error = stream.next_of("error", WAIT).await;
+    let error = stream.next_of("stream_refused", WAIT).await;
     assert_eq!(
         error.json(),
         json!({"status": 404, "detail": "configuration deleted"})
@@ -283,7 +283,7 @@ async fn an_outage_is_reported_once_and_the_stream_recovers() {
     stream.next(WAIT).await;
     origin.force(METRICS, 503, "<html>busy</html>", Some(0));
     let error = stream.next(WAIT).await;
-    assert_eq!(error.event, "error");
+    assert_eq!(error.event, "upstream_error");
     assert_eq!(error.json()["status"], 503);
     assert_eq!(error.json()["source"], "metrics");
     let failing_since = origin.count(METRICS);
@@ -311,7 +311,7 @@ async fn garbage_from_the_origin_keeps_the_stream_alive() {
     stream.next(WAIT).await;
     origin.force(METRICS, 200, r#"{"truncated": "#, None);
     let error = stream.next(WAIT).await;
-    assert_eq!(error.event, "error");
+    assert_eq!(error.event, "upstream_error");
     assert!(
         error.json()["detail"]
             .as_str()

@@ -64,6 +64,10 @@ pub struct Options {
     pub max_streams_per_ip: usize,
     /// More `[listen]` lines, as TOML (`trusted_proxies`, `keep_server_header`).
     pub listen_extra: &'static str,
+    /// More `[sse]` lines (event names, heartbeat event).
+    pub sse_extra: &'static str,
+    /// Tables appended to the config (`[cors]`, more `[[stream]]` routes).
+    pub extra: &'static str,
 }
 
 impl Default for Options {
@@ -92,6 +96,8 @@ impl Default for Options {
             max_h2_control_frames_per_s: 5_000,
             max_streams_per_ip: 10_000,
             listen_extra: "",
+            sse_extra: "",
+            extra: "",
         }
     }
 }
@@ -151,6 +157,7 @@ max_backoff_ms = 400
 resume_memory_bytes = {resume_memory_bytes}
 refusal_ttl_s = {refusal_ttl_s}
 max_streams_per_ip = {max_streams_per_ip}
+{sse_extra}
 
 [[stream]]
 path = "/api/v2/stream"
@@ -175,6 +182,8 @@ auth = true
   poll = "/api/v2/configurations/{{id}}/refresh/status"
   every_ms = {every}
   event = "refresh"
+
+{extra}
 "#,
         cert = dir.join("cert.pem").display(),
         key = dir.join("key.pem").display(),
@@ -201,6 +210,8 @@ auth = true
         max_streams_per_ip = options.max_streams_per_ip,
         listen_extra = options.listen_extra,
         every = options.every_ms,
+        sse_extra = options.sse_extra,
+        extra = options.extra,
         wait = options
             .metrics_wait_s
             .map_or(String::new(), |s| format!("wait_s = {s}")),
