@@ -124,10 +124,11 @@ impl Proxy {
             config.listen.clone(),
             shutdown_rx,
         ));
+        let shown = |addr: Option<SocketAddr>| addr.map_or("off".to_owned(), |a| a.to_string());
         tracing::info!(
-            https = ?https_addr,
-            http = ?http_addr,
-            admin = ?admin_addr,
+            https = %shown(https_addr),
+            http = %shown(http_addr),
+            admin = %shown(admin_addr),
             upstream = %config.upstream.authority,
             streams = config.streams.len(),
             "sse-edge listening"

@@ -8,30 +8,29 @@
 //!
 //! The query string is never logged: it may carry a token (`user_token`).
 
+pub mod access;
 mod admin;
 pub mod auth;
 pub mod body;
 pub mod error;
 pub mod passthrough;
 pub mod router;
+mod trace;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
 
-use http::{Method, Request, Response, Version, request};
+use http::{HeaderValue, Method, Request, Response, request};
 
 use crate::config::StreamConfig;
 use crate::ops::metrics::Metrics;
 use crate::origin::{ClientBody, Upstream};
 use crate::stream::Streams;
+use access::AccessLog;
 use auth::Authenticator;
 use body::ProxyBody;
 use error::ProxyError;
 use router::{Route, Router};
-
-/// Longest path written to the access log.
-const MAX_LOGGED_PATH: usize = 256;
 
 /// What the request handler knows about the connection a request came on.
 #[derive(Debug, Clone, Copy)]
@@ -65,10 +64,11 @@ impl App {
     /// HTTP/1.1 fast path calls it with an empty body, hyper with the request's own.
     pub async fn handle(
         &self,
-        request: Request<ClientBody>,
+        mut request: Request<ClientBody>,
         conn: ConnInfo,
     ) -> Response<ProxyBody> {
-        let log = RequestLog::of(request.method(), request.version(), request.uri().path());
+        let request_id = trace::admit(request.headers_mut());
+        let log = AccessLog::of(&request, conn, &request_id);
         let (kind, result) = match self.router.route(request.uri().path()) {
             Err(error) => ("rejected", Err(error.into())),
             Ok(Route::Passthrough) => (
@@ -80,7 +80,7 @@ impl App {
                 ("stream", self.stream(route, params, &parts).await)
             }
         };
-        self.finish(log, kind, result, conn)
+        self.finish(log, kind, result, request_id)
     }
 
     /// Ends every event stream with a reconnect hint (shutdown: clients move elsewhere).
@@ -109,13 +109,14 @@ impl App {
         Ok(response.map(ProxyBody::Stream))
     }
 
-    /// Counts the request, turns an error into its JSON answer, and writes the access log line.
+    /// Counts the request, turns an error into its JSON answer, returns the request id, and
+    /// hands the access log line to the body, which writes it when it ends.
     fn finish(
         &self,
-        log: RequestLog,
+        mut log: AccessLog,
         kind: &'static str,
         result: Result<Response<ProxyBody>, ProxyError>,
-        conn: ConnInfo,
+        request_id: HeaderValue,
     ) -> Response<ProxyBody> {
         Metrics::inc(match kind {
             "stream" => &self.metrics.requests_stream,
@@ -127,6 +128,7 @@ impl App {
             Err(error) => {
                 tracing::info!(
                     target: "access",
+                    request_id = log.request_id(),
                     blame = error.blame().as_str(),
                     error = error.code(),
                     detail = %error,
@@ -135,44 +137,12 @@ impl App {
                 error.into_response()
             }
         };
-        tracing::info!(
-            target: "access",
-            method = %log.method,
-            path = %log.path,
-            route = kind,
-            status = response.status().as_u16(),
-            protocol = ?log.version,
-            tls = conn.tls,
-            ms = log.started.elapsed().as_millis() as u64,
-        );
-        response
-    }
-}
-
-/// What the access log line says about a request, taken before the request is consumed.
-struct RequestLog {
-    /// When the request's head had been read.
-    started: Instant,
-    method: Method,
-    version: Version,
-    /// The path, cut to [`MAX_LOGGED_PATH`]; never the query, which may hold a token.
-    path: String,
-}
-
-impl RequestLog {
-    fn of(method: &Method, version: Version, path: &str) -> RequestLog {
-        RequestLog {
-            started: Instant::now(),
-            method: method.clone(),
-            version,
-            path: loggable(path).to_owned(),
+        let (mut parts, body) = response.into_parts();
+        trace::answer(&mut parts.headers, request_id);
+        let took = log.answered(kind, parts.status.as_u16());
+        if kind == "passthrough" {
+            self.metrics.passthrough(parts.status.as_u16(), took);
         }
-    }
-}
-
-fn loggable(path: &str) -> &str {
-    match path.char_indices().nth(MAX_LOGGED_PATH) {
-        Some((cut, _)) => &path[..cut],
-        None => path,
+        Response::from_parts(parts, body.logged(log))
     }
 }

@@ -109,3 +109,50 @@ fn a_missing_config_file_is_named() {
     assert_eq!(code, 1);
     assert!(stderr.contains("/nonexistent/proxy.toml"), "{stderr}");
 }
+
+/// Runs the proxy with `VALID` and `envs`, returns its stderr up to the "listening" line.
+fn startup_log(envs: &[(&str, &str)]) -> String {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().expect("dir");
+    let config = write_config(dir.path(), VALID);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sse-edge"))
+        .args(["--config", &config])
+        .env("RUST_LOG", "info")
+        .env_remove("NO_COLOR")
+        .envs(envs.iter().copied())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start sse-edge");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut log = String::new();
+    // Bounded by the process: it is killed below whatever happens, ending the stream.
+    for line in BufReader::new(stderr)
+        .lines()
+        .take(50)
+        .map_while(Result::ok)
+    {
+        log.push_str(&line);
+        log.push('\n');
+        if line.contains("sse-edge listening") {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    log
+}
+
+#[test]
+fn logs_to_a_pipe_have_no_colour_codes_and_plain_addresses() {
+    let log = startup_log(&[]);
+    assert!(log.contains("sse-edge listening"), "{log}");
+    assert!(
+        !log.contains('\u{1b}'),
+        "ANSI escape codes in a piped log: {log:?}"
+    );
+    assert!(!log.contains("Some("), "{log}");
+    assert!(log.contains("https=off"), "{log}");
+    let log = startup_log(&[("NO_COLOR", "1")]);
+    assert!(!log.contains('\u{1b}'), "{log:?}");
+}

@@ -84,7 +84,7 @@ where
         let request = Request::from_parts(parts, ClientBody::Empty);
         let response = respond(app, request, conn).await;
         let (parts, body) = response.into_parts();
-        let streaming = matches!(body, ProxyBody::Stream(_));
+        let streaming = body.is_stream();
         // A stream ends only when the proxy ends it (shutdown); nothing after it is answered,
         // so its connection keeps no read buffer.
         let keep_alive = keep_alive && !streaming;
