@@ -90,6 +90,11 @@ fn a_missing_certificate_names_the_path() {
     let (code, stderr) = sse_edge(&["--config", &config]);
     assert_eq!(code, 1);
     assert!(stderr.contains("nowhere/cert.pem"), "{stderr}");
+    assert!(stderr.contains("[tls] cert"), "names the key: {stderr}");
+    assert!(
+        stderr.contains("sse-edge demo") && stderr.contains("openssl req"),
+        "says how to make one: {stderr}"
+    );
 }
 
 #[test]
@@ -108,6 +113,10 @@ fn a_missing_config_file_is_named() {
     let (code, stderr) = sse_edge(&["--config", "/nonexistent/proxy.toml"]);
     assert_eq!(code, 1);
     assert!(stderr.contains("/nonexistent/proxy.toml"), "{stderr}");
+    assert!(
+        stderr.contains("--config"),
+        "says how to give one: {stderr}"
+    );
 }
 
 /// Runs the proxy with `VALID` and `envs`, returns its stderr up to the "listening" line.
@@ -155,4 +164,55 @@ fn logs_to_a_pipe_have_no_colour_codes_and_plain_addresses() {
     assert!(log.contains("https=off"), "{log}");
     let log = startup_log(&[("NO_COLOR", "1")]);
     assert!(!log.contains('\u{1b}'), "{log:?}");
+}
+
+#[test]
+fn each_subcommand_shows_only_its_own_flags() {
+    let help = |args: &[&str]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_sse-edge"))
+            .args(args)
+            .output()
+            .expect("run sse-edge");
+        assert!(output.status.success(), "{args:?}");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let probe = help(&["probe", "--help"]);
+    assert!(probe.contains("--idle-threshold"), "{probe}");
+    assert!(
+        !probe.contains("--config") && !probe.contains("--log-format"),
+        "{probe}"
+    );
+    let load = help(&["load", "--help"]);
+    assert!(
+        !load.contains("--config") && !load.contains("--log-format"),
+        "{load}"
+    );
+    let check = help(&["check", "--help"]);
+    assert!(
+        check.contains("--config") && !check.contains("--log-format"),
+        "{check}"
+    );
+    let demo = help(&["demo", "--help"]);
+    assert!(
+        demo.contains("--config") && demo.contains("--tick-ms"),
+        "{demo}"
+    );
+    let top = help(&["--help"]);
+    assert!(top.contains("--config") && top.contains("check"), "{top}");
+}
+
+#[test]
+fn check_takes_its_config_before_or_after_the_subcommand() {
+    let dir = tempfile::tempdir().expect("dir");
+    let config = write_config(dir.path(), VALID);
+    for args in [
+        ["check", "--config", &config],
+        ["--config", &config, "check"],
+    ] {
+        let output = Command::new(env!("CARGO_BIN_EXE_sse-edge"))
+            .args(args)
+            .output()
+            .expect("run sse-edge");
+        assert_eq!(output.status.code(), Some(0), "{args:?}: {output:?}");
+    }
 }

@@ -3,7 +3,7 @@
 //! The origin binds the `[upstream] url` address (it must be loopback), a self-signed
 //! `localhost` certificate is written where `[tls]` points if none is there, and
 //! `DASHBOARD_API_KEY` gets a demo value when it is not set, so the shipped `proxy.toml`
-//! runs as is.
+//! runs as is. It serves this machine only: every listener is moved to 127.0.0.1.
 
 pub mod certs;
 pub mod origin;
@@ -30,7 +30,10 @@ pub enum DemoError {
     )]
     NotLoopback(String),
     /// The sample origin's address is taken.
-    #[error("cannot start the demo origin on {addr}: {source}")]
+    #[error(
+        "cannot start the demo origin on {addr}: {source}{}",
+        busy_hint(source)
+    )]
     Origin {
         /// The address.
         addr: SocketAddr,
@@ -40,6 +43,32 @@ pub enum DemoError {
     /// The proxy itself could not start.
     #[error(transparent)]
     Start(#[from] StartError),
+    /// A listener's port is taken: most likely by a demo started earlier.
+    #[error("{0}{hint}", hint = busy_hint(&std::io::Error::from(std::io::ErrorKind::AddrInUse)))]
+    PortInUse(crate::edge::BindError),
+}
+
+/// What to do about an address in use (the usual cause: a demo already running).
+fn busy_hint(error: &std::io::Error) -> &'static str {
+    if error.kind() == std::io::ErrorKind::AddrInUse {
+        "\n  a demo (or another sse-edge) may already be running: stop it (Ctrl-C in its \
+         terminal), or use other ports in [listen] and [upstream] url with --config"
+    } else {
+        ""
+    }
+}
+
+/// The demo serves this machine only: listeners on any other address (the shipped
+/// `proxy.toml` listens on 0.0.0.0:8443 for real use) move to 127.0.0.1, same port.
+fn loopback_only(listen: &mut crate::config::ListenConfig) {
+    for addr in [&mut listen.https, &mut listen.http, &mut listen.admin]
+        .into_iter()
+        .flatten()
+    {
+        if !addr.ip().is_loopback() {
+            addr.set_ip(IpAddr::from([127, 0, 0, 1]));
+        }
+    }
 }
 
 /// How the demo origin's clock runs.
@@ -69,7 +98,7 @@ pub async fn run(config_path: &Path, clock: DemoClock) -> Result<Proxy, DemoErro
         source,
     })?;
     let base_dir = config_path.parent().unwrap_or(Path::new("."));
-    let config = Config::from_toml(
+    let mut config = Config::from_toml(
         &text,
         &config_path.display().to_string(),
         base_dir,
@@ -79,6 +108,7 @@ pub async fn run(config_path: &Path, clock: DemoClock) -> Result<Proxy, DemoErro
                 .or_else(|| (name == "DASHBOARD_API_KEY").then(|| api_key.clone()))
         },
     )?;
+    loopback_only(&mut config.listen);
     if let Some(tls) = &config.tls
         && (!tls.cert.exists() || !tls.key.exists())
     {
@@ -109,7 +139,12 @@ pub async fn run(config_path: &Path, clock: DemoClock) -> Result<Proxy, DemoErro
             addr: origin_addr,
             source,
         })?;
-    let proxy = Proxy::start(config).await?;
+    let proxy = Proxy::start(config).await.map_err(|e| match e {
+        StartError::Bind(bind) if bind.source.kind() == std::io::ErrorKind::AddrInUse => {
+            DemoError::PortInUse(bind)
+        }
+        other => DemoError::Start(other),
+    })?;
     print_instructions(&proxy, origin_addr, clock);
     Ok(proxy)
 }
