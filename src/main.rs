@@ -385,7 +385,12 @@ fn check(path: &Path) -> ExitCode {
     let mut problems = Vec::new();
     if let (Some(files), Some(_)) = (&config.tls, config.listen.https) {
         if let Err(error) = sse_edge::edge::tls::certified_key(files) {
-            problems.push(format!("[tls]: {error}"));
+            let text = error.to_string();
+            problems.push(if text.starts_with("[tls]") {
+                text
+            } else {
+                format!("[tls] {text}")
+            });
         }
     }
     if let Err(error) = sse_edge::origin::tls::origin_roots(config.upstream.ca.as_deref()) {

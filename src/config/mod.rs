@@ -58,6 +58,9 @@ pub enum ConfigError {
         /// What is wrong and what would be right.
         message: String,
     },
+    /// More than one problem: each, one per line, in file order.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Several(Vec<ConfigError>),
 }
 
 /// The whole, validated configuration.
@@ -264,6 +267,7 @@ impl Config {
             text,
             base_dir,
             env,
+            problems: Default::default(),
         };
         let raw: RawConfig = {
             let deserializer = toml::de::Deserializer::parse(text)

@@ -216,3 +216,34 @@ fn check_takes_its_config_before_or_after_the_subcommand() {
         assert_eq!(output.status.code(), Some(0), "{args:?}: {output:?}");
     }
 }
+
+#[test]
+fn check_prints_every_problem_in_the_file() {
+    let dir = tempfile::tempdir().expect("dir");
+    let text = VALID
+        .replace("http = \"127.0.0.1:0\"", "http = \"nowhere\"")
+        .replace("url = \"http://127.0.0.1:9\"", "url = \"ftp://origin\"")
+        .replace("event = \"metrics\"", "event = \"metrics\"\n  every_ms = 0");
+    let config = write_config(dir.path(), &text);
+    let output = Command::new(env!("CARGO_BIN_EXE_sse-edge"))
+        .args(["check", "--config", &config])
+        .output()
+        .expect("run sse-edge");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    for key in [
+        "listen.http",
+        "upstream.url",
+        "stream[0].source[0].every_ms",
+    ] {
+        assert!(
+            stderr.contains(&format!("`{key}`")),
+            "{key} missing in: {stderr}"
+        );
+    }
+    assert_eq!(
+        stderr.lines().filter(|l| l.contains("proxy.toml:")).count(),
+        3,
+        "{stderr}"
+    );
+}
