@@ -58,6 +58,10 @@ struct DemoArgs {
     /// Log line format; the level comes from RUST_LOG (default `info`).
     #[arg(long, value_enum)]
     log_format: Option<LogFormat>,
+    /// Listen where the config says, not only on 127.0.0.1 (a stand-in origin that other
+    /// containers reach, as in deploy/docker-compose.yml).
+    #[arg(long)]
+    listen_as_configured: bool,
     /// How often the sample origin's data changes, in milliseconds.
     #[arg(long, default_value_t = 3000)]
     tick_ms: u64,
@@ -192,7 +196,7 @@ fn main() -> ExitCode {
                 tick: Duration::from_millis(args.tick_ms.max(1)),
             };
             runtime.block_on(serve(async move {
-                sse_edge::tools::demo::run(&config, clock)
+                sse_edge::tools::demo::run(&config, clock, args.listen_as_configured)
                     .await
                     .map_err(|e| e.to_string())
             }))

@@ -59,7 +59,7 @@ pub fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
 /// (version `00` layout, non-zero ids) is dropped with its `tracestate`; an oversized
 /// `tracestate` or `X-Amzn-Trace-Id`, or one sent twice, is dropped.
 pub fn sanitize_trace_context(headers: &mut HeaderMap) {
-    if !single_valid(headers, &TRACEPARENT, |v| valid_traceparent(v)) {
+    if !single_valid(headers, &TRACEPARENT, valid_traceparent) {
         headers.remove(TRACEPARENT);
         headers.remove(TRACESTATE);
     }

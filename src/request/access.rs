@@ -3,8 +3,7 @@
 //! an event stream, that is the stream's life.
 //!
 //! Never logged: the query string (it may carry a token, `user_token`) and any header other
-//! than `User-Agent`; the path is cut to [`MAX_LOGGED_PATH`] characters and the user agent to
-//! [`MAX_LOGGED_USER_AGENT`].
+//! than `User-Agent`; the path and the user agent are each cut to 256 characters.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};

@@ -193,7 +193,7 @@ fn demo_config(dir: &std::path::Path, http: &str) -> std::path::PathBuf {
 async fn the_demo_listens_on_loopback_only() {
     let dir = tempfile::tempdir().expect("dir");
     let config = demo_config(dir.path(), "0.0.0.0:0");
-    let proxy = sse_edge::tools::demo::run(&config, Default::default())
+    let proxy = sse_edge::tools::demo::run(&config, Default::default(), false)
         .await
         .expect("demo starts");
     let http = proxy.http_addr().expect("http");
@@ -211,7 +211,7 @@ async fn a_taken_demo_port_says_a_demo_may_be_running() {
     let addr = taken.local_addr().expect("addr").to_string();
     let dir = tempfile::tempdir().expect("dir");
     let config = demo_config(dir.path(), &addr);
-    let error = match sse_edge::tools::demo::run(&config, Default::default()).await {
+    let error = match sse_edge::tools::demo::run(&config, Default::default(), false).await {
         Ok(_) => panic!("the demo started on a taken port"),
         Err(error) => error.to_string(),
     };

@@ -3,7 +3,8 @@
 //! The origin binds the `[upstream] url` address (it must be loopback), a self-signed
 //! `localhost` certificate is written where `[tls]` points if none is there, and
 //! `DASHBOARD_API_KEY` gets a demo value when it is not set, so the shipped `proxy.toml`
-//! runs as is. It serves this machine only: every listener is moved to 127.0.0.1.
+//! runs as is. It serves this machine only: every listener is moved to 127.0.0.1 (unless
+//! `--listen-as-configured`, for a stand-in origin in a container).
 
 pub mod certs;
 pub mod origin;
@@ -43,9 +44,10 @@ pub enum DemoError {
     /// The proxy itself could not start.
     #[error(transparent)]
     Start(#[from] StartError),
-    /// A listener's port is taken: most likely by a demo started earlier.
+    /// A listener's port is taken (the bind error's text): most likely by a demo started
+    /// earlier.
     #[error("{0}{hint}", hint = busy_hint(&std::io::Error::from(std::io::ErrorKind::AddrInUse)))]
-    PortInUse(crate::edge::BindError),
+    PortInUse(String),
 }
 
 /// What to do about an address in use (the usual cause: a demo already running).
@@ -89,8 +91,13 @@ impl Default for DemoClock {
     }
 }
 
-/// Starts the sample origin and the proxy, and prints what to try.
-pub async fn run(config_path: &Path, clock: DemoClock) -> Result<Proxy, DemoError> {
+/// Starts the sample origin and the proxy, and prints what to try. The listeners move to
+/// 127.0.0.1 unless `as_configured` (a container stand-in that other containers reach).
+pub async fn run(
+    config_path: &Path,
+    clock: DemoClock,
+    as_configured: bool,
+) -> Result<Proxy, DemoError> {
     let api_key = std::env::var("DASHBOARD_API_KEY")
         .unwrap_or_else(|_| format!("demo-key-{:08x}", fastrand::u32(..)));
     let text = std::fs::read_to_string(config_path).map_err(|source| ConfigError::Read {
@@ -108,7 +115,9 @@ pub async fn run(config_path: &Path, clock: DemoClock) -> Result<Proxy, DemoErro
                 .or_else(|| (name == "DASHBOARD_API_KEY").then(|| api_key.clone()))
         },
     )?;
-    loopback_only(&mut config.listen);
+    if !as_configured {
+        loopback_only(&mut config.listen);
+    }
     if let Some(tls) = &config.tls
         && (!tls.cert.exists() || !tls.key.exists())
     {
@@ -141,7 +150,7 @@ pub async fn run(config_path: &Path, clock: DemoClock) -> Result<Proxy, DemoErro
         })?;
     let proxy = Proxy::start(config).await.map_err(|e| match e {
         StartError::Bind(bind) if bind.source.kind() == std::io::ErrorKind::AddrInUse => {
-            DemoError::PortInUse(bind)
+            DemoError::PortInUse(bind.to_string())
         }
         other => DemoError::Start(other),
     })?;
