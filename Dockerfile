@@ -43,7 +43,8 @@ ENV RUST_LOG=info
 # 8080 plaintext (behind a TLS-terminating load balancer), 8443 HTTPS when [tls] is mounted,
 # 9901 admin (/healthz, /readyz, /metrics: private network only).
 EXPOSE 8080 8443 9901
-# /healthz answers while the process runs; /readyz (origin reachable) is for load balancers.
+# /healthz answers while the process runs; /readyz (listeners bound; stays 200 through an
+# origin outage) is for load balancers; /readyz/origin (503 while the origin is down) for alerts.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
     CMD ["sse-edge-healthz", "9901", "/healthz"]
 # SIGTERM: stop accepting, end every stream with a retry: hint so EventSource reconnects

@@ -16,11 +16,11 @@ use tracing_subscriber::EnvFilter;
 #[derive(Parser)]
 #[command(name = "sse-edge", version)]
 struct Cli {
-    /// The configuration file.
-    #[arg(long, global = true, default_value = "proxy.toml")]
+    /// The configuration file of the proxy (which runs when no subcommand is given).
+    #[arg(long, default_value = "proxy.toml")]
     config: PathBuf,
     /// Log line format; the level comes from RUST_LOG (default `info`).
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
     #[command(subcommand)]
     command: Option<Command>,
@@ -39,12 +39,29 @@ enum Command {
     Load(LoadArgs),
     /// Validate the configuration (keys, environment variables, certificate and key, CA)
     /// and print every problem; exits 0 when it would start.
-    Check,
+    Check(ConfigFile),
+}
+
+/// `--config` for the subcommands that read one (each shows only its own flags in --help).
+#[derive(clap::Args)]
+struct ConfigFile {
+    /// The configuration file [default: proxy.toml].
+    #[arg(long)]
+    config: Option<PathBuf>,
 }
 
 #[cfg(feature = "tools")]
 #[derive(clap::Args)]
 struct DemoArgs {
+    #[command(flatten)]
+    file: ConfigFile,
+    /// Log line format; the level comes from RUST_LOG (default `info`).
+    #[arg(long, value_enum)]
+    log_format: Option<LogFormat>,
+    /// Listen where the config says, not only on 127.0.0.1 (a stand-in origin that other
+    /// containers reach, as in deploy/docker-compose.yml).
+    #[arg(long)]
+    listen_as_configured: bool,
     /// How often the sample origin's data changes, in milliseconds.
     #[arg(long, default_value_t = 3000)]
     tick_ms: u64,
@@ -143,8 +160,14 @@ fn main() -> ExitCode {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour_logs())
         .with_writer(std::io::stderr);
-    match cli.log_format {
+    let log_format = match &cli.command {
+        #[cfg(feature = "tools")]
+        Some(Command::Demo(args)) => args.log_format.unwrap_or(cli.log_format),
+        _ => cli.log_format,
+    };
+    match log_format {
         LogFormat::Text => logs.init(),
         LogFormat::Json => logs.json().init(),
     }
@@ -160,19 +183,20 @@ fn main() -> ExitCode {
     };
     let config = cli.config;
     let served = match cli.command {
-        Some(Command::Check) => return check(&config),
+        Some(Command::Check(file)) => return check(&file.config.unwrap_or(config)),
         #[cfg(feature = "tools")]
         Some(Command::Probe(args)) => return runtime.block_on(probe(args)),
         #[cfg(feature = "tools")]
         Some(Command::Load(args)) => return runtime.block_on(load(args)),
         #[cfg(feature = "tools")]
         Some(Command::Demo(args)) => {
+            let config = args.file.config.unwrap_or(config);
             let clock = sse_edge::tools::demo::DemoClock {
                 cold_start: Duration::from_millis(args.cold_start_ms),
                 tick: Duration::from_millis(args.tick_ms.max(1)),
             };
             runtime.block_on(serve(async move {
-                sse_edge::tools::demo::run(&config, clock)
+                sse_edge::tools::demo::run(&config, clock, args.listen_as_configured)
                     .await
                     .map_err(|e| e.to_string())
             }))
@@ -189,6 +213,14 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Colour only for a person at a terminal: never when stderr is a file, a pipe or a log
+/// collector (journald, Docker, Kubernetes), nor when `NO_COLOR` is set (no-color.org).
+fn colour_logs() -> bool {
+    use std::io::IsTerminal;
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+    !no_color && std::io::stderr().is_terminal()
 }
 
 /// Longest `--timeout`, `--idle-threshold` or `--duration` accepted.
@@ -287,6 +319,12 @@ async fn probe(args: ProbeArgs) -> ExitCode {
         insecure: args.insecure,
         idle_threshold,
     };
+    if let Err(message) = sse_edge::tools::probe::check_usage(&options) {
+        eprintln!(
+            "sse-edge: {message}\n\nUsage: sse-edge probe [OPTIONS] <URL>, for example https://api.example.com/api/v2/stream"
+        );
+        return ExitCode::from(2);
+    }
     let report = sse_edge::tools::probe::run(&options).await;
     if args.json {
         match serde_json::to_string_pretty(&report) {
@@ -351,7 +389,12 @@ fn check(path: &Path) -> ExitCode {
     let mut problems = Vec::new();
     if let (Some(files), Some(_)) = (&config.tls, config.listen.https) {
         if let Err(error) = sse_edge::edge::tls::certified_key(files) {
-            problems.push(format!("[tls]: {error}"));
+            let text = error.to_string();
+            problems.push(if text.starts_with("[tls]") {
+                text
+            } else {
+                format!("[tls] {text}")
+            });
         }
     }
     if let Err(error) = sse_edge::origin::tls::origin_roots(config.upstream.ca.as_deref()) {

@@ -16,8 +16,8 @@ use crate::origin::Upstream;
 use crate::origin::tls::TlsError;
 use crate::request::App;
 use crate::request::auth::{AuthSetupError, Authenticator};
-use crate::request::forwarding::Forwarding;
 use crate::request::cors::Cors;
+use crate::request::forwarding::Forwarding;
 use crate::request::router::Router;
 use crate::stream::Streams;
 use crate::stream::hub::Hub;
@@ -135,10 +135,11 @@ impl Proxy {
             config.listen.clone(),
             shutdown_rx,
         ));
+        let shown = |addr: Option<SocketAddr>| addr.map_or("off".to_owned(), |a| a.to_string());
         tracing::info!(
-            https = ?https_addr,
-            http = ?http_addr,
-            admin = ?admin_addr,
+            https = %shown(https_addr),
+            http = %shown(http_addr),
+            admin = %shown(admin_addr),
             upstream = %config.upstream.authority,
             streams = config.streams.len(),
             "sse-edge listening"

@@ -34,11 +34,20 @@ pub use env::expand_env;
 use raw::RawConfig;
 use resolve::Resolver;
 
+/// Where to go from a config file that is not there: the path comes from `--config`.
+fn read_hint(error: &std::io::Error) -> &'static str {
+    if error.kind() == std::io::ErrorKind::NotFound {
+        " (give the file with --config PATH; the repository's proxy.toml is a commented example)"
+    } else {
+        ""
+    }
+}
+
 /// A config that could not be read or is invalid.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read at all.
-    #[error("cannot read config {path}: {source}")]
+    #[error("cannot read config {path}: {source}{}", read_hint(source))]
     Read {
         /// The file that was asked for.
         path: PathBuf,
@@ -59,6 +68,9 @@ pub enum ConfigError {
         /// What is wrong and what would be right.
         message: String,
     },
+    /// More than one problem: each, one per line, in file order.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Several(Vec<ConfigError>),
 }
 
 /// The whole, validated configuration.
@@ -328,6 +340,7 @@ impl Config {
             text,
             base_dir,
             env,
+            problems: Default::default(),
         };
         let raw: RawConfig = {
             let deserializer = toml::de::Deserializer::parse(text)

@@ -23,6 +23,9 @@ pub(super) struct Resolver<'a> {
     pub(super) text: &'a str,
     pub(super) base_dir: &'a Path,
     pub(super) env: &'a dyn Fn(&str) -> Option<String>,
+    /// Problems found so far: resolution goes on after one, so `sse-edge check` can list
+    /// every problem in the file at once.
+    pub(super) problems: std::cell::RefCell<Vec<ConfigError>>,
 }
 
 impl Resolver<'_> {
@@ -42,6 +45,25 @@ impl Resolver<'_> {
         }
     }
 
+    /// The value, or `None` with its error recorded in [`Resolver::problems`].
+    fn keep<T>(&self, result: Result<T, ConfigError>) -> Option<T> {
+        result.map_err(|e| self.problems.borrow_mut().push(e)).ok()
+    }
+
+    /// Every recorded problem, in file order: one as itself, several together.
+    fn finish(&self) -> Result<(), ConfigError> {
+        let mut problems = self.problems.take();
+        problems.sort_by_key(|p| match p {
+            ConfigError::Invalid { line, column, .. } => (*line, *column),
+            _ => (0, 0),
+        });
+        match problems.len() {
+            0 => Ok(()),
+            1 => Err(problems.remove(0)),
+            _ => Err(ConfigError::Several(problems)),
+        }
+    }
+
     /// Expands `${NAME}` placeholders in a string value.
     pub(super) fn expand(&self, value: &Spanned<String>, key: &str) -> Result<String, ConfigError> {
         expand_env(value.get_ref(), self.env).map_err(|m| self.error(value.span(), key, m))
@@ -55,25 +77,35 @@ impl Resolver<'_> {
     }
 
     pub(super) fn config(&self, raw: RawConfig) -> Result<Config, ConfigError> {
-        let listen = self.listen(&raw.listen)?;
-        let tls = raw.tls.as_ref().map(|t| self.tls(t)).transpose()?;
-        if listen.https.is_some() && tls.is_none() {
+        let listen = self.keep(self.listen(&raw.listen));
+        let tls = self.keep(raw.tls.as_ref().map(|t| self.tls(t)).transpose());
+        let https = listen.as_ref().is_some_and(|l| l.https.is_some());
+        if https && matches!(tls, Some(None)) {
             let span = raw.listen.https.as_ref().map_or(0..0, |s| s.span());
-            return Err(self.error(
+            self.keep::<()>(Err(self.error(
                 span,
                 "listen.https",
                 "an HTTPS listener needs a [tls] table with `cert` and `key`",
-            ));
+            )));
         }
-        if listen.https.is_none() && listen.http.is_none() {
-            return Err(self.error(0..0, "listen", "no listener: set `https`, `http` or both"));
+        if listen
+            .as_ref()
+            .is_some_and(|l| l.https.is_none() && l.http.is_none())
+        {
+            self.keep::<()>(Err(self.error(
+                0..0,
+                "listen",
+                "no listener: set `https`, `http` or both",
+            )));
         }
-        let upstream = self.upstream(&raw.upstream)?;
-        let auth = raw.auth.as_ref().map(|a| self.auth(a)).transpose()?;
-        let sse = self.sse(&raw.sse)?;
-        let cors = raw.cors.as_ref().map(|c| self.cors(c)).transpose()?;
-        if sse.history_bytes < upstream.max_poll_body_bytes {
-            return Err(self.error(
+        let upstream = self.keep(self.upstream(&raw.upstream));
+        let auth = self.keep(raw.auth.as_ref().map(|a| self.auth(a)).transpose());
+        let sse = self.keep(self.sse(&raw.sse));
+        let cors = self.keep(raw.cors.as_ref().map(|c| self.cors(c)).transpose());
+        if let (Some(sse), Some(upstream)) = (&sse, &upstream)
+            && sse.history_bytes < upstream.max_poll_body_bytes
+        {
+            self.keep::<()>(Err(self.error(
                 raw.sse.history_bytes.span(),
                 "sse.history_bytes",
                 format!(
@@ -81,38 +113,52 @@ impl Resolver<'_> {
                      poll would not fit in the history, and every client would be resynced",
                     upstream.max_poll_body_bytes
                 ),
-            ));
+            )));
         }
         let mut streams = Vec::with_capacity(raw.stream.len());
         let mut seen_paths = HashSet::new();
         for (index, stream) in raw.stream.iter().enumerate() {
-            let resolved = self.stream(stream, index, &sse)?;
-            self.query_is_not_a_token(stream, &resolved, auth.as_ref(), index)?;
-            if resolved.auth && auth.is_none() {
-                return Err(self.error(
+            // The routes need `[sse]` (its event names); when it failed, its problem is
+            // reported and the routes are not checked against it.
+            let Some(sse) = &sse else { break };
+            let Some(resolved) = self.keep(self.stream(stream, index, sse)) else {
+                continue;
+            };
+            let resolved_auth = auth.as_ref().and_then(Option::as_ref);
+            self.keep(self.query_is_not_a_token(stream, &resolved, resolved_auth, index));
+            if resolved.auth && matches!(auth, Some(None)) {
+                self.keep::<()>(Err(self.error(
                     stream.span(),
                     &format!("stream[{index}].auth"),
                     "`auth = true` needs an [auth] table",
-                ));
+                )));
             }
             if !seen_paths.insert(resolved.path.to_string()) {
-                return Err(self.error(
+                self.keep::<()>(Err(self.error(
                     stream.get_ref().path.span(),
                     &format!("stream[{index}].path"),
                     "the same path is declared by an earlier [[stream]]",
-                ));
+                )));
             }
             streams.push(resolved);
         }
-        Ok(Config {
-            listen,
-            tls,
-            upstream,
-            auth,
-            sse,
-            streams,
-            cors,
-        })
+        self.finish()?;
+        match (listen, tls, upstream, auth, sse, cors) {
+            (Some(listen), Some(tls), Some(upstream), Some(auth), Some(sse), Some(cors)) => {
+                Ok(Config {
+                    listen,
+                    tls,
+                    upstream,
+                    auth,
+                    sse,
+                    streams,
+                    cors,
+                })
+            }
+            // Unreachable in practice: a missing part recorded its problem, and `finish`
+            // returned it.
+            _ => Err(self.error(0..0, "(config)", "invalid")),
+        }
     }
 
     fn socket_addr(&self, value: &Spanned<String>, key: &str) -> Result<SocketAddr, ConfigError> {

@@ -137,10 +137,12 @@ pub async fn serve(
                     Ok(Ok(tls_stream)) => tls_stream,
                     Ok(Err(error)) => {
                         tracing::debug!(%peer, %error, "TLS handshake failed");
+                        serving.app.metrics.tls_handshake_failed(false);
                         return;
                     }
                     Err(_) => {
                         tracing::debug!(%peer, "TLS handshake timed out");
+                        serving.app.metrics.tls_handshake_failed(true);
                         return;
                     }
                 };

@@ -15,10 +15,27 @@ use crate::origin::tls::{TlsError, load_certs, load_key, provider};
 
 /// Loads a certificate chain and its key, checking that they belong together.
 pub fn certified_key(files: &TlsFiles) -> Result<CertifiedKey, TlsError> {
+    for (what, path) in [("[tls] cert", &files.cert), ("[tls] key", &files.key)] {
+        if !path.exists() {
+            return Err(TlsError::File {
+                what,
+                path: path.clone(),
+                reason: MAKE_ONE.to_owned(),
+            });
+        }
+    }
     let certs = load_certs(&files.cert, "certificate")?;
     let key = load_key(&files.key)?;
     Ok(CertifiedKey::from_der(certs, key, &provider())?)
 }
+
+/// What to do when `[tls]` points at nothing: the first thing a new user meets.
+const MAKE_ONE: &str = "no such file. For a local test, `sse-edge demo` writes a self-signed \
+localhost pair there; or make one with `openssl req -x509 -newkey ec -pkeyopt \
+ec_paramgen_curve:prime256v1 -nodes -days 30 -subj /CN=localhost -addext \
+subjectAltName=DNS:localhost -keyout KEY.pem -out CERT.pem`; in production point [tls] cert \
+at the full chain and [tls] key at its private key (or remove `https` from [listen] to serve \
+plaintext behind a TLS-terminating load balancer)";
 
 /// The listener's certificate, replaceable while serving (certificate rotation on SIGHUP):
 /// new handshakes get the new one, established connections are untouched.

@@ -6,6 +6,10 @@
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
+
+use super::histogram::Histogram;
+use super::process::ProcessStats;
 
 /// Upper bounds of the poll-latency histogram, in seconds (the last bucket is `+Inf`).
 const POLL_BUCKETS: [f64; 11] = [
@@ -114,6 +118,28 @@ pub struct Metrics {
     /// Requests whose token was rejected or missing.
     pub auth_rejects: AtomicU64,
     limits: [AtomicU64; Limit::ALL.len()],
+    /// Passthrough answers by status.
+    passthrough: PassthroughStats,
+    /// HTTPS handshakes that failed (`[0]`) or timed out (`[1]`).
+    tls_handshake_failures: [AtomicU64; 2],
+}
+
+/// Passthrough latency and status counts.
+#[derive(Debug)]
+struct PassthroughStats {
+    /// Time to the response head, by status class (`1xx` .. `5xx`).
+    latency: [Histogram; 5],
+    /// Answers by exact status, 100 to 599 (index `status - 100`).
+    codes: Vec<AtomicU64>,
+}
+
+impl Default for PassthroughStats {
+    fn default() -> Self {
+        PassthroughStats {
+            latency: Default::default(),
+            codes: (100..600).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
 }
 
 impl Metrics {
@@ -132,6 +158,20 @@ impl Metrics {
             .position(|&le| seconds <= le)
             .unwrap_or(POLL_BUCKETS.len());
         Metrics::inc(&self.poll_buckets[bucket]);
+    }
+
+    /// Counts a passthrough answer: its status and the time to its head.
+    pub fn passthrough(&self, status: u16, took: Duration) {
+        let stats = &self.passthrough;
+        if let Some(count) = stats.codes.get(usize::from(status).wrapping_sub(100)) {
+            Metrics::inc(count);
+            stats.latency[usize::from(status / 100 - 1)].observe(took);
+        }
+    }
+
+    /// Counts an HTTPS handshake that failed, or (`timed_out`) did not finish in time.
+    pub fn tls_handshake_failed(&self, timed_out: bool) {
+        Metrics::inc(&self.tls_handshake_failures[usize::from(timed_out)]);
     }
 
     /// Counts a request turned away by a limit.
@@ -314,7 +354,63 @@ impl Metrics {
             "Requests refused by a limit.",
             &Limit::ALL.map(|l| (l.label(), get(&self.limits[l as usize]) as f64)),
         );
+        self.render_operations(&mut out);
         out
+    }
+
+    /// Build, process, passthrough and TLS handshake families.
+    fn render_operations(&self, out: &mut String) {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        family(
+            out,
+            "build_info",
+            "gauge",
+            "The running build: always 1, with its version as a label.",
+            &[(
+                concat!("{version=\"", env!("CARGO_PKG_VERSION"), "\"}"),
+                1.0,
+            )],
+        );
+        ProcessStats::read().render(out);
+        let codes: Vec<(String, f64)> = (100u16..)
+            .zip(&self.passthrough.codes)
+            .filter(|(_, n)| get(n) > 0)
+            .map(|(code, n)| (format!("{{code=\"{code}\"}}"), get(n) as f64))
+            .collect();
+        family(
+            out,
+            "passthrough_responses_total",
+            "counter",
+            "Passthrough answers by status code (proxy-made errors included).",
+            &codes,
+        );
+        let latency: Vec<(String, f64)> = (1..)
+            .zip(&self.passthrough.latency)
+            .flat_map(|(class, h)| h.samples(&format!("code=\"{class}xx\",")))
+            .collect();
+        family(
+            out,
+            "passthrough_duration_seconds",
+            "histogram",
+            "Passthrough time from the request head to the response head, by status class.",
+            &latency,
+        );
+        family(
+            out,
+            "tls_handshake_failures_total",
+            "counter",
+            "HTTPS handshakes that failed or timed out, by listener.",
+            &[
+                (
+                    "{listener=\"https\",reason=\"error\"}",
+                    get(&self.tls_handshake_failures[0]) as f64,
+                ),
+                (
+                    "{listener=\"https\",reason=\"timeout\"}",
+                    get(&self.tls_handshake_failures[1]) as f64,
+                ),
+            ],
+        );
     }
 }
 
@@ -468,5 +564,32 @@ mod tests {
         assert!(text.contains("sse_edge_poll_duration_seconds_bucket{le=\"+Inf\"} 1\n"));
         assert!(text.contains("sse_edge_poll_duration_seconds_count 1\n"));
         assert!(text.contains("# TYPE sse_edge_pollers gauge"));
+    }
+
+    #[test]
+    fn renders_operations_families() {
+        let metrics = Metrics::default();
+        metrics.passthrough(404, Duration::from_millis(2));
+        metrics.passthrough(200, Duration::from_millis(40));
+        metrics.passthrough(200, Duration::from_millis(40));
+        metrics.passthrough(99, Duration::ZERO);
+        metrics.passthrough(600, Duration::ZERO);
+        metrics.tls_handshake_failed(true);
+        let text = metrics.render(&Gauges::default());
+        let version = env!("CARGO_PKG_VERSION");
+        assert!(text.contains(&format!("sse_edge_build_info{{version=\"{version}\"}} 1\n")));
+        assert!(
+            text.contains("sse_edge_passthrough_responses_total{code=\"200\"} 2\n"),
+            "{text}"
+        );
+        assert!(text.contains("sse_edge_passthrough_responses_total{code=\"404\"} 1\n"));
+        assert!(!text.contains("code=\"99\"") && !text.contains("code=\"600\""));
+        assert!(text.contains(
+            "sse_edge_passthrough_duration_seconds_bucket{code=\"2xx\",le=\"0.05\"} 2\n"
+        ));
+        assert!(text.contains("sse_edge_passthrough_duration_seconds_count{code=\"4xx\"} 1\n"));
+        assert!(text.contains(
+            "sse_edge_tls_handshake_failures_total{listener=\"https\",reason=\"timeout\"} 1\n"
+        ));
     }
 }

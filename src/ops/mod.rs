@@ -1,7 +1,11 @@
 //! What operators see and steer; a leaf: it imports nothing of this crate.
 //!
 //! - [`metrics`]: counters, gauges and histograms, rendered as Prometheus text.
+//! - [`histogram`]: latency histograms for the request path.
+//! - [`process`]: the standard `process_*` metrics, from `/proc/self`.
 //! - [`shutdown`]: the signal that starts a graceful shutdown, passed to every task.
 
+pub mod histogram;
 pub mod metrics;
+pub mod process;
 pub mod shutdown;

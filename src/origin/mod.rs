@@ -184,7 +184,7 @@ impl Upstream {
     ) -> Result<Response<Incoming>, UpstreamError> {
         let result = match tokio::time::timeout(self.timeout, self.client.request(request)).await {
             Ok(Ok(response)) => Ok(response),
-            Ok(Err(error)) => Err(self.classify(&error)),
+            Ok(Err(error)) => Err(self.classify(&error, "")),
             Err(_) => Err(UpstreamError::Timeout(self.timeout.as_millis() as u64)),
         };
         self.record(result)
@@ -220,17 +220,20 @@ impl Upstream {
     }
 
     /// Sends `request` and collects the answer, the whole within `bound`.
+    /// Every call the proxy makes itself carries its own user agent and trace (see
+    /// [`own_call_headers`]).
     async fn read_whole(
         &self,
-        request: Request<ClientBody>,
+        mut request: Request<ClientBody>,
         bound: Duration,
     ) -> Result<Fetched, UpstreamError> {
+        let trace_id = own_call_headers(request.headers_mut());
         let fetch = async {
             let response = self
                 .client
                 .request(request)
                 .await
-                .map_err(|e| self.classify(&e))?;
+                .map_err(|e| self.classify(&e, &trace_id))?;
             let (parts, body) = response.into_parts();
             let body = Limited::new(body, self.max_body)
                 .collect()
@@ -239,7 +242,8 @@ impl Upstream {
                     if e.is::<http_body_util::LengthLimitError>() {
                         UpstreamError::TooLarge(self.max_body)
                     } else {
-                        UpstreamError::Protocol(error_chain(e.as_ref()))
+                        tracing::warn!(origin = %self.authority, trace_id, error = %error_chain(e.as_ref()), "reading the origin's body failed");
+                        UpstreamError::Protocol("the body ended early or was malformed".to_owned())
                     }
                 })?
                 .to_bytes();
@@ -255,25 +259,65 @@ impl Upstream {
         }
     }
 
-    fn classify(&self, error: &hyper_util::client::legacy::Error) -> UpstreamError {
+    /// Sorts a client error into what the client hears. The client hears a short reason of
+    /// ours; hyper's own text (its internals, the origin's resolved addresses) goes only to
+    /// the log, with the call's trace id when the proxy made the call itself.
+    fn classify(&self, error: &hyper_util::client::legacy::Error, trace_id: &str) -> UpstreamError {
         let chain = error_chain(error);
-        let mut timed_out = false;
+        let mut io_kind = None;
+        let mut tls = false;
         let mut source = error.source();
         while let Some(cause) = source {
-            timed_out |= cause
-                .downcast_ref::<std::io::Error>()
-                .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut);
+            if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+                io_kind = Some(io.kind());
+                tls |= io
+                    .get_ref()
+                    .is_some_and(|inner| inner.is::<rustls::Error>());
+            }
+            tls |= cause.is::<rustls::Error>();
             source = cause.source();
         }
-        if timed_out {
-            UpstreamError::Timeout(self.timeout.as_millis() as u64)
-        } else if error.is_connect() {
-            UpstreamError::Unreachable(chain)
+        // The first failure of an outage is a warning; the rest of it would flood the log.
+        if self.reachable() {
+            tracing::warn!(origin = %self.authority, trace_id, error = %chain, "origin call failed");
         } else {
-            UpstreamError::Protocol(chain)
+            tracing::debug!(origin = %self.authority, trace_id, error = %chain, "origin call failed");
+        }
+        if io_kind == Some(std::io::ErrorKind::TimedOut) {
+            return UpstreamError::Timeout(self.timeout.as_millis() as u64);
+        }
+        let reason = match io_kind {
+            _ if tls => "the TLS handshake with the origin failed",
+            Some(std::io::ErrorKind::ConnectionRefused) => "connection refused",
+            Some(std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted) => {
+                "connection reset by the origin"
+            }
+            Some(std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::BrokenPipe) => {
+                "the origin closed the connection"
+            }
+            _ if error.is_connect() => "cannot connect",
+            _ => "the origin's answer is not valid HTTP or the connection closed early",
+        };
+        if error.is_connect() {
+            UpstreamError::Unreachable(reason.to_owned())
+        } else {
+            UpstreamError::Protocol(reason.to_owned())
         }
     }
 }
+
+/// Headers every call the proxy makes by itself carries: `User-Agent: sse-edge/<version>` (so
+/// the origin's logs can tell polls from users) and a new trace. Configured headers win.
+/// Returns the trace id, for the log when the call fails.
+fn own_call_headers(headers: &mut HeaderMap) -> String {
+    headers
+        .entry(http::header::USER_AGENT)
+        .or_insert(http::HeaderValue::from_static(USER_AGENT));
+    crate::http::trace::start_trace(headers)
+}
+
+/// What the proxy's own calls to the origin say they are.
+pub const USER_AGENT: &str = concat!("sse-edge/", env!("CARGO_PKG_VERSION"));
 
 /// An error and its causes on one line, for logs and JSON details.
 pub fn error_chain(error: &(dyn StdError + 'static)) -> String {

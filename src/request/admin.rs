@@ -12,7 +12,12 @@ use crate::ops::metrics::Gauges;
 
 impl App {
     /// Answers an admin request: `/healthz` (the process is up), `/readyz` (the listeners are
-    /// bound and the origin answered its last call), and `/metrics` (Prometheus text).
+    /// bound: ready for traffic, with the origin's state as a detail), `/readyz/origin` (the
+    /// origin answered its last call), and `/metrics` (Prometheus text).
+    ///
+    /// `/readyz` stays 200 through an origin outage on purpose: open streams keep serving
+    /// their last state and resume by themselves, and an outage would otherwise take every
+    /// instance out of the load balancer at once. Alert on `/readyz/origin` instead.
     pub fn admin(&self, method: &Method, path: &str) -> Response<ProxyBody> {
         let app = self;
         if method != Method::GET {
@@ -23,13 +28,17 @@ impl App {
         }
         match path {
             "/healthz" => json_response(StatusCode::OK, json_bytes(&json!({"status": "ok"}))),
-            "/readyz" if app.upstream.reachable() => {
-                json_response(StatusCode::OK, json_bytes(&json!({"status": "ready"})))
-            }
             "/readyz" => json_response(
+                StatusCode::OK,
+                json_bytes(&json!({"status": "ready", "origin": origin_state(app)})),
+            ),
+            "/readyz/origin" if app.upstream.reachable() => {
+                json_response(StatusCode::OK, json_bytes(&json!({"origin": "reachable"})))
+            }
+            "/readyz/origin" => json_response(
                 StatusCode::SERVICE_UNAVAILABLE,
                 json_bytes(
-                    &json!({"status": "not ready", "detail": "the origin did not answer the last call"}),
+                    &json!({"origin": "unreachable", "detail": "the origin did not answer the last call"}),
                 ),
             ),
             "/metrics" => {
@@ -47,8 +56,19 @@ impl App {
             }
             _ => json_response(
                 StatusCode::NOT_FOUND,
-                json_bytes(&json!({"detail": "admin endpoints: /healthz, /readyz, /metrics"})),
+                json_bytes(
+                    &json!({"detail": "admin endpoints: /healthz, /readyz, /readyz/origin, /metrics"}),
+                ),
             ),
         }
+    }
+}
+
+/// The origin's state as `/readyz` reports it.
+fn origin_state(app: &App) -> &'static str {
+    if app.upstream.reachable() {
+        "reachable"
+    } else {
+        "unreachable"
     }
 }

@@ -10,6 +10,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use super::access::AccessLog;
 use crate::stream::SseBody;
 
 /// A response body: made by the proxy, streamed from the upstream, or an event stream.
@@ -20,12 +21,36 @@ pub enum ProxyBody {
     Upstream(Incoming),
     /// A long-lived `text/event-stream` fed by the hub.
     Stream(SseBody),
+    /// Any of the above, counting its bytes for the access log line written when it ends.
+    Logged(Box<Logged>),
+}
+
+/// A body and the access log line that it completes.
+pub struct Logged {
+    /// The body sent.
+    body: ProxyBody,
+    /// Written when this is dropped: when the body ended or the client went away.
+    log: AccessLog,
 }
 
 impl ProxyBody {
     /// A body of exactly these bytes.
     pub fn full(bytes: Bytes) -> Self {
         ProxyBody::Full(Some(bytes))
+    }
+
+    /// This body, with `log` written once it ends.
+    pub fn logged(self, log: AccessLog) -> Self {
+        ProxyBody::Logged(Box::new(Logged { body: self, log }))
+    }
+
+    /// Whether this is an event stream (which only the proxy ends).
+    pub fn is_stream(&self) -> bool {
+        match self {
+            ProxyBody::Stream(_) => true,
+            ProxyBody::Logged(logged) => logged.body.is_stream(),
+            ProxyBody::Full(_) | ProxyBody::Upstream(_) => false,
+        }
     }
 }
 
@@ -41,6 +66,15 @@ impl Body for ProxyBody {
             ProxyBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             ProxyBody::Upstream(incoming) => Pin::new(incoming).poll_frame(cx),
             ProxyBody::Stream(sse) => Pin::new(sse).poll_frame(cx).map(|f| f.map(Ok)),
+            ProxyBody::Logged(logged) => {
+                let polled = Pin::new(&mut logged.body).poll_frame(cx);
+                if let Poll::Ready(Some(Ok(frame))) = &polled {
+                    if let Some(data) = frame.data_ref() {
+                        logged.log.bytes += data.len() as u64;
+                    }
+                }
+                polled
+            }
         }
     }
 
@@ -49,6 +83,7 @@ impl Body for ProxyBody {
             ProxyBody::Full(bytes) => bytes.is_none(),
             ProxyBody::Upstream(incoming) => incoming.is_end_stream(),
             ProxyBody::Stream(_) => false,
+            ProxyBody::Logged(logged) => logged.body.is_end_stream(),
         }
     }
 
@@ -59,6 +94,7 @@ impl Body for ProxyBody {
             }
             ProxyBody::Upstream(incoming) => incoming.size_hint(),
             ProxyBody::Stream(_) => SizeHint::default(),
+            ProxyBody::Logged(logged) => logged.body.size_hint(),
         }
     }
 }

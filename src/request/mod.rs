@@ -11,6 +11,7 @@
 //!
 //! The query string is never logged: it may carry a token (`user_token`).
 
+pub mod access;
 mod admin;
 pub mod auth;
 pub mod body;
@@ -19,25 +20,23 @@ pub mod error;
 pub mod forwarding;
 pub mod passthrough;
 pub mod router;
+mod trace;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
 
-use http::{HeaderValue, Method, Request, Response, Version, header, request};
+use http::{HeaderValue, Method, Request, Response, header, request};
 
 use crate::config::{EventNames, StreamConfig};
 use crate::ops::metrics::Metrics;
 use crate::origin::{ClientBody, Upstream};
 use crate::stream::Streams;
+use access::AccessLog;
 use auth::Authenticator;
 use body::ProxyBody;
 use cors::Cors;
 use error::{ProxyError, wants_event_stream};
 use router::{Route, RouteError, Router};
-
-/// Longest path written to the access log.
-const MAX_LOGGED_PATH: usize = 256;
 
 /// What the request handler knows about the connection a request came on.
 #[derive(Debug, Clone, Copy)]
@@ -90,11 +89,12 @@ impl App {
     /// path routes to decide what it serves, and passes that decision on (with an empty body).
     pub async fn handle_routed(
         &self,
-        request: Request<ClientBody>,
+        mut request: Request<ClientBody>,
         routed: Result<Route, RouteError>,
         conn: ConnInfo,
     ) -> Response<ProxyBody> {
-        let log = RequestLog::of(request.method(), request.version(), request.uri().path());
+        let request_id = trace::admit(request.headers_mut());
+        let log = AccessLog::of(&request, conn, &request_id);
         let browser = Browser::of(&request);
         let stream_route = !matches!(routed, Ok(Route::Passthrough));
         let (kind, result) = match routed {
@@ -116,7 +116,7 @@ impl App {
             }
         };
         let event_stream = stream_route && browser.event_stream;
-        let mut response = self.finish(log, kind, result, conn, event_stream);
+        let mut response = self.finish(log, kind, result, request_id, event_stream);
         if let (true, Some(cors)) = (stream_route, &self.cors) {
             cors.apply(browser.origin.as_ref(), response.headers_mut());
         }
@@ -160,13 +160,14 @@ impl App {
         Ok(response.map(ProxyBody::Stream))
     }
 
-    /// Counts the request, turns an error into its JSON answer, and writes the access log line.
+    /// Counts the request, turns an error into its JSON answer, returns the request id, and
+    /// hands the access log line to the body, which writes it when it ends.
     fn finish(
         &self,
-        log: RequestLog,
+        mut log: AccessLog,
         kind: &'static str,
         result: Result<Response<ProxyBody>, ProxyError>,
-        conn: ConnInfo,
+        request_id: HeaderValue,
         event_stream: bool,
     ) -> Response<ProxyBody> {
         Metrics::inc(match kind {
@@ -179,6 +180,7 @@ impl App {
             Err(error) => {
                 tracing::info!(
                     target: "access",
+                    request_id = log.request_id(),
                     blame = error.blame().as_str(),
                     error = error.code(),
                     detail = %error,
@@ -193,17 +195,13 @@ impl App {
                 }
             }
         };
-        tracing::info!(
-            target: "access",
-            method = %log.method,
-            path = %log.path,
-            route = kind,
-            status = response.status().as_u16(),
-            protocol = ?log.version,
-            tls = conn.tls,
-            ms = log.started.elapsed().as_millis() as u64,
-        );
-        response
+        let (mut parts, body) = response.into_parts();
+        trace::answer(&mut parts.headers, request_id);
+        let took = log.answered(kind, parts.status.as_u16());
+        if kind == "passthrough" {
+            self.metrics.passthrough(parts.status.as_u16(), took);
+        }
+        Response::from_parts(parts, body.logged(log))
     }
 }
 
@@ -223,33 +221,5 @@ impl Browser {
             origin: request.headers().get(header::ORIGIN).cloned(),
             event_stream: wants_event_stream(request.headers()),
         }
-    }
-}
-
-/// What the access log line says about a request, taken before the request is consumed.
-struct RequestLog {
-    /// When the request's head had been read.
-    started: Instant,
-    method: Method,
-    version: Version,
-    /// The path, cut to [`MAX_LOGGED_PATH`]; never the query, which may hold a token.
-    path: String,
-}
-
-impl RequestLog {
-    fn of(method: &Method, version: Version, path: &str) -> RequestLog {
-        RequestLog {
-            started: Instant::now(),
-            method: method.clone(),
-            version,
-            path: loggable(path).to_owned(),
-        }
-    }
-}
-
-fn loggable(path: &str) -> &str {
-    match path.char_indices().nth(MAX_LOGGED_PATH) {
-        Some((cut, _)) => &path[..cut],
-        None => path,
     }
 }

@@ -65,7 +65,7 @@ impl StreamKey {
     pub(crate) fn for_tests(index: usize, mode: crate::config::Mode, params: Vec<String>) -> Self {
         use crate::config::SourceConfig;
         use crate::http::path::{PathPattern, PollTemplate};
-            let path = PathPattern::parse("/s/{id}").expect("pattern");
+        let path = PathPattern::parse("/s/{id}").expect("pattern");
         let route = StreamConfig {
             index,
             sources: vec![SourceConfig {
@@ -469,7 +469,11 @@ impl Channel {
         match opening {
             Opening::Full { state, resync } => {
                 if resync {
-                    resync_into(&mut out, &self.key.route.events.resync, "unknown_last_event_id");
+                    resync_into(
+                        &mut out,
+                        &self.key.route.events.resync,
+                        "unknown_last_event_id",
+                    );
                 }
                 waiting = state.is_empty();
                 out.put_slice(state.frame());

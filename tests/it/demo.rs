@@ -174,3 +174,50 @@ async fn the_demo_origin_long_polls() {
         known.headers()
     );
 }
+
+/// A demo config with only a plaintext listener at `http` and the origin on a free port.
+fn demo_config(dir: &std::path::Path, http: &str) -> std::path::PathBuf {
+    let free = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let origin = free.local_addr().expect("addr");
+    drop(free);
+    let path = dir.join("proxy.toml");
+    let text = format!(
+        "[listen]\nhttp = \"{http}\"\nadmin = \"0.0.0.0:0\"\n\n[upstream]\nurl = \"http://{origin}\"\n\n\
+         [[stream]]\npath = \"/api/v2/stream\"\n  [[stream.source]]\n  poll = \"/api/v2/metrics\"\n  event = \"metrics\"\n"
+    );
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_listens_on_loopback_only() {
+    let dir = tempfile::tempdir().expect("dir");
+    let config = demo_config(dir.path(), "0.0.0.0:0");
+    let proxy = sse_edge::tools::demo::run(&config, Default::default(), false)
+        .await
+        .expect("demo starts");
+    let http = proxy.http_addr().expect("http");
+    let admin = proxy.admin_addr().expect("admin");
+    assert!(
+        http.ip().is_loopback() && admin.ip().is_loopback(),
+        "{http} {admin}"
+    );
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_taken_demo_port_says_a_demo_may_be_running() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let dir = tempfile::tempdir().expect("dir");
+    let config = demo_config(dir.path(), &addr);
+    let error = match sse_edge::tools::demo::run(&config, Default::default(), false).await {
+        Ok(_) => panic!("the demo started on a taken port"),
+        Err(error) => error.to_string(),
+    };
+    assert!(error.contains(&addr), "{error}");
+    assert!(
+        error.contains("a demo") && error.contains("already be running"),
+        "{error}"
+    );
+}

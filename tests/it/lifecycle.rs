@@ -57,7 +57,7 @@ impl Running {
         let address = |line: &str, field: &str| -> Option<SocketAddr> {
             let value: serde_json::Value = serde_json::from_str(line).ok()?;
             let text = value["fields"][field].as_str()?;
-            text.strip_prefix("Some(")?.strip_suffix(')')?.parse().ok()
+            text.parse().ok()
         };
         loop {
             let found = running
@@ -356,4 +356,87 @@ fn check_reports_a_good_config_and_a_mismatched_key() {
     assert_eq!(bad.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&bad.stderr);
     assert!(stderr.contains("[tls]"), "{stderr}");
+}
+
+/// The `access` lines logged so far, as JSON.
+fn access_lines(proxy: &Running) -> Vec<serde_json::Value> {
+    proxy
+        .log
+        .lock()
+        .expect("log")
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|l| l["target"] == "access" && l["fields"]["status"].is_u64())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_access_log_says_who_asked_what_and_how_much_was_sent() {
+    let origin = origin().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let cert = certs::localhost().expect("cert");
+    let proxy = Running::start(&write_config(dir.path(), &origin, &cert), "info");
+    let client = Client::new(Some(proxy.https), Some(proxy.http), &cert.cert_pem);
+    let response = client
+        .get(
+            Proto::H1Plain,
+            "/echo/logged?user_token=tok-secret-alice-7f3a",
+            &[
+                ("user-agent", "access-test/1.0"),
+                ("x-request-id", "req-access-1"),
+            ],
+        )
+        .await;
+    assert_eq!(response.headers()["x-request-id"], "req-access-1");
+    let body = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .expect("body")
+        .to_bytes();
+    let mut stream = client
+        .stream(
+            Proto::H2Tls,
+            "/api/v2/stream",
+            &[("user-agent", "stream-test/2")],
+        )
+        .await;
+    stream.next(WAIT).await;
+    drop(stream);
+    common::eventually("two access lines", WAIT, || access_lines(&proxy).len() >= 2).await;
+    let lines = access_lines(&proxy);
+    let echo = lines
+        .iter()
+        .map(|l| &l["fields"])
+        .find(|f| f["path"] == "/echo/logged")
+        .expect("the passthrough's line");
+    assert_eq!(echo["request_id"], "req-access-1");
+    assert_eq!(echo["user_agent"], "access-test/1.0");
+    assert_eq!(echo["status"], 200);
+    assert_eq!(echo["route"], "passthrough");
+    assert_eq!(echo["bytes"], body.len() as u64);
+    assert!(
+        echo["duration_ms"].is_u64() && echo["head_ms"].is_u64(),
+        "{echo}"
+    );
+    let client_addr: SocketAddr = echo["client"]
+        .as_str()
+        .and_then(|a| a.parse().ok())
+        .expect("the client's address, as an address");
+    assert!(client_addr.ip().is_loopback());
+    let streamed = lines
+        .iter()
+        .map(|l| &l["fields"])
+        .find(|f| f["path"] == "/api/v2/stream")
+        .expect("the stream's line, once it ended");
+    assert_eq!(streamed["user_agent"], "stream-test/2");
+    assert_eq!(streamed["route"], "stream");
+    assert!(
+        streamed["bytes"].as_u64().is_some_and(|b| b > 0),
+        "{streamed}"
+    );
+    assert_eq!(streamed["request_id"].as_str().map(str::len), Some(32));
+    let log = proxy.log.lock().expect("log").join("\n");
+    assert!(
+        !log.contains("tok-secret-alice-7f3a"),
+        "a token reached the log"
+    );
 }

@@ -233,7 +233,7 @@ async fn refused_and_reset_connections() {
         .expect("admin");
     tokio::io::AsyncWriteExt::write_all(
         &mut raw,
-        b"GET /readyz HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n",
+        b"GET /readyz/origin HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n",
     )
     .await
     .expect("request");

@@ -117,6 +117,18 @@ async fn an_unreachable_origin_is_502_and_a_slow_one_504() {
             .as_str()
             .is_some_and(|d| d.contains("unreachable"))
     );
+    // The client hears our reason, never hyper's internal error text or the OS's.
+    let detail = body["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("connection refused"), "{detail}");
+    for internal in [
+        "client error",
+        "Connect",
+        "tcp connect",
+        "os error",
+        "hyper",
+    ] {
+        assert!(!detail.contains(internal), "{detail}");
+    }
 
     let proxy = start_proxy(
         &origin,
@@ -184,7 +196,12 @@ async fn the_admin_listener_reports_health_readiness_and_metrics() {
         (status.as_u16(), body["status"].as_str()),
         (200, Some("ok"))
     );
-    let (status, _, _) = admin.get_json(Proto::H1Plain, "/readyz", &[]).await;
+    let (status, _, body) = admin.get_json(Proto::H1Plain, "/readyz", &[]).await;
+    assert_eq!(
+        (status.as_u16(), body["origin"].as_str()),
+        (200, Some("reachable"))
+    );
+    let (status, _, _) = admin.get_json(Proto::H1Plain, "/readyz/origin", &[]).await;
     assert_eq!(status, 200);
     proxy
         .client
@@ -210,6 +227,151 @@ async fn the_admin_listener_reports_health_readiness_and_metrics() {
     .await;
     down.client.get_json(Proto::H1Plain, "/anything", &[]).await;
     let admin = common::client::Client::new(None, down.proxy.admin_addr(), "");
+    // An origin outage is a detail of readiness, not unreadiness: streams keep serving their
+    // state, and the load balancer must not drop every instance at once.
     let (status, _, body) = admin.get_json(Proto::H1Plain, "/readyz", &[]).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["origin"], "unreachable");
+    let (status, _, body) = admin.get_json(Proto::H1Plain, "/readyz/origin", &[]).await;
     assert_eq!(status, 503, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_ids_and_trace_context_reach_the_origin_and_come_back() {
+    let origin = FakeOrigin::start().await;
+    let proxy = start_proxy(&origin, Options::default()).await;
+    let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let xray = "Root=1-5759e988-bd862e3fe1be46a994272793;Sampled=1";
+    for proto in [Proto::H1Plain, Proto::H2Tls] {
+        // A valid client id and trace context go through as sent, and the id comes back.
+        let (status, headers, echo) = proxy
+            .client
+            .get_json(
+                proto,
+                "/echo/traced",
+                &[
+                    ("x-request-id", "client-req-42"),
+                    ("traceparent", parent),
+                    ("tracestate", "vendor=abc"),
+                    ("x-amzn-trace-id", xray),
+                ],
+            )
+            .await;
+        assert_eq!(status, 200);
+        assert_eq!(headers["x-request-id"], "client-req-42");
+        let sent = &echo["headers"];
+        assert_eq!(sent["x-request-id"], "client-req-42");
+        assert_eq!(sent["traceparent"], parent);
+        assert_eq!(sent["tracestate"], "vendor=abc");
+        assert_eq!(sent["x-amzn-trace-id"], xray);
+
+        // An invalid id is replaced, the same new one goes both ways; a malformed traceparent
+        // is dropped with its tracestate.
+        let (_, headers, echo) = proxy
+            .client
+            .get_json(
+                proto,
+                "/echo/traced",
+                &[
+                    ("x-request-id", "bad id with spaces"),
+                    ("traceparent", "00-zz-00"),
+                    ("tracestate", "vendor=abc"),
+                ],
+            )
+            .await;
+        let id = headers["x-request-id"].to_str().expect("ascii");
+        assert_eq!(id.len(), 32, "{id}");
+        assert_eq!(echo["headers"]["x-request-id"], id);
+        assert!(echo["headers"].get("traceparent").is_none(), "{echo}");
+        assert!(echo["headers"].get("tracestate").is_none(), "{echo}");
+    }
+    // Proxy-made answers carry an id too (here a refused stream).
+    let (status, headers, _) = proxy
+        .client
+        .get_json(Proto::H1Plain, "/api/v2/configurations/cfg1/stream", &[])
+        .await;
+    assert_eq!(status, 401);
+    assert_eq!(headers["x-request-id"].len(), 32);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polls_say_who_they_are_and_carry_their_own_trace() {
+    let origin = FakeOrigin::start().await;
+    let proxy = start_proxy(&origin, Options::default()).await;
+    let mut stream = proxy
+        .client
+        .stream(
+            Proto::H2Tls,
+            "/api/v2/stream",
+            &[(
+                "traceparent",
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            )],
+        )
+        .await;
+    stream.next(WAIT).await;
+    let metrics = "/api/v2/metrics";
+    let first = origin.last_headers(metrics);
+    origin
+        .wait_for_count(metrics, origin.count(metrics) + 1, WAIT)
+        .await;
+    let second = origin.last_headers(metrics);
+    let version = env!("CARGO_PKG_VERSION");
+    assert_eq!(first["user-agent"], format!("sse-edge/{version}").as_str());
+    let trace = |h: &http::HeaderMap| {
+        let parent = h["traceparent"].to_str().expect("ascii").to_owned();
+        assert!(parent.starts_with("00-") && parent.len() == 55, "{parent}");
+        assert!(
+            !parent.contains("4bf92f3577b34da6a3ce929d0e0e4736"),
+            "a client's trace"
+        );
+        assert_eq!(h["x-request-id"], &parent[3..35]);
+        parent[3..35].to_owned()
+    };
+    assert_ne!(trace(&first), trace(&second), "each poll is its own trace");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passthrough_latency_status_and_build_metrics_are_exported() {
+    let origin = FakeOrigin::start().await;
+    let proxy = start_proxy(&origin, Options::default()).await;
+    proxy.client.get_json(Proto::H1Plain, "/echo/a", &[]).await;
+    proxy.client.get_json(Proto::H2Tls, "/echo/b", &[]).await;
+    let text = proxy.metrics().await;
+    for needle in [
+        "sse_edge_passthrough_responses_total{code=\"200\"} 2\n",
+        "sse_edge_passthrough_duration_seconds_count{code=\"2xx\"} 2\n",
+        "sse_edge_passthrough_duration_seconds_bucket{code=\"2xx\",le=\"+Inf\"} 2\n",
+        "# TYPE sse_edge_build_info gauge\n",
+        "# TYPE process_open_fds gauge\n",
+        "# TYPE process_max_fds gauge\n",
+        "# TYPE process_resident_memory_bytes gauge\n",
+        "# TYPE process_cpu_seconds_total counter\n",
+        "sse_edge_tls_handshake_failures_total{listener=\"https\",reason=\"error\"} 0\n",
+    ] {
+        assert!(text.contains(needle), "{needle} in\n{text}");
+    }
+    // A client that is not TLS at all on the HTTPS port is a failed handshake.
+    let https = proxy.proxy.https_addr().expect("https");
+    let mut raw = tokio::net::TcpStream::connect(https)
+        .await
+        .expect("connect");
+    tokio::io::AsyncWriteExt::write_all(&mut raw, b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
+        .await
+        .expect("write");
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(
+        WAIT,
+        tokio::io::AsyncReadExt::read_to_end(&mut raw, &mut rest),
+    )
+    .await;
+    let failed = "sse_edge_tls_handshake_failures_total{listener=\"https\",reason=\"error\"} 1\n";
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !proxy.metrics().await.contains(failed) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{failed} never counted"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
 }

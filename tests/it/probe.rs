@@ -263,7 +263,13 @@ async fn a_buffered_origin_through_sse_edge_is_streaming() {
         ..options(format!("https://localhost:{}/api/v2/stream", https.port()))
     })
     .await;
-    assert_eq!(strict.verdict, Verdict::Unreachable, "self-signed needs -k");
+    assert_eq!(
+        strict.verdict,
+        Verdict::CertificateRejected,
+        "{}",
+        strict.to_text()
+    );
+    assert!(strict.reason.contains("-k"), "{}", strict.reason);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -322,4 +328,18 @@ async fn a_hung_tls_handshake_is_a_connection_problem_not_a_buffering_origin() {
         report.reason
     );
     held.abort();
+}
+
+#[test]
+fn a_probe_of_something_that_is_not_a_url_is_a_usage_error() {
+    for url in ["notaurl", "ftp://example/stream"] {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_sse-edge"))
+            .args(["probe", url])
+            .output()
+            .expect("run probe");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{url}: {stderr}");
+        assert!(stderr.contains(url), "{stderr}");
+        assert!(output.stdout.is_empty(), "no report for a usage error");
+    }
 }

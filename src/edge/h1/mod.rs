@@ -84,7 +84,7 @@ where
     };
     let request = head.request.map(|()| ClientBody::Empty);
     let response = respond(app, request, routed, conn).await;
-    if !matches!(response.body(), ProxyBody::Stream(_)) {
+    if !response.body().is_stream() {
         // Hyper reads this head again from the start and writes the answer.
         return Outcome::Handoff(Rewind::new(buf.freeze(), io), Some(Box::new(response)));
     }

@@ -3,7 +3,8 @@
 //! The origin binds the `[upstream] url` address (it must be loopback), a self-signed
 //! `localhost` certificate is written where `[tls]` points if none is there, and
 //! `DASHBOARD_API_KEY` gets a demo value when it is not set, so the shipped `proxy.toml`
-//! runs as is.
+//! runs as is. It serves this machine only: every listener is moved to 127.0.0.1 (unless
+//! `--listen-as-configured`, for a stand-in origin in a container).
 
 pub mod certs;
 pub mod origin;
@@ -30,7 +31,10 @@ pub enum DemoError {
     )]
     NotLoopback(String),
     /// The sample origin's address is taken.
-    #[error("cannot start the demo origin on {addr}: {source}")]
+    #[error(
+        "cannot start the demo origin on {addr}: {source}{}",
+        busy_hint(source)
+    )]
     Origin {
         /// The address.
         addr: SocketAddr,
@@ -40,6 +44,33 @@ pub enum DemoError {
     /// The proxy itself could not start.
     #[error(transparent)]
     Start(#[from] StartError),
+    /// A listener's port is taken (the bind error's text): most likely by a demo started
+    /// earlier.
+    #[error("{0}{hint}", hint = busy_hint(&std::io::Error::from(std::io::ErrorKind::AddrInUse)))]
+    PortInUse(String),
+}
+
+/// What to do about an address in use (the usual cause: a demo already running).
+fn busy_hint(error: &std::io::Error) -> &'static str {
+    if error.kind() == std::io::ErrorKind::AddrInUse {
+        "\n  a demo (or another sse-edge) may already be running: stop it (Ctrl-C in its \
+         terminal), or use other ports in [listen] and [upstream] url with --config"
+    } else {
+        ""
+    }
+}
+
+/// The demo serves this machine only: listeners on any other address (the shipped
+/// `proxy.toml` listens on 0.0.0.0:8443 for real use) move to 127.0.0.1, same port.
+fn loopback_only(listen: &mut crate::config::ListenConfig) {
+    for addr in [&mut listen.https, &mut listen.http, &mut listen.admin]
+        .into_iter()
+        .flatten()
+    {
+        if !addr.ip().is_loopback() {
+            addr.set_ip(IpAddr::from([127, 0, 0, 1]));
+        }
+    }
 }
 
 /// How the demo origin's clock runs.
@@ -60,8 +91,13 @@ impl Default for DemoClock {
     }
 }
 
-/// Starts the sample origin and the proxy, and prints what to try.
-pub async fn run(config_path: &Path, clock: DemoClock) -> Result<Proxy, DemoError> {
+/// Starts the sample origin and the proxy, and prints what to try. The listeners move to
+/// 127.0.0.1 unless `as_configured` (a container stand-in that other containers reach).
+pub async fn run(
+    config_path: &Path,
+    clock: DemoClock,
+    as_configured: bool,
+) -> Result<Proxy, DemoError> {
     let api_key = std::env::var("DASHBOARD_API_KEY")
         .unwrap_or_else(|_| format!("demo-key-{:08x}", fastrand::u32(..)));
     let text = std::fs::read_to_string(config_path).map_err(|source| ConfigError::Read {
@@ -69,7 +105,7 @@ pub async fn run(config_path: &Path, clock: DemoClock) -> Result<Proxy, DemoErro
         source,
     })?;
     let base_dir = config_path.parent().unwrap_or(Path::new("."));
-    let config = Config::from_toml(
+    let mut config = Config::from_toml(
         &text,
         &config_path.display().to_string(),
         base_dir,
@@ -79,6 +115,9 @@ pub async fn run(config_path: &Path, clock: DemoClock) -> Result<Proxy, DemoErro
                 .or_else(|| (name == "DASHBOARD_API_KEY").then(|| api_key.clone()))
         },
     )?;
+    if !as_configured {
+        loopback_only(&mut config.listen);
+    }
     if let Some(tls) = &config.tls
         && (!tls.cert.exists() || !tls.key.exists())
     {
@@ -109,7 +148,12 @@ pub async fn run(config_path: &Path, clock: DemoClock) -> Result<Proxy, DemoErro
             addr: origin_addr,
             source,
         })?;
-    let proxy = Proxy::start(config).await?;
+    let proxy = Proxy::start(config).await.map_err(|e| match e {
+        StartError::Bind(bind) if bind.source.kind() == std::io::ErrorKind::AddrInUse => {
+            DemoError::PortInUse(bind.to_string())
+        }
+        other => DemoError::Start(other),
+    })?;
     print_instructions(&proxy, origin_addr, clock);
     Ok(proxy)
 }

@@ -57,6 +57,10 @@ pub struct ConnectOptions {
     pub source: Option<IpAddr>,
 }
 
+/// How a connection error starts when the server's certificate was refused (the probe's
+/// `certificate-rejected` verdict).
+pub const UNTRUSTED: &str = "the server's TLS certificate is not trusted";
+
 /// Connects to `host:port` as `options` say.
 pub async fn connect(
     started: Instant,
@@ -119,7 +123,17 @@ pub async fn connect(
     let stream = TlsConnector::from(Arc::new(config))
         .connect(name, tcp)
         .await
-        .map_err(|e| format!("TLS handshake with {host} failed: {e}"))?;
+        .map_err(|e| {
+            let certificate = e
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+                .is_some_and(|tls| matches!(tls, rustls::Error::InvalidCertificate(_)));
+            if certificate {
+                format!("{UNTRUSTED} ({host}: {e})")
+            } else {
+                format!("TLS handshake with {host} failed: {e}")
+            }
+        })?;
     let tls_ms = ms();
     let session = stream.get_ref().1;
     let alpn = session

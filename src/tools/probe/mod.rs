@@ -338,6 +338,11 @@ pub async fn run(options: &ProbeOptions) -> Report {
     finish(report, observed)
 }
 
+/// Whether the URL and headers can be probed at all; the error is a usage error (exit 2).
+pub fn check_usage(options: &ProbeOptions) -> Result<(), String> {
+    build_request(options).map(|_| ())
+}
+
 fn build_request(options: &ProbeOptions) -> Result<Request<Empty<Bytes>>, String> {
     let uri: Uri = options
         .url

@@ -30,6 +30,9 @@ pub enum Verdict {
     IdleRisk,
     /// The connection (DNS, TCP or TLS) failed.
     Unreachable,
+    /// TLS worked but the server's certificate is not trusted (self-signed, expired, another
+    /// name): `-k` probes such a development endpoint anyway.
+    CertificateRejected,
 }
 
 impl Verdict {
@@ -47,6 +50,7 @@ impl Verdict {
             Verdict::ErrorStatus => "error-status",
             Verdict::IdleRisk => "idle-risk",
             Verdict::Unreachable => "unreachable",
+            Verdict::CertificateRejected => "certificate-rejected",
         }
     }
 }
@@ -114,6 +118,15 @@ pub fn judge(o: &Observation, t: &Thresholds) -> (Verdict, String) {
         }
     };
     if let Some(error) = &o.connect_error {
+        if error.starts_with(super::connect::UNTRUSTED) {
+            return (
+                Verdict::CertificateRejected,
+                format!(
+                    "{error}; for a development endpoint with a self-signed certificate, \
+                     run again with -k (--insecure)"
+                ),
+            );
+        }
         return (Verdict::Unreachable, format!("cannot connect: {error}"));
     }
     let (Some(status), Some(headers_ms)) = (o.status, o.headers_ms) else {
