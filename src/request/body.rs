@@ -14,6 +14,11 @@ use super::access::AccessLog;
 use crate::stream::SseBody;
 
 /// A response body: made by the proxy, streamed from the upstream, or an event stream.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "the event stream is the body that lives for hours: boxing it would add an \
+              allocation to every stream, while the short-lived variants only pay size"
+)]
 pub enum ProxyBody {
     /// A small body the proxy made itself (JSON errors); `None` once sent.
     Full(Option<Bytes>),

@@ -71,7 +71,7 @@ impl StreamKey {
             sources: vec![SourceConfig {
                 poll: PollTemplate::parse("/p/{id}", &path, &[]).expect("template"),
                 every: std::time::Duration::from_secs(1),
-                event: "doc".into(),
+                event: "item".into(),
                 mode,
                 headers: vec![],
                 wait: None,
