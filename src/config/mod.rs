@@ -187,7 +187,7 @@ pub struct SseConfig {
     /// Bytes all kept states may hold together; beyond it the least recently kept go.
     pub resume_memory_bytes: u64,
     /// Open streams at once from one client address (IPv6: one /64); beyond it 429. Behind
-    /// a load balancer the address is the balancer's.
+    /// `[listen] trusted_proxies`, the client address they forward.
     pub max_streams_per_ip: usize,
     /// The names of the events the proxy itself sends, shared with every route.
     pub events: Arc<EventNames>,

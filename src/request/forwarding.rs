@@ -78,6 +78,33 @@ impl Forwarding {
         replace(headers, X_FORWARDED_HOST, host);
     }
 
+    /// The address a request comes from, for limits counted per client: the peer, or behind
+    /// trusted proxies the nearest address in `X-Forwarded-For` that is not one of them (the
+    /// rightmost untrusted hop: addresses left of it were written by the client and prove
+    /// nothing). An unreadable chain counts as the last trusted hop's own.
+    pub(super) fn client_ip(&self, headers: &HeaderMap, peer: IpAddr) -> IpAddr {
+        let trusted = |ip: IpAddr| self.trusted_proxies.iter().any(|range| range.contains(ip));
+        let mut client = peer.to_canonical();
+        if !trusted(client) {
+            return client;
+        }
+        let Some(chain) = joined(headers, &X_FORWARDED_FOR) else {
+            return client;
+        };
+        for hop in chain.rsplit(',') {
+            match hop.trim().parse::<IpAddr>() {
+                Ok(ip) => {
+                    client = ip.to_canonical();
+                    if !trusted(client) {
+                        break;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        client
+    }
+
     /// Drops what the origin's answer should not tell the client.
     pub(super) fn response(&self, headers: &mut HeaderMap) {
         if !self.keep_server_header {
@@ -213,6 +240,32 @@ mod tests {
         assert_eq!(headers["x-forwarded-for"], "2001:db8::5");
         assert_eq!(headers["x-real-ip"], "2001:db8::5");
         assert_eq!(headers["x-forwarded-proto"], "https");
+    }
+
+    #[test]
+    fn limits_count_the_nearest_untrusted_address() {
+        let policy = Forwarding {
+            trusted_proxies: vec![Cidr::parse("10.0.0.0/8").expect("cidr")],
+            keep_server_header: false,
+        };
+        let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            X_FORWARDED_FOR,
+            HeaderValue::from_static("6.6.6.6, 1.2.3.4, 10.0.0.9"),
+        );
+        assert_eq!(policy.client_ip(&headers, ip("10.0.0.1")), ip("1.2.3.4"));
+        assert_eq!(
+            policy.client_ip(&headers, ip("9.9.9.9")),
+            ip("9.9.9.9"),
+            "an untrusted peer's chain is ignored"
+        );
+        headers.insert(X_FORWARDED_FOR, HeaderValue::from_static("junk, 10.0.0.9"));
+        assert_eq!(policy.client_ip(&headers, ip("10.0.0.1")), ip("10.0.0.9"));
+        assert_eq!(
+            policy.client_ip(&HeaderMap::new(), ip("::ffff:10.0.0.1")),
+            ip("10.0.0.1")
+        );
     }
 
     #[test]

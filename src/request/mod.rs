@@ -152,7 +152,7 @@ impl App {
             ),
             _ => None,
         };
-        let peer = conn.peer.ip();
+        let peer = self.forwarding.client_ip(&parts.headers, conn.peer.ip());
         let response = self
             .streams
             .open(route, params, identity, peer, parts)

@@ -288,6 +288,44 @@ async fn streams_over_the_address_cap_get_429_on_any_protocol() {
     assert_eq!(proxy.metric(limited).await, 2.0);
 }
 
+/// Behind a trusted load balancer every client arrives from its address: the cap counts the
+/// address it forwards, and a client's own additions to the chain do not get it more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_trusted_proxy_the_cap_counts_the_forwarded_client() {
+    let origin = origin().await;
+    let proxy = start_proxy(
+        &origin,
+        Options {
+            max_streams_per_ip: 1,
+            listen_extra: "trusted_proxies = [\"127.0.0.1/32\"]",
+            ..Options::default()
+        },
+    )
+    .await;
+    let alice = [("x-forwarded-for", "203.0.113.7")];
+    let mut first = proxy
+        .client
+        .stream(Proto::H1Plain, "/api/v2/stream", &alice)
+        .await;
+    assert_eq!(first.status, 200);
+    first.next_of("metrics", WAIT).await;
+    let bob = [("x-forwarded-for", "198.51.100.2")];
+    let mut other = proxy
+        .client
+        .stream(Proto::H2Tls, "/api/v2/stream", &bob)
+        .await;
+    assert_eq!(other.status, 200, "another client behind the same balancer");
+    other.next_of("metrics", WAIT).await;
+    // Alice again, with a made-up address in front of what the balancer appended.
+    let forged = [("x-forwarded-for", "192.0.2.1, 203.0.113.7")];
+    let (status, _, body) = proxy
+        .client
+        .get_json(Proto::H1Tls, "/api/v2/stream", &forged)
+        .await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["error"], "too_many_ip_streams");
+}
+
 /// What an HTTP/2 client sends first.
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
