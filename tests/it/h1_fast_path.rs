@@ -1,4 +1,4 @@
-//! The HTTP/1.1 event-stream fast path (`src/h1_stream.rs`) seen from the wire: its framing,
+//! The HTTP/1.1 event-stream fast path (`src/edge/h1/`) seen from the wire: its framing,
 //! keep-alive across refused streams and passthrough requests on one connection, pipelining,
 //! the hand-over to hyper for whatever it does not serve, and clients that close or flood an
 //! open stream.
