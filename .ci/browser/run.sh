@@ -12,8 +12,13 @@ VENV="${SSE_EDGE_BROWSER_VENV:-$HOME/.cache/sse-edge-browser-venv}"
 
 apt_install() {
     export DEBIAN_FRONTEND=noninteractive
-    apt-get update -q
-    apt-get install -y -q "$@"
+    # CI runs as root; elsewhere, through sudo when there is one.
+    local as_root=()
+    if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null 2>&1; then
+        as_root=(sudo -E)
+    fi
+    "${as_root[@]}" apt-get update -q
+    "${as_root[@]}" apt-get install -y -q "$@"
 }
 
 if ! command -v chromium >/dev/null 2>&1; then

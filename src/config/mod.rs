@@ -493,6 +493,16 @@ path = "/api/v2/stream"
     }
 
     #[test]
+    fn cache_lifetimes_are_bounded() {
+        for key in ["refusal_ttl_s", "resume_window_s"] {
+            let text = format!("{MINIMAL}\n[sse]\n{key} = 99999999999\n");
+            let (_, named, message) = invalid(&text);
+            assert_eq!(named, format!("sse.{key}"));
+            assert!(message.contains("at most"), "{message}");
+        }
+    }
+
+    #[test]
     fn missing_env_var_is_named_and_secret_values_never_appear() {
         let text = MINIMAL.replace(
             "event = \"metrics\"",

@@ -13,6 +13,9 @@ use super::raw::*;
 use super::*;
 use crate::http::path::{PathPattern, PollTemplate};
 
+/// Longest cache lifetime a key may set (7 days).
+const MAX_TTL_S: u64 = 7 * 24 * 3600;
+
 /// Most `[listen] trusted_proxies` ranges: each request's peer is checked against all of them.
 const MAX_TRUSTED_PROXIES: usize = 256;
 mod browser;
@@ -76,6 +79,19 @@ impl Resolver<'_> {
         }
     }
 
+    /// A lifetime in seconds for a cache entry: at most [`MAX_TTL_S`] (the cache refuses
+    /// lifetimes of centuries, and no verdict or state should outlive a week unasked).
+    pub(super) fn ttl(&self, value: &Spanned<u64>, key: &str) -> Result<Duration, ConfigError> {
+        match *value.get_ref() {
+            n if n > MAX_TTL_S => Err(self.error(
+                value.span(),
+                key,
+                format!("must be at most {MAX_TTL_S} s (7 days)"),
+            )),
+            n => Ok(Duration::from_secs(n)),
+        }
+    }
+
     pub(super) fn config(&self, raw: RawConfig) -> Result<Config, ConfigError> {
         let listen = self.keep(self.listen(&raw.listen));
         let tls = self.keep(raw.tls.as_ref().map(|t| self.tls(t)).transpose());
@@ -115,13 +131,16 @@ impl Resolver<'_> {
                 ),
             )));
         }
+        // What routes take from `[sse]`; when `[sse]` has a problem (already reported), the
+        // routes are still checked, against the defaults.
+        let route_defaults = match &sse {
+            Some(sse) => (sse.events.clone(), sse.max_streams),
+            None => (Arc::default(), *defaults::max_streams().get_ref() as usize),
+        };
         let mut streams = Vec::with_capacity(raw.stream.len());
         let mut seen_paths = HashSet::new();
         for (index, stream) in raw.stream.iter().enumerate() {
-            // The routes need `[sse]` (its event names); when it failed, its problem is
-            // reported and the routes are not checked against it.
-            let Some(sse) = &sse else { break };
-            let Some(resolved) = self.keep(self.stream(stream, index, sse)) else {
+            let Some(resolved) = self.keep(self.stream(stream, index, &route_defaults)) else {
                 continue;
             };
             let resolved_auth = auth.as_ref().and_then(Option::as_ref);
@@ -315,7 +334,7 @@ impl Resolver<'_> {
             max_backoff: Duration::from_millis(
                 self.positive(&raw.max_backoff_ms, "sse.max_backoff_ms")?,
             ),
-            refusal_ttl: Duration::from_secs(*raw.refusal_ttl_s.get_ref()),
+            refusal_ttl: self.ttl(&raw.refusal_ttl_s, "sse.refusal_ttl_s")?,
             refusal_capacity: self.positive(&raw.refusal_capacity, "sse.refusal_capacity")?,
             resume_window: self.resume_window(raw)?,
             resume_memory_bytes: self
@@ -346,16 +365,15 @@ impl Resolver<'_> {
                 ),
             ));
         }
-        Ok(Duration::from_secs(window))
+        self.ttl(&raw.resume_window_s, "sse.resume_window_s")
     }
 
     fn stream(
         &self,
         raw: &Spanned<RawStream>,
         index: usize,
-        sse: &SseConfig,
+        (events, max_streams): &(Arc<EventNames>, usize),
     ) -> Result<StreamConfig, ConfigError> {
-        let events = &sse.events;
         let raw_stream = raw.get_ref();
         let key = format!("stream[{index}].path");
         let path_text = self.expand(&raw_stream.path, &key)?;
@@ -374,9 +392,12 @@ impl Resolver<'_> {
         for (i, source) in raw_stream.source.iter().enumerate() {
             let prefix = format!("stream[{index}].source[{i}]");
             let resolved = self.source(source.get_ref(), &path, &query.names, &prefix)?;
+            // An items source also sends `<event>_removed`: neither may be a proxy event.
+            let removals = matches!(resolved.mode, Mode::Items { .. })
+                .then(|| format!("{}_removed", resolved.event));
             if let Some(taken) = events
                 .all()
-                .find(|name| resolved.event == *name || resolved.event == format!("{name}_removed"))
+                .find(|name| resolved.event == *name || removals.as_deref() == Some(*name))
             {
                 return Err(self.error(
                     source.get_ref().event.span(),
@@ -401,7 +422,7 @@ impl Resolver<'_> {
             query,
             max_keys: match &raw_stream.max_keys {
                 Some(max) => self.positive(max, &format!("stream[{index}].max_keys"))? as usize,
-                None => sse.max_streams,
+                None => *max_streams,
             },
             events: events.clone(),
         })

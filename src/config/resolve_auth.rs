@@ -87,8 +87,11 @@ impl Resolver<'_> {
             validator,
             sources,
             identity_header,
-            cache_ttl: Duration::from_secs(self.positive(&raw.cache_ttl_s, "auth.cache_ttl_s")?),
-            negative_ttl: Duration::from_secs(*raw.negative_ttl_s.get_ref()),
+            cache_ttl: {
+                self.positive(&raw.cache_ttl_s, "auth.cache_ttl_s")?;
+                self.ttl(&raw.cache_ttl_s, "auth.cache_ttl_s")?
+            },
+            negative_ttl: self.ttl(&raw.negative_ttl_s, "auth.negative_ttl_s")?,
             cache_capacity: self.positive(&raw.cache_capacity, "auth.cache_capacity")?,
             max_validations_per_s: self
                 .positive(&raw.max_validations_per_s, "auth.max_validations_per_s")?,

@@ -9,9 +9,10 @@ use std::fmt;
 
 use percent_encoding::percent_decode_str;
 
-/// A path parameter that cannot be accepted; the request that carried it is a client error.
+/// A path or declared query parameter that cannot be accepted; the request that carried it
+/// is a client error. (The name says which: patterns and declarations share one namespace.)
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("path parameter `{name}` {why}")]
+#[error("parameter `{name}` {why}")]
 pub struct ParamError {
     /// The parameter's name in the pattern.
     pub name: String,

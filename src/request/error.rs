@@ -40,7 +40,7 @@ impl Blame {
 /// A failure answered to the client instead of the normal response.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
-    /// The request cannot be served as sent (bad path parameter, bad encoding).
+    /// The request cannot be served as sent (bad path or query parameter, bad encoding).
     #[error("{0}")]
     BadRequest(String),
     /// A stream route was called with a method other than GET.
@@ -239,6 +239,7 @@ impl ProxyError {
             ProxyError::TooManyStreams { retry_after_s, .. }
             | ProxyError::TooManyKeys { retry_after_s, .. } => retry_after_s * 1000,
             ProxyError::TooManyUserStreams { .. }
+            | ProxyError::TooManyIpStreams { .. }
             | ProxyError::ValidatorUnavailable(_)
             | ProxyError::UpstreamUnreachable(_)
             | ProxyError::UpstreamTimeout(_)

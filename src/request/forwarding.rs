@@ -92,7 +92,12 @@ impl Forwarding {
             return client;
         };
         for hop in chain.rsplit(',') {
-            match hop.trim().parse::<IpAddr>() {
+            // Some balancers (Azure Application Gateway) write `ip:port` or `[v6]:port`.
+            let hop = hop.trim();
+            let parsed = hop
+                .parse::<IpAddr>()
+                .or_else(|_| hop.parse::<std::net::SocketAddr>().map(|a| a.ip()));
+            match parsed {
                 Ok(ip) => {
                     client = ip.to_canonical();
                     if !trusted(client) {
@@ -259,6 +264,14 @@ mod tests {
             policy.client_ip(&headers, ip("9.9.9.9")),
             ip("9.9.9.9"),
             "an untrusted peer's chain is ignored"
+        );
+        headers.insert(
+            X_FORWARDED_FOR,
+            HeaderValue::from_static("1.2.3.4:5678, [2001:db8::1]:443"),
+        );
+        assert_eq!(
+            policy.client_ip(&headers, ip("10.0.0.1")),
+            ip("2001:db8::1")
         );
         headers.insert(X_FORWARDED_FOR, HeaderValue::from_static("junk, 10.0.0.9"));
         assert_eq!(policy.client_ip(&headers, ip("10.0.0.1")), ip("10.0.0.9"));

@@ -47,7 +47,7 @@ pub async fn forward(
     let headers = &mut parts.headers;
     strip_hop_by_hop(headers);
     headers.remove(header::HOST);
-    headers.remove(identity_header);
+    remove_identity(headers, identity_header);
     join_cookies(headers);
     forwarding.request(headers, conn, client_host);
 
@@ -58,6 +58,31 @@ pub async fn forward(
     strip_hop_by_hop(&mut parts.headers);
     forwarding.response(&mut parts.headers);
     Ok(Response::from_parts(parts, ProxyBody::Upstream(body)))
+}
+
+/// Removes every client copy of the identity header, including spellings with `_` for `-`
+/// (`X_Edge_User`): CGI-style origins (WSGI, PHP, some nginx setups) read both as the same
+/// variable, so either would let a client name a user.
+fn remove_identity(headers: &mut HeaderMap, identity_header: &HeaderName) {
+    headers.remove(identity_header);
+    let lookalikes: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| {
+            let (name, identity) = (
+                name.as_str().as_bytes(),
+                identity_header.as_str().as_bytes(),
+            );
+            name.len() == identity.len()
+                && name
+                    .iter()
+                    .zip(identity)
+                    .all(|(&a, &b)| a == b || (a == b'_' && b == b'-'))
+        })
+        .cloned()
+        .collect();
+    for name in lookalikes {
+        headers.remove(name);
+    }
 }
 
 /// HTTP/2 clients send each cookie as its own field; an HTTP/1.1 origin expects one

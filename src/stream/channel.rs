@@ -34,7 +34,7 @@ use crate::ops::metrics::Metrics;
 pub struct StreamKey {
     /// The `[[stream]]` route; keys compare by its position in the file.
     pub route: Arc<StreamConfig>,
-    /// The route's path parameter values.
+    /// The route's path parameter values, then its declared query parameters' canonical values.
     pub params: Vec<String>,
     /// The validated user on `auth = true` routes, so users never share data.
     pub user: Option<String>,

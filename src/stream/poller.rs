@@ -5,7 +5,7 @@
 //! "no change". A 401/403/404/410 means the stream's resource is refused: the channel fails.
 //! Anything else that is not usable data (5xx, 429, timeouts, garbage) keeps the stream
 //! alive: the poller backs off exponentially with jitter (honouring `Retry-After`) and tells
-//! subscribers once per outage with an `error` event.
+//! subscribers once per outage with an outage event (`[sse] outage_event`, `upstream_error`).
 //!
 //! With `wait_s`, each poll asks the origin to hold it until its data changes
 //! (`Prefer: wait=N`, RFC 7240). When the origin says it did (`Preference-Applied: wait`),

@@ -195,7 +195,7 @@ impl State {
         }
     }
 
-    /// Appends a live-only notice (an outage's `error` event), never replayed on resume.
+    /// Appends a live-only notice (an outage's event (`upstream_error`)), never replayed on resume.
     pub fn notice(&mut self, frame: Bytes) {
         let entry = Arc::new(Entry {
             seq: self.next_seq,

@@ -269,6 +269,17 @@ async fn streams_over_the_address_cap_get_429_on_any_protocol() {
         assert_eq!(body["error"], "too_many_ip_streams");
         assert_eq!(body["max_streams_per_ip"], 2);
     }
+    // An EventSource gives up on any non-200 answer: it is told to come back instead.
+    let accept = [("accept", "text/event-stream")];
+    let mut refused = proxy
+        .client
+        .stream(Proto::H2Tls, "/api/v2/stream", &accept)
+        .await;
+    assert_eq!(refused.status, 200);
+    let event = refused.next(WAIT).await;
+    assert_eq!(event.event, "unavailable");
+    assert_eq!(event.json()["error"], "too_many_ip_streams");
+    assert!(refused.retry.is_some(), "a retry: field");
     let (status, _, _) = proxy
         .client
         .get_json(Proto::H1Tls, "/api/v2/stream/status", &[])
@@ -285,7 +296,7 @@ async fn streams_over_the_address_cap_get_429_on_any_protocol() {
         .await;
     assert_eq!(again.status, 200);
     let limited = "sse_edge_limit_rejections_total{reason=\"max_streams_per_ip\"}";
-    assert_eq!(proxy.metric(limited).await, 2.0);
+    assert_eq!(proxy.metric(limited).await, 3.0);
 }
 
 /// Behind a trusted load balancer every client arrives from its address: the cap counts the

@@ -213,6 +213,22 @@ async fn tokens_from_the_query_string_work_for_eventsource() {
         origin.last_headers(SENTIMENT)["authorization"],
         "Bearer tok-alice"
     );
+    // A token that would carry a second value where it is sent on (a cookie, a list) is
+    // refused before any validator hears of it.
+    let validations = origin.count("/api/v2/auth/validate");
+    let (status, _, body) = proxy
+        .client
+        .get_json(
+            Proto::H1Tls,
+            "/api/v2/configurations/cfg1/stream?user_token=tok-alice;role=admin",
+            &[],
+        )
+        .await;
+    assert_eq!(
+        (status.as_u16(), body["detail"].as_str()),
+        (401, Some("malformed token"))
+    );
+    assert_eq!(origin.count("/api/v2/auth/validate"), validations);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -298,6 +298,15 @@ query = ["tickers"]
         let (_, key, message) = invalid(&with("outage_event = \"quotes\""));
         assert_eq!(key, "stream[0].source[0].event");
         assert!(message.contains("quotes"), "{message}");
+        // A snapshot source sends only its own name; an items source also `<name>_removed`.
+        parse(&with("outage_event = \"quotes_removed\"")).expect("no clash for a snapshot");
+        let items = with("outage_event = \"quotes_removed\"").replace(
+            "event = \"quotes\"",
+            "event = \"quotes\"\n  mode = \"items\"\n  items = \"/q\"\n  key = \"s\"",
+        );
+        let (_, key, message) = invalid(&items);
+        assert_eq!(key, "stream[0].source[0].event");
+        assert!(message.contains("quotes_removed"), "{message}");
         let config = parse(&with("heartbeat_event = \"heartbeat\"")).expect("valid");
         assert_eq!(
             config.streams[0].events.heartbeat.as_deref(),

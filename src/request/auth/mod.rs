@@ -224,9 +224,14 @@ impl Authenticator {
                     .collect();
                 AuthError::Missing(places.join(", or "))
             })?;
+        // Printable ASCII, and none of the separators that would let one token turn into
+        // several values where it is sent on (`;` and `,` end a cookie or list item, `"` and
+        // `\` quote): no token format in use (JWT, base64url, hex, UUID) has them.
         if token.is_empty()
             || token.len() > MAX_TOKEN_LEN
-            || !token.bytes().all(|b| b.is_ascii_graphic())
+            || !token
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && !matches!(b, b';' | b',' | b'"' | b'\\'))
         {
             return Err(AuthError::Rejected {
                 status: StatusCode::UNAUTHORIZED,
