@@ -5,69 +5,30 @@
 
 #![no_main]
 
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::OnceLock;
 
 use bytes::Bytes;
-use http::{HeaderMap, Method, Request, Uri, Version, header};
-use http_body::Body;
+use http::{Method, Request, Version, header};
 use http_body_util::Empty;
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use libfuzzer_sys::fuzz_target;
 use sse_edge::edge::h1::{Parsed, parse_head};
-use tokio::io::AsyncWriteExt;
 use tokio::runtime::Runtime;
 
-/// Method, target, version, headers in order, and whether there is no body.
-type Seen = (Method, Uri, Version, Vec<(String, Vec<u8>)>, bool);
+/// The reference parser the integration test checks against too.
+#[path = "../../tests/it/common/hyper_reference.rs"]
+mod hyper_reference;
 
-fn seen<B: Body>(request: &Request<B>) -> Seen {
-    let headers = |map: &HeaderMap| {
-        map.iter()
-            .map(|(name, value)| (name.to_string(), value.as_bytes().to_vec()))
-            .collect()
-    };
-    (
-        request.method().clone(),
-        request.uri().clone(),
-        request.version(),
-        headers(request.headers()),
-        request.body().is_end_stream(),
-    )
-}
+use hyper_reference::{Seen, reference_runtime, seen};
 
 /// One runtime for every input: building one per input would dominate the run.
 fn runtime() -> &'static Runtime {
     static RUNTIME: OnceLock<Runtime> = OnceLock::new();
-    RUNTIME.get_or_init(|| {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .expect("runtime")
-    })
+    RUNTIME.get_or_init(reference_runtime)
 }
 
 /// The first request hyper accepts from `input` (then the end of the connection).
 fn hyper_parse(input: &[u8]) -> Option<Seen> {
-    runtime().block_on(async {
-        let (mut client, server) = tokio::io::duplex(input.len() + 64 * 1024);
-        client.write_all(input).await.expect("write");
-        client.shutdown().await.expect("end of input");
-        let first = Arc::new(Mutex::new(None));
-        let record = first.clone();
-        let service = service_fn(move |request: Request<Incoming>| {
-            record.lock().expect("lock").get_or_insert_with(|| seen(&request));
-            async { Ok::<_, std::convert::Infallible>(http::Response::new(Empty::<Bytes>::new())) }
-        });
-        let _ = hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
-            .max_buf_size(64 * 1024)
-            .half_close(true)
-            .serve_connection(TokioIo::new(server), service)
-            .await;
-        first.lock().expect("lock").take()
-    })
+    hyper_reference::hyper_parse(runtime(), input)
 }
 
 fuzz_target!(|data: &[u8]| {

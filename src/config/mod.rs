@@ -24,6 +24,8 @@ mod env;
 mod raw;
 mod resolve;
 mod resolve_auth;
+#[cfg(test)]
+mod testing;
 
 pub use auth::{
     AuthConfig, Endpoint, HttpValidatorConfig, IntrospectionConfig, JwtConfig, Secret, TokenSource,
@@ -385,12 +387,7 @@ path = "/api/v2/stream"
     }
 
     fn invalid(text: &str) -> (usize, String, String) {
-        match parse(text) {
-            Err(ConfigError::Invalid {
-                line, key, message, ..
-            }) => (line, key, message),
-            other => panic!("expected an invalid config, got {other:?}"),
-        }
+        super::testing::invalid_parts(parse(text))
     }
 
     #[test]

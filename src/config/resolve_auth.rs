@@ -534,12 +534,8 @@ url = "http://127.0.0.1:9000"
 
     /// The key and message of an invalid `[auth]`, and its line within it (1 = first).
     fn invalid(text: &str) -> (usize, String, String) {
-        match parse(text) {
-            Err(ConfigError::Invalid {
-                line, key, message, ..
-            }) => (line - BASE.lines().count(), key, message),
-            other => panic!("expected an invalid config, got {other:?}"),
-        }
+        let (line, key, message) = crate::config::testing::invalid_parts(parse(text));
+        (line - BASE.lines().count(), key, message)
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //!   idleness with nothing in flight, and writes a client does not read.
 //! - `stall`, `control_frames`: HTTP/2 streams that make no progress, and control-frame
 //!   floods.
+//! - `write_through`: the write half shared by the read-side wrappers.
 //! - [`admin`]: the admin listener.
 //!
 //! The edge reaches the request phases only through [`crate::request::App`].
@@ -30,6 +31,7 @@ pub mod idle;
 pub mod rewind;
 mod stall;
 pub mod tls;
+mod write_through;
 pub mod write_timeout;
 
 pub use accept::{BindError, Listeners, bind, serve};

@@ -98,6 +98,19 @@ pub struct Fetched {
     pub body: Bytes,
 }
 
+#[cfg(test)]
+impl Fetched {
+    /// An answer with `status`, no headers and `body`, for the unit tests of the layers that
+    /// judge origin answers (the poller, the validators).
+    pub(crate) fn for_tests(status: u16, body: &str) -> Fetched {
+        Fetched {
+            status: StatusCode::from_u16(status).expect("a valid status in a test"),
+            headers: HeaderMap::new(),
+            body: Bytes::from(body.to_owned()),
+        }
+    }
+}
+
 /// The pooled client and where the origin is.
 pub struct Upstream {
     /// Pooled HTTP/1.1 + HTTP/2 (by ALPN) client over plain TCP or rustls.

@@ -267,15 +267,7 @@ impl ProxyError {
             },
         );
         let mut response = Response::new(ProxyBody::full(body.freeze()));
-        let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/event-stream"),
-        );
-        headers.insert(
-            header::CACHE_CONTROL,
-            HeaderValue::from_static(crate::stream::CACHE_CONTROL),
-        );
+        crate::stream::event_stream_headers(response.headers_mut());
         Ok(response)
     }
 }

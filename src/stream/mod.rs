@@ -51,6 +51,20 @@ use crate::ops::metrics::{Limit, Metrics};
 /// `no-transform` so no intermediary (a CDN compressing, a mobile proxy) buffers the stream.
 pub const CACHE_CONTROL: &str = "no-cache, no-transform";
 
+/// Marks `headers` as an event stream's: `Content-Type: text/event-stream` and
+/// [`CACHE_CONTROL`]. Shared by the streams and by the refusals an `EventSource` survives, so
+/// both answer the same to a browser.
+pub fn event_stream_headers(headers: &mut http::HeaderMap) {
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static(CACHE_CONTROL),
+    );
+}
+
 /// Longest `Last-Event-ID` looked up; longer ones are treated as unknown.
 const MAX_EVENT_ID_LEN: usize = 256;
 
@@ -207,14 +221,7 @@ impl Streams {
         };
         let mut response = Response::new(SseBody::new(subscription, first, cursor, slots));
         let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/event-stream"),
-        );
-        headers.insert(
-            header::CACHE_CONTROL,
-            HeaderValue::from_static(CACHE_CONTROL),
-        );
+        event_stream_headers(headers);
         headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
         Ok(response)
     }

@@ -254,34 +254,34 @@ fn backoff(every: Duration, max: Duration, failures: u32, asked: Option<Duration
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::Bytes;
-
-    fn fetched(status: u16, body: &str) -> Fetched {
-        Fetched {
-            status: StatusCode::from_u16(status).expect("status"),
-            headers: HeaderMap::new(),
-            body: Bytes::from(body.to_owned()),
-        }
-    }
 
     #[test]
     fn statuses_are_classified() {
-        assert!(matches!(classify(fetched(200, "{}")), Outcome::Data(_)));
-        assert!(matches!(classify(fetched(304, "")), Outcome::NotModified));
-        match classify(fetched(404, r#"{"detail":"no such configuration"}"#)) {
+        assert!(matches!(
+            classify(Fetched::for_tests(200, "{}")),
+            Outcome::Data(_)
+        ));
+        assert!(matches!(
+            classify(Fetched::for_tests(304, "")),
+            Outcome::NotModified
+        ));
+        match classify(Fetched::for_tests(
+            404,
+            r#"{"detail":"no such configuration"}"#,
+        )) {
             Outcome::Refused(answer) => {
                 assert_eq!(answer.detail, "no such configuration");
                 assert!(answer.body.is_some());
             }
             _ => panic!("404 refuses"),
         }
-        match classify(fetched(403, "<html>")) {
+        match classify(Fetched::for_tests(403, "<html>")) {
             Outcome::Refused(answer) => assert!(answer.body.is_none()),
             _ => panic!("403 refuses"),
         }
         for status in [500, 502, 503, 429, 400] {
             assert!(matches!(
-                classify(fetched(status, "")),
+                classify(Fetched::for_tests(status, "")),
                 Outcome::Trouble { .. }
             ));
         }

@@ -15,16 +15,8 @@ use crate::common::{Options, TestProxy, WAIT, start_proxy};
 
 const STREAM: &str = "/api/v2/configurations/cfg1/stream";
 const SENTIMENT: &str = "/api/v2/configurations/cfg1/sentiment";
-
-async fn origin() -> FakeOrigin {
-    let origin = FakeOrigin::start().await;
-    origin.add_token("tok-alice", "alice");
-    origin.add_token("tok-bob", "bob");
-    origin.set_configuration("cfg1", "alice", json!([{"symbol": "AAPL"}]));
-    origin.set_configuration("cfg2", "alice", json!([{"symbol": "MSFT"}]));
-    origin.set_configuration("bobs", "bob", json!([{"symbol": "NVDA"}]));
-    origin
-}
+/// The fake origin's RFC 7662 introspection endpoint.
+const INTROSPECT: &str = "/oauth2/introspect";
 
 async fn with_auth(origin: &FakeOrigin, auth: &str) -> TestProxy {
     let options = Options {
@@ -56,7 +48,7 @@ fn header(headers: &http::HeaderMap, name: &str) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_cannot_set_the_identity_header_on_passthrough() {
-    let origin = origin().await;
+    let origin = FakeOrigin::start_alice_and_bob().await;
     let proxy = start_proxy(&origin, Options::default()).await;
     for proto in [Proto::H1Tls, Proto::H2Tls, Proto::H1Plain, Proto::H2Plain] {
         let (status, _, _) = proxy
@@ -88,7 +80,7 @@ async fn a_client_cannot_set_the_identity_header_on_passthrough() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn polls_carry_the_validated_user_and_only_the_validated_credential() {
-    let origin = origin().await;
+    let origin = FakeOrigin::start_alice_and_bob().await;
     let proxy = start_proxy(&origin, Options::default()).await;
     // A header token, next to an unrelated Basic credential and a forged identity.
     opens(
@@ -159,7 +151,7 @@ negative_ttl_s = 60
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dashboard_validator_that_answers_200_for_both_outcomes() {
-    let origin = origin().await;
+    let origin = FakeOrigin::start_alice_and_bob().await;
     let proxy = with_auth(&origin, DASHBOARD_AUTH).await;
     opens(&proxy, STREAM, &[("x-user-id", "tok-alice")]).await;
     let call = origin.last_headers("/api/v2/auth/session");
@@ -196,7 +188,7 @@ async fn a_dashboard_validator_that_answers_200_for_both_outcomes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_malformed_validator_answer_fails_closed_and_is_not_cached() {
-    let origin = origin().await;
+    let origin = FakeOrigin::start_alice_and_bob().await;
     let proxy = with_auth(&origin, DASHBOARD_AUTH).await;
     let path = "/api/v2/auth/session";
     let broken: [(u16, &str); 9] = [
@@ -244,7 +236,7 @@ fn introspection_auth(origin: &FakeOrigin, secret: &str) -> String {
         r#"
 [auth]
 kind = "introspection"
-introspect = "{}/oauth2/introspect"
+introspect = "{}{INTROSPECT}"
 client_id = "edge"
 client_secret = "{secret}"
 sources = ["bearer"]
@@ -254,31 +246,37 @@ negative_ttl_s = 60
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rfc_7662_introspection() {
-    let origin = origin().await;
+/// The origin and a proxy validating its tokens at [`INTROSPECT`] with the right client
+/// secret (from the environment).
+async fn introspecting() -> (FakeOrigin, TestProxy) {
+    let origin = FakeOrigin::start_alice_and_bob().await;
     let proxy = with_auth(
         &origin,
         &introspection_auth(&origin, "${TEST_CLIENT_SECRET}"),
     )
     .await;
-    let path = "/oauth2/introspect";
+    (origin, proxy)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rfc_7662_introspection() {
+    let (origin, proxy) = introspecting().await;
     opens(&proxy, STREAM, &[("authorization", "Bearer tok-alice")]).await;
     assert_eq!(
         header(&origin.last_headers(SENTIMENT), "x-edge-user").as_deref(),
         Some("alice"),
         "the user came from `username`"
     );
-    assert_eq!(origin.count(path), 1);
+    assert_eq!(origin.count(INTROSPECT), 1);
     opens(&proxy, STREAM, &[("authorization", "Bearer tok-alice")]).await;
-    assert_eq!(origin.count(path), 1, "the verdict was cached");
+    assert_eq!(origin.count(INTROSPECT), 1, "the verdict was cached");
 
     for _ in 0..2 {
         let (status, body) = refused(&proxy, &[("authorization", "Bearer tok-nobody")]).await;
         assert_eq!(status, 401, "{body}");
         assert_eq!(body["detail"], "the token is not active");
     }
-    assert_eq!(origin.count(path), 2, "the rejection was cached");
+    assert_eq!(origin.count(INTROSPECT), 2, "the rejection was cached");
 
     for broken in [
         r#"{"sub": "alice"}"#,
@@ -287,11 +285,11 @@ async fn rfc_7662_introspection() {
         r#"{"active": true, "sub": "alice", "exp": "later"}"#,
         "not json",
     ] {
-        origin.force(path, 200, broken, None);
+        origin.force(INTROSPECT, 200, broken, None);
         let (status, body) = refused(&proxy, &[("authorization", "Bearer tok-bob")]).await;
         assert_eq!(status, 503, "{broken}: {body}");
     }
-    origin.clear_forced(path);
+    origin.clear_forced(INTROSPECT);
 
     let wrong_secret = with_auth(&origin, &introspection_auth(&origin, "wrong")).await;
     let (status, body) = refused(&wrong_secret, &[("authorization", "Bearer tok-bob")]).await;
@@ -362,7 +360,7 @@ const JWKS: &str = "/.well-known/jwks.json";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jwts_are_verified_locally_against_the_issuers_keys() {
-    let origin = origin().await;
+    let origin = FakeOrigin::start_alice_and_bob().await;
     let key = signing_key("k1");
     origin.set_jwks(json!({"keys": [
         {"kty": "oct", "k": "c2VjcmV0", "kid": "k1"},
@@ -487,7 +485,7 @@ async fn jwts_are_verified_locally_against_the_issuers_keys() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotated_key_is_fetched_on_its_first_token() {
-    let origin = origin().await;
+    let origin = FakeOrigin::start_alice_and_bob().await;
     let old = signing_key("k1");
     origin.set_jwks(json!({"keys": [old.jwk]}));
     let proxy = with_auth(&origin, &jwt_auth(&origin, 1)).await;
@@ -509,7 +507,7 @@ async fn a_rotated_key_is_fetched_on_its_first_token() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unusable_key_set_fails_closed_and_is_not_cached() {
-    let origin = origin().await;
+    let origin = FakeOrigin::start_alice_and_bob().await;
     let key = signing_key("k1");
     let proxy = with_auth(&origin, &jwt_auth(&origin, 1)).await;
     let token = format!("Bearer {}", sign(&key, "k1", &claims("alice")));
@@ -531,14 +529,8 @@ async fn an_unusable_key_set_fails_closed_and_is_not_cached() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_first_requests_share_one_introspection() {
-    let origin = origin().await;
-    let proxy = with_auth(
-        &origin,
-        &introspection_auth(&origin, "${TEST_CLIENT_SECRET}"),
-    )
-    .await;
-    let path = "/oauth2/introspect";
-    let gate = origin.hold(path);
+    let (origin, proxy) = introspecting().await;
+    let gate = origin.hold(INTROSPECT);
     let clients: Vec<_> = (0..8)
         .map(|_| {
             let client = proxy.client.clone();
@@ -555,13 +547,13 @@ async fn concurrent_first_requests_share_one_introspection() {
             })
         })
         .collect();
-    origin.wait_for_count(path, 1, WAIT).await;
+    origin.wait_for_count(INTROSPECT, 1, WAIT).await;
     gate.release();
     for client in clients {
         client.await.expect("client");
     }
     assert_eq!(
-        origin.count(path),
+        origin.count(INTROSPECT),
         1,
         "one introspection for eight requests"
     );

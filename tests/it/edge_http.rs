@@ -7,7 +7,8 @@ use crate::common;
 use bytes::Bytes;
 use common::client::{Proto, json_response};
 use common::origin::FakeOrigin;
-use common::{Options, WAIT, start_proxy};
+use common::{Options, TestProxy, WAIT, start_proxy};
+use http::HeaderMap;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -142,17 +143,24 @@ const FORGED: [(&str, &str); 5] = [
     ("x-forwarded-host", "admin.internal"),
 ];
 
+/// Sends [`FORGED`] to the origin's `/echo` over `proto`; the answer's headers and what the
+/// origin saw.
+async fn forged_echo(proxy: &TestProxy, proto: Proto) -> (HeaderMap, Value) {
+    let response = proxy
+        .client
+        .send(proto, "GET", "/echo", &FORGED, Bytes::new())
+        .await;
+    let (status, response_headers, echo) = json_response(response).await;
+    assert_eq!(status, 200, "{proto:?}: {echo}");
+    (response_headers, echo)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_cannot_forge_forwarding_headers_or_see_the_origin_banner() {
     let origin = FakeOrigin::start().await;
     let proxy = start_proxy(&origin, Options::default()).await;
     for proto in [Proto::H1Plain, Proto::H2Plain] {
-        let response = proxy
-            .client
-            .send(proto, "GET", "/echo", &FORGED, Bytes::new())
-            .await;
-        let (status, response_headers, echo) = json_response(response).await;
-        assert_eq!(status, 200);
+        let (response_headers, echo) = forged_echo(&proxy, proto).await;
         let headers = &echo["headers"];
         let host = format!(
             "localhost:{}",
@@ -182,12 +190,7 @@ async fn a_trusted_proxy_is_believed_and_the_banner_kept_when_configured() {
         ..Options::default()
     };
     let proxy = start_proxy(&origin, options).await;
-    let response = proxy
-        .client
-        .send(Proto::H1Tls, "GET", "/echo", &FORGED, Bytes::new())
-        .await;
-    let (status, response_headers, echo) = json_response(response).await;
-    assert_eq!(status, 200);
+    let (response_headers, echo) = forged_echo(&proxy, Proto::H1Tls).await;
     let headers = &echo["headers"];
     let host = format!(
         "localhost:{}",

@@ -7,80 +7,17 @@
 //! More cases: `PROPTEST_CASES=100000 cargo test --release --test it fast_path_parser`; the
 //! same parser is fuzzed by `fuzz/` (`cargo +nightly fuzz run h1_head`).
 
-use std::sync::{Arc, Mutex};
-
 use bytes::Bytes;
-use http::{HeaderMap, Method, Request, Uri, Version};
-use http_body::Body;
+use http::{Method, Version};
 use http_body_util::Empty;
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use proptest::prelude::*;
 use sse_edge::edge::h1::{Parsed, parse_head};
-use tokio::io::AsyncWriteExt;
 
-/// What hyper made of the first request on a connection.
-#[derive(Debug, PartialEq)]
-struct Seen {
-    method: Method,
-    uri: Uri,
-    version: Version,
-    /// In the order hyper hands them out.
-    headers: Vec<(String, Vec<u8>)>,
-    /// Whether hyper expects no body.
-    no_body: bool,
-}
+use crate::common::hyper_reference::{Seen, reference_runtime, seen};
 
-fn seen<B: Body>(request: &Request<B>) -> Seen {
-    Seen {
-        method: request.method().clone(),
-        uri: request.uri().clone(),
-        version: request.version(),
-        headers: pairs(request.headers()),
-        no_body: request.body().is_end_stream(),
-    }
-}
-
-fn pairs(headers: &HeaderMap) -> Vec<(String, Vec<u8>)> {
-    headers
-        .iter()
-        .map(|(name, value)| (name.to_string(), value.as_bytes().to_vec()))
-        .collect()
-}
-
-/// Serves `input` (then the end of the connection) to a hyper HTTP/1.1 server built as the
-/// proxy builds its own, and returns the first request hyper accepted, if any.
+/// hyper's reading of `input`, on a runtime of its own.
 fn hyper_parse(input: &[u8]) -> Option<Seen> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .expect("runtime");
-    runtime.block_on(async {
-        let (mut client, server) = tokio::io::duplex(input.len() + 64 * 1024);
-        client.write_all(input).await.expect("write");
-        client.shutdown().await.expect("end of input");
-        let first = Arc::new(Mutex::new(None));
-        let record = first.clone();
-        let service = service_fn(move |request: Request<Incoming>| {
-            record
-                .lock()
-                .expect("lock")
-                .get_or_insert_with(|| seen(&request));
-            async { Ok::<_, std::convert::Infallible>(http::Response::new(Empty::<Bytes>::new())) }
-        });
-        let connection = hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
-            .max_buf_size(64 * 1024)
-            .half_close(true)
-            .serve_connection(TokioIo::new(server), service);
-        // Bounded: with the input ended, hyper finishes at once; the bound only turns a hang
-        // into a failure.
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), connection)
-            .await
-            .expect("hyper finished with the input");
-        first.lock().expect("lock").take()
-    })
+    crate::common::hyper_reference::hyper_parse(&reference_runtime(), input)
 }
 
 /// Near-misses of `GET /api/v2/stream HTTP/1.1` with a few headers.

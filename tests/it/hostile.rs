@@ -12,14 +12,10 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+/// The two users of [`FakeOrigin::start_alice_and_bob`], alice with a third configuration.
 async fn origin() -> FakeOrigin {
-    let origin = FakeOrigin::start().await;
-    origin.add_token("tok-alice", "alice");
-    origin.add_token("tok-bob", "bob");
-    origin.set_configuration("cfg1", "alice", json!([{"symbol": "AAPL"}]));
-    origin.set_configuration("cfg2", "alice", json!([{"symbol": "MSFT"}]));
+    let origin = FakeOrigin::start_alice_and_bob().await;
     origin.set_configuration("cfg3", "alice", json!([{"symbol": "TSLA"}]));
-    origin.set_configuration("bobs", "bob", json!([{"symbol": "NVDA"}]));
     origin
 }
 

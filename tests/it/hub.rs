@@ -4,24 +4,16 @@
 use crate::common;
 use std::time::{Duration, Instant};
 
-use common::client::{Proto, ReadError, SseEvent, SseStream};
+use common::client::{Proto, ReadError, SseStream};
 use common::origin::FakeOrigin;
+use common::sentiment::{drain_sentiment, summary, tickers};
 use common::{Options, TestProxy, WAIT, start_proxy};
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::io::AsyncReadExt;
 use tokio::task::JoinSet;
 
 const METRICS: &str = "/api/v2/metrics";
 const ALICE: (&str, &str) = ("authorization", "Bearer tok-alice");
-
-fn tickers(scores: &[(&str, f64)]) -> Value {
-    Value::Array(
-        scores
-            .iter()
-            .map(|(symbol, score)| json!({"symbol": symbol, "score": score}))
-            .collect(),
-    )
-}
 
 async fn origin() -> FakeOrigin {
     let origin = FakeOrigin::start().await;
@@ -29,34 +21,6 @@ async fn origin() -> FakeOrigin {
     origin.add_token("tok-bob", "bob");
     origin.set_configuration("cfg1", "alice", tickers(&[("AAPL", 0.1), ("MSFT", 0.2)]));
     origin
-}
-
-/// Reads sentiment events until the stream is idle for a moment; returns them.
-async fn drain_sentiment(stream: &mut SseStream) -> Vec<SseEvent> {
-    let mut events = Vec::new();
-    while let Ok(event) = stream.try_next(Duration::from_millis(300)).await {
-        if event.event.starts_with("sentiment_update") || event.event == "resync" {
-            events.push(event);
-        }
-    }
-    events
-}
-
-fn summary(events: &[SseEvent]) -> Vec<String> {
-    events
-        .iter()
-        .map(|e| match e.event.as_str() {
-            "sentiment_update" => format!(
-                "{}={}",
-                e.json()["symbol"].as_str().unwrap_or("?"),
-                e.json()["score"]
-            ),
-            "sentiment_update_removed" => {
-                format!("-{}", e.json()["symbol"].as_str().unwrap_or("?"))
-            }
-            other => other.to_owned(),
-        })
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

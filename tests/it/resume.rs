@@ -2,62 +2,35 @@
 //! reconnects with `Last-Event-ID` after the poller stopped gets exactly what it missed.
 
 use crate::common;
-use std::time::Duration;
 
-use common::client::{Proto, SseEvent, SseStream};
+use common::client::{Proto, SseStream};
 use common::origin::FakeOrigin;
+use common::sentiment::{drain_sentiment, summary, tickers};
 use common::{Options, TestProxy, WAIT, eventually, start_proxy};
-use serde_json::{Value, json};
 
 const PATH: &str = "/api/v2/configurations/cfg1/stream";
 const ALICE: (&str, &str) = ("authorization", "Bearer tok-alice");
 
-fn tickers(scores: &[(&str, f64)]) -> Value {
-    Value::Array(
-        scores
-            .iter()
-            .map(|(symbol, score)| json!({"symbol": symbol, "score": score}))
-            .collect(),
-    )
-}
-
-/// Sentiment events and resyncs until the stream is idle for a moment.
-async fn drain(stream: &mut SseStream) -> Vec<SseEvent> {
-    let mut events = Vec::new();
-    while let Ok(event) = stream.try_next(Duration::from_millis(300)).await {
-        if event.event.starts_with("sentiment_update") || event.event == "resync" {
-            events.push(event);
-        }
-    }
-    events
-}
-
-fn summary(events: &[SseEvent]) -> Vec<String> {
-    events
-        .iter()
-        .map(|e| match e.event.as_str() {
-            "sentiment_update" => format!(
-                "{}={}",
-                e.json()["symbol"].as_str().unwrap_or("?"),
-                e.json()["score"]
-            ),
-            "sentiment_update_removed" => {
-                format!("-{}", e.json()["symbol"].as_str().unwrap_or("?"))
-            }
-            other => other.to_owned(),
-        })
-        .collect()
-}
-
 /// A sole client reads the state and leaves; its poller stops; the origin changes.
 async fn leave_and_change(origin: &FakeOrigin, proxy: &TestProxy) -> String {
     let mut client = proxy.client.stream(Proto::H1Tls, PATH, &[ALICE]).await;
-    assert_eq!(summary(&drain(&mut client).await), ["AAPL=0.1", "MSFT=0.2"]);
+    assert_eq!(
+        summary(&drain_sentiment(&mut client).await),
+        ["AAPL=0.1", "MSFT=0.2"]
+    );
     let last_id = client.last_event_id().to_owned();
     drop(client);
     eventually("the poller to stop", WAIT, || proxy.proxy.pollers() == 0).await;
     origin.set_configuration("cfg1", "alice", tickers(&[("AAPL", 0.3), ("TSLA", 0.9)]));
     last_id
+}
+
+/// The client coming back over HTTP/2 with the `last_id` it saw.
+async fn resume(proxy: &TestProxy, last_id: &str) -> SseStream {
+    proxy
+        .client
+        .stream(Proto::H2Tls, PATH, &[ALICE, ("last-event-id", last_id)])
+        .await
 }
 
 async fn origin() -> FakeOrigin {
@@ -74,12 +47,9 @@ async fn a_sole_client_reconnecting_after_its_poller_stopped_gets_exactly_what_i
     let last_id = leave_and_change(&origin, &proxy).await;
     assert_eq!(proxy.proxy.pollers(), 0);
 
-    let mut resumed = proxy
-        .client
-        .stream(Proto::H2Tls, PATH, &[ALICE, ("last-event-id", &last_id)])
-        .await;
+    let mut resumed = resume(&proxy, &last_id).await;
     assert_eq!(
-        summary(&drain(&mut resumed).await),
+        summary(&drain_sentiment(&mut resumed).await),
         ["AAPL=0.3", "TSLA=0.9", "-MSFT"],
         "exactly the difference, no resync"
     );
@@ -98,7 +68,10 @@ async fn a_sole_client_reconnecting_after_its_poller_stopped_gets_exactly_what_i
 
     // Ids carried on from the kept state: a new client's state ends on the same id.
     let mut fresh = proxy.client.stream(Proto::H1Plain, PATH, &[ALICE]).await;
-    assert_eq!(summary(&drain(&mut fresh).await), ["AAPL=0.3", "TSLA=0.9"]);
+    assert_eq!(
+        summary(&drain_sentiment(&mut fresh).await),
+        ["AAPL=0.3", "TSLA=0.9"]
+    );
     assert_eq!(fresh.last_event_id(), resumed.last_event_id());
 }
 
@@ -117,12 +90,9 @@ async fn a_state_over_the_memory_budget_is_dropped_and_the_reconnect_resyncs() {
     assert_eq!(proxy.metric("sse_edge_resume_keys").await, 0.0);
     assert!(proxy.metric("sse_edge_resume_bytes").await <= 64.0);
 
-    let mut resumed = proxy
-        .client
-        .stream(Proto::H2Tls, PATH, &[ALICE, ("last-event-id", &last_id)])
-        .await;
+    let mut resumed = resume(&proxy, &last_id).await;
     assert_eq!(
-        summary(&drain(&mut resumed).await),
+        summary(&drain_sentiment(&mut resumed).await),
         ["resync", "AAPL=0.3", "TSLA=0.9"]
     );
     assert_eq!(

@@ -235,12 +235,7 @@ query = ["tickers"]
 
     /// The error's line, key and message.
     fn invalid(text: &str) -> (usize, String, String) {
-        match parse(text) {
-            Err(ConfigError::Invalid {
-                line, key, message, ..
-            }) => (line, key, message),
-            other => panic!("expected an invalid config, got {other:?}"),
-        }
+        crate::config::testing::invalid_parts(parse(text))
     }
 
     #[test]

@@ -116,7 +116,6 @@ impl HttpVerifier {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::Bytes;
     use http::Method;
 
     fn verifier(valid: Option<&str>) -> HttpVerifier {
@@ -132,26 +131,21 @@ mod tests {
         })
     }
 
-    fn answer(status: u16, body: &str) -> Fetched {
-        Fetched {
-            status: StatusCode::from_u16(status).expect("status"),
-            headers: HeaderMap::new(),
-            body: Bytes::from(body.to_owned()),
-        }
-    }
-
     #[test]
     fn valid_false_is_a_rejection_and_garbage_is_a_failure() {
         let v = verifier(Some("/valid"));
         assert_eq!(
-            v.judge(&answer(
+            v.judge(&Fetched::for_tests(
                 200,
                 r#"{"valid": false, "message": "Session expired"}"#
             )),
             Ok(Checked::unauthorized("Session expired"))
         );
         assert!(matches!(
-            v.judge(&answer(200, r#"{"valid": true, "user_id": "u1", "expires_at": null}"#)),
+            v.judge(&Fetched::for_tests(
+                200,
+                r#"{"valid": true, "user_id": "u1", "expires_at": null}"#
+            )),
             Ok(Checked::Valid { user_id, expires_at: None }) if user_id == "u1"
         ));
         for broken in [
@@ -162,13 +156,19 @@ mod tests {
             "<html>",
             "",
         ] {
-            assert!(v.judge(&answer(200, broken)).is_err(), "{broken}");
+            assert!(
+                v.judge(&Fetched::for_tests(200, broken)).is_err(),
+                "{broken}"
+            );
         }
         for status in [500, 502, 404, 302, 429] {
-            assert!(v.judge(&answer(status, "{}")).is_err(), "{status}");
+            assert!(
+                v.judge(&Fetched::for_tests(status, "{}")).is_err(),
+                "{status}"
+            );
         }
         assert_eq!(
-            v.judge(&answer(403, r#"{"detail": "banned"}"#)),
+            v.judge(&Fetched::for_tests(403, r#"{"detail": "banned"}"#)),
             Ok(Checked::Rejected {
                 status: StatusCode::FORBIDDEN,
                 detail: "banned".into()

@@ -108,14 +108,6 @@ mod tests {
         .expect("introspector")
     }
 
-    fn answer(status: u16, body: &str) -> Fetched {
-        Fetched {
-            status: StatusCode::from_u16(status).expect("status"),
-            headers: HeaderMap::new(),
-            body: Bytes::from(body.to_owned()),
-        }
-    }
-
     #[test]
     fn client_credentials_are_form_encoded_then_base64() {
         let expected = base64::engine::general_purpose::STANDARD.encode("edge%20proxy:s3cr%3At");
@@ -129,11 +121,14 @@ mod tests {
     fn active_decides_and_anything_else_fails() {
         let i = introspector();
         assert_eq!(
-            i.judge(&answer(200, r#"{"active": false}"#)),
+            i.judge(&Fetched::for_tests(200, r#"{"active": false}"#)),
             Ok(Checked::unauthorized("the token is not active"))
         );
         assert!(matches!(
-            i.judge(&answer(200, r#"{"active": true, "username": "ann", "exp": 4102444800}"#)),
+            i.judge(&Fetched::for_tests(
+                200,
+                r#"{"active": true, "username": "ann", "exp": 4102444800}"#
+            )),
             Ok(Checked::Valid { user_id, expires_at: Some(_) }) if user_id == "ann"
         ));
         for broken in [
@@ -143,10 +138,13 @@ mod tests {
             r#"{"active": true, "sub": "a", "exp": "later"}"#,
             "not json",
         ] {
-            assert!(i.judge(&answer(200, broken)).is_err(), "{broken}");
+            assert!(
+                i.judge(&Fetched::for_tests(200, broken)).is_err(),
+                "{broken}"
+            );
         }
         assert!(
-            i.judge(&answer(401, r#"{"error": "invalid_client"}"#))
+            i.judge(&Fetched::for_tests(401, r#"{"error": "invalid_client"}"#))
                 .is_err()
         );
     }

@@ -1,7 +1,9 @@
 //! Shared test harness: a fake origin, the real proxy on port 0, and a real client.
 
 pub mod client;
+pub mod hyper_reference;
 pub mod origin;
+pub mod sentiment;
 
 use std::path::Path;
 use std::time::Duration;

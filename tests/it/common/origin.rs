@@ -78,6 +78,18 @@ impl FakeOrigin {
         FakeOrigin::serve(None).await
     }
 
+    /// A plaintext origin with two users who must never see each other's data: `tok-alice`
+    /// owns `cfg1` (AAPL) and `cfg2` (MSFT), `tok-bob` owns `bobs` (NVDA).
+    pub async fn start_alice_and_bob() -> FakeOrigin {
+        let origin = FakeOrigin::start().await;
+        origin.add_token("tok-alice", "alice");
+        origin.add_token("tok-bob", "bob");
+        origin.set_configuration("cfg1", "alice", json!([{"symbol": "AAPL"}]));
+        origin.set_configuration("cfg2", "alice", json!([{"symbol": "MSFT"}]));
+        origin.set_configuration("bobs", "bob", json!([{"symbol": "NVDA"}]));
+        origin
+    }
+
     /// An HTTPS origin with this certificate (for `localhost`).
     pub async fn start_tls(cert_pem: &str, key_pem: &str) -> FakeOrigin {
         use rustls_pki_types::pem::PemObject;
