@@ -133,8 +133,12 @@ pub async fn serve(
                     handshake_timeout,
                     acceptor.accept(stream),
                 ));
+                // Boxed: a TLS session is over 1 KiB, and every layer of the connection's
+                // future (this task, `Serving::serve`, the fast path) that takes the stream by
+                // value would otherwise keep its own slot for it in the task for the stream's
+                // whole life (BENCHMARKS.md, "TLS memory per stream").
                 let tls_stream = match handshake.await {
-                    Ok(Ok(tls_stream)) => tls_stream,
+                    Ok(Ok(tls_stream)) => Box::new(tls_stream),
                     Ok(Err(error)) => {
                         tracing::debug!(%peer, %error, "TLS handshake failed");
                         serving.app.metrics.tls_handshake_failed(false);
