@@ -213,7 +213,11 @@ impl Serving {
                     let watch = Watch::current();
                     let response = match answer {
                         Some(answer) => answer,
-                        None => app.handle(request.map(ClientBody::Streamed), conn).await,
+                        // Boxed: the request phases' future (authentication, validators) is
+                        // large and lives only until the response head, while hyper keeps an
+                        // HTTP/2 stream's task, sized for its largest state, for the stream's
+                        // whole life.
+                        None => Box::pin(app.handle(request.map(ClientBody::Streamed), conn)).await,
                     };
                     let response = response.map(|body| Tracked { body, busy, watch });
                     Ok::<_, std::convert::Infallible>(response)
