@@ -244,7 +244,13 @@ impl ProxyError {
             | ProxyError::UpstreamUnreachable(_)
             | ProxyError::UpstreamTimeout(_)
             | ProxyError::UpstreamProtocol(_) => retry_ms,
-            _ => return Err(self),
+            // Named one by one, so a new failure has to be sorted here: a limit that frees
+            // must not fall by default into "stop reconnecting for good".
+            ProxyError::BadRequest(_)
+            | ProxyError::MethodNotAllowed(_)
+            | ProxyError::MissingCredentials(_)
+            | ProxyError::CorsRefused(_)
+            | ProxyError::Relayed { .. } => return Err(self),
         }
         .max(1);
         let wait_ms = wait_ms + fastrand::u64(0..=wait_ms / 2);

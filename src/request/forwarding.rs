@@ -42,10 +42,7 @@ impl Forwarding {
         host: Option<HeaderValue>,
     ) {
         let peer = conn.peer.ip().to_canonical();
-        let trusted = self
-            .trusted_proxies
-            .iter()
-            .any(|range| range.contains(peer));
+        let trusted = self.trusts(peer);
         let scheme = if conn.tls { "https" } else { "http" };
         let hop = peer.to_string();
         let element = forwarded_element(peer, host.as_ref(), scheme);
@@ -83,9 +80,8 @@ impl Forwarding {
     /// rightmost untrusted hop: addresses left of it were written by the client and prove
     /// nothing). An unreadable chain counts as the last trusted hop's own.
     pub(super) fn client_ip(&self, headers: &HeaderMap, peer: IpAddr) -> IpAddr {
-        let trusted = |ip: IpAddr| self.trusted_proxies.iter().any(|range| range.contains(ip));
         let mut client = peer.to_canonical();
-        if !trusted(client) {
+        if !self.trusts(client) {
             return client;
         }
         let Some(chain) = joined(headers, &X_FORWARDED_FOR) else {
@@ -100,7 +96,7 @@ impl Forwarding {
             match parsed {
                 Ok(ip) => {
                     client = ip.to_canonical();
-                    if !trusted(client) {
+                    if !self.trusts(client) {
                         break;
                     }
                 }
@@ -108,6 +104,12 @@ impl Forwarding {
             }
         }
         client
+    }
+
+    /// Whether `ip` (canonical: IPv4 clients of a dual-stack listener as IPv4) is a proxy in
+    /// front of this one.
+    fn trusts(&self, ip: IpAddr) -> bool {
+        self.trusted_proxies.iter().any(|range| range.contains(ip))
     }
 
     /// Drops what the origin's answer should not tell the client.
