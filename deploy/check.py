@@ -276,20 +276,7 @@ def sse_edge_check(binary: Path, config: ProxyConfig, env: dict[str, str], label
     CHECKED[key] = label
 
     def run() -> str:
-        try:
-            return run_sse_edge_check(binary, config, env, Path(config.origin).name or "proxy.toml")
-        except Problem as error:
-            if "cluster" in config.data and "unknown field `cluster`" in str(error):
-                # Cluster mode is being built separately: check the rest, say so.
-                rest = re.sub(r"(?ms)^\[cluster\][^\[]*", "", config.text)
-                stripped = ProxyConfig(rest, config.origin, config.folder)
-                result = run_sse_edge_check(binary, stripped, env, Path(config.origin).name)
-                RESULTS.append(("SKIP", f"{label}: [cluster]",
-                                "this sse-edge has no cluster mode yet"))
-                print(f"SKIP  {label}: [cluster] table (this sse-edge has no cluster mode yet; "
-                      f"the rest of the file is checked)")
-                return result + "; without [cluster]"
-            raise
+        return run_sse_edge_check(binary, config, env, Path(config.origin).name or "proxy.toml")
 
     check(f"sse-edge check: {label}", run)
 

@@ -387,15 +387,15 @@ fn check(path: &Path) -> ExitCode {
         }
     };
     let mut problems = Vec::new();
-    if let (Some(files), Some(_)) = (&config.tls, config.listen.https) {
-        if let Err(error) = sse_edge::edge::tls::certified_key(files) {
-            let text = error.to_string();
-            problems.push(if text.starts_with("[tls]") {
-                text
-            } else {
-                format!("[tls] {text}")
-            });
-        }
+    if let (Some(files), Some(_)) = (&config.tls, config.listen.https)
+        && let Err(error) = sse_edge::edge::tls::certified_key(files)
+    {
+        let text = error.to_string();
+        problems.push(if text.starts_with("[tls]") {
+            text
+        } else {
+            format!("[tls] {text}")
+        });
     }
     if let Err(error) = sse_edge::origin::tls::origin_roots(config.upstream.ca.as_deref()) {
         problems.push(format!("[upstream] ca: {error}"));

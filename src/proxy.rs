@@ -20,6 +20,7 @@ use crate::request::cors::Cors;
 use crate::request::forwarding::Forwarding;
 use crate::request::router::Router;
 use crate::stream::Streams;
+use crate::stream::cluster::{Cluster, ClusterError};
 use crate::stream::hub::Hub;
 
 /// Why the proxy could not start.
@@ -34,6 +35,9 @@ pub enum StartError {
     /// The token validator cannot be set up.
     #[error(transparent)]
     Auth(#[from] AuthSetupError),
+    /// The Redis client refused `[cluster] redis`.
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
 }
 
 /// A running proxy.
@@ -87,12 +91,18 @@ impl Proxy {
         let (shutdown, shutdown_rx) = Shutdown::new();
         let metrics = Arc::new(Metrics::default());
         let routes: Vec<_> = config.streams.iter().cloned().map(Arc::new).collect();
+        let cluster = config
+            .cluster
+            .clone()
+            .map(|c| Cluster::start(c, &config.sse, metrics.clone(), shutdown_rx.clone()))
+            .transpose()?;
         let hub = Hub::new(
             routes.clone(),
             upstream.clone(),
             config.sse.clone(),
             shutdown_rx.clone(),
             metrics.clone(),
+            cluster,
         );
         let auth = config
             .auth

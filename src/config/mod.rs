@@ -92,6 +92,30 @@ pub struct Config {
     pub streams: Vec<StreamConfig>,
     /// Which browser origins may read stream routes' answers; `None`: no CORS headers.
     pub cors: Option<CorsConfig>,
+    /// Redis shared by several instances; `None`: this instance polls and keeps history alone.
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// `[cluster]`: one poller per stream key across instances, history in Redis.
+#[derive(Clone)]
+pub struct ClusterConfig {
+    /// `redis://[user:password@]host:port[/db]`; may hold a password, so it is never logged.
+    pub redis: String,
+    /// Prefix of every Redis key, so several deployments can share one Redis.
+    pub prefix: String,
+    /// How long a poller's lease lives without renewal: an instance that dies loses its
+    /// stream keys to another one within it.
+    pub lease: Duration,
+}
+
+impl std::fmt::Debug for ClusterConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterConfig")
+            .field("redis", &"(hidden)")
+            .field("prefix", &self.prefix)
+            .field("lease", &self.lease)
+            .finish()
+    }
 }
 
 /// `[listen]`.

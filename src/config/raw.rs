@@ -18,6 +18,18 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub(super) stream: Vec<Spanned<RawStream>>,
     pub(super) cors: Option<Spanned<RawCors>>,
+    pub(super) cluster: Option<Spanned<RawCluster>>,
+}
+
+/// `[cluster]`: several instances sharing pollers and history through Redis.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCluster {
+    pub(super) redis: Spanned<String>,
+    #[serde(default = "defaults::cluster_prefix")]
+    pub(super) prefix: Spanned<String>,
+    #[serde(default = "defaults::lease_ms")]
+    pub(super) lease_ms: Spanned<u64>,
 }
 
 #[derive(Deserialize)]
@@ -312,6 +324,12 @@ pub(super) mod defaults {
     }
     pub fn refusal_capacity() -> Spanned<u64> {
         at0(10_000)
+    }
+    pub fn cluster_prefix() -> Spanned<String> {
+        at0("sse-edge".to_owned())
+    }
+    pub fn lease_ms() -> Spanned<u64> {
+        at0(5_000)
     }
     pub fn resume_window_s() -> Spanned<u64> {
         at0(60)

@@ -19,6 +19,7 @@ const MAX_TTL_S: u64 = 7 * 24 * 3600;
 /// Most `[listen] trusted_proxies` ranges: each request's peer is checked against all of them.
 const MAX_TRUSTED_PROXIES: usize = 256;
 mod browser;
+mod cluster;
 
 /// Where errors are reported and how placeholders are filled.
 pub(super) struct Resolver<'a> {
@@ -118,6 +119,7 @@ impl Resolver<'_> {
         let auth = self.keep(raw.auth.as_ref().map(|a| self.auth(a)).transpose());
         let sse = self.keep(self.sse(&raw.sse));
         let cors = self.keep(raw.cors.as_ref().map(|c| self.cors(c)).transpose());
+        let cluster = self.keep(raw.cluster.as_ref().map(|c| self.cluster(c)).transpose());
         if let (Some(sse), Some(upstream)) = (&sse, &upstream)
             && sse.history_bytes < upstream.max_poll_body_bytes
         {
@@ -162,18 +164,25 @@ impl Resolver<'_> {
             streams.push(resolved);
         }
         self.finish()?;
-        match (listen, tls, upstream, auth, sse, cors) {
-            (Some(listen), Some(tls), Some(upstream), Some(auth), Some(sse), Some(cors)) => {
-                Ok(Config {
-                    listen,
-                    tls,
-                    upstream,
-                    auth,
-                    sse,
-                    streams,
-                    cors,
-                })
-            }
+        match (listen, tls, upstream, auth, sse, cors, cluster) {
+            (
+                Some(listen),
+                Some(tls),
+                Some(upstream),
+                Some(auth),
+                Some(sse),
+                Some(cors),
+                Some(cluster),
+            ) => Ok(Config {
+                listen,
+                tls,
+                upstream,
+                auth,
+                sse,
+                streams,
+                cors,
+                cluster,
+            }),
             // Unreachable in practice: a missing part recorded its problem, and `finish`
             // returned it.
             _ => Err(self.error(0..0, "(config)", "invalid")),

@@ -44,10 +44,10 @@ pub fn new_request_id() -> String {
 /// which replaces any invalid or repeated value in `headers`.
 pub fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
     let mut sent = headers.get_all(REQUEST_ID).iter();
-    if let (Some(id), None) = (sent.next(), sent.next()) {
-        if valid_request_id(id.as_bytes()) {
-            return id.clone();
-        }
+    if let (Some(id), None) = (sent.next(), sent.next())
+        && valid_request_id(id.as_bytes())
+    {
+        return id.clone();
     }
     let id =
         HeaderValue::from_str(&new_request_id()).unwrap_or_else(|_| HeaderValue::from_static("0"));

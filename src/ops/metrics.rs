@@ -5,7 +5,7 @@
 //! on the hot path, and exact enough for a scrape.
 
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use super::histogram::Histogram;
@@ -122,6 +122,31 @@ pub struct Metrics {
     passthrough: PassthroughStats,
     /// HTTPS handshakes that failed (`[0]`) or timed out (`[1]`).
     tls_handshake_failures: [AtomicU64; 2],
+    /// Cluster mode's leases, Redis traffic and fallbacks.
+    pub cluster: ClusterStats,
+}
+
+/// Cluster mode's counters (rendered only when `[cluster]` is configured).
+#[derive(Debug, Default)]
+pub struct ClusterStats {
+    /// Set once at start when `[cluster]` is configured.
+    pub enabled: AtomicBool,
+    /// Whether the last Redis command succeeded.
+    pub redis_up: AtomicBool,
+    /// Stream keys this instance polls for the cluster now.
+    pub leases_held: AtomicI64,
+    /// Leases taken (first holder of a key, or a takeover).
+    pub leases_taken: AtomicU64,
+    /// Times a stream key was polled by this instance alone because Redis was unreachable.
+    pub fallbacks: AtomicU64,
+    /// Batches of changes published to Redis.
+    pub published: AtomicU64,
+    /// Batches of changes applied from another instance.
+    pub applied: AtomicU64,
+    /// Times a state converged on Redis' snapshot after drifting.
+    pub converged: AtomicU64,
+    /// Redis commands that failed.
+    pub redis_errors: AtomicU64,
 }
 
 /// Passthrough latency and status counts.
@@ -355,7 +380,71 @@ impl Metrics {
             &Limit::ALL.map(|l| (l.label(), get(&self.limits[l as usize]) as f64)),
         );
         self.render_operations(&mut out);
+        self.render_cluster(&mut out);
         out
+    }
+
+    /// Cluster mode's families, when it is on.
+    fn render_cluster(&self, out: &mut String) {
+        let c = &self.cluster;
+        if !c.enabled.load(Ordering::Relaxed) {
+            return;
+        }
+        let get = |n: &AtomicU64| n.load(Ordering::Relaxed) as f64;
+        let up = f64::from(u8::from(c.redis_up.load(Ordering::Relaxed)));
+        family(
+            out,
+            "cluster_redis_up",
+            "gauge",
+            "Whether Redis answered the last command (1) or not (0); at 0 every instance polls alone.",
+            &[("", up)],
+        );
+        let held = c.leases_held.load(Ordering::Relaxed) as f64;
+        family(
+            out,
+            "cluster_leases",
+            "gauge",
+            "Stream keys this instance polls for the cluster.",
+            &[("", held)],
+        );
+        family(
+            out,
+            "cluster_leases_taken_total",
+            "counter",
+            "Leases taken: a key's first holder, or a takeover.",
+            &[("", get(&c.leases_taken))],
+        );
+        family(
+            out,
+            "cluster_fallbacks_total",
+            "counter",
+            "Times a stream key was polled alone because Redis was unreachable.",
+            &[("", get(&c.fallbacks))],
+        );
+        family(
+            out,
+            "cluster_batches_total",
+            "counter",
+            "Batches of changes published to Redis, and applied from another instance.",
+            &[
+                ("{direction=\"published\"}", get(&c.published)),
+                ("{direction=\"applied\"}", get(&c.applied)),
+            ],
+        );
+        family(
+            out,
+            "cluster_converged_total",
+            "counter",
+            "Times a state converged on the shared snapshot after drifting.",
+            &[("", get(&c.converged))],
+        );
+        family(
+            out,
+            "cluster_redis_errors_total",
+            "counter",
+            "Redis commands that failed.",
+            &[("", get(&c.redis_errors))],
+        );
     }
 
     /// Build, process, passthrough and TLS handshake families.

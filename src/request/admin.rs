@@ -28,10 +28,18 @@ impl App {
         }
         match path {
             "/healthz" => json_response(StatusCode::OK, json_bytes(&json!({"status": "ok"}))),
-            "/readyz" => json_response(
-                StatusCode::OK,
-                json_bytes(&json!({"status": "ready", "origin": origin_state(app)})),
-            ),
+            "/readyz" => {
+                let mut ready = json!({"status": "ready", "origin": origin_state(app)});
+                if let Some(cluster) = app.streams.hub.cluster() {
+                    // Redis down is a detail, not unreadiness: every instance then polls alone.
+                    ready["cluster"] = if cluster.redis_up() {
+                        json!({"redis": "up", "leases": cluster.leases()})
+                    } else {
+                        json!({"redis": "down", "detail": "Redis unreachable: this instance polls its stream keys alone until it is back"})
+                    };
+                }
+                json_response(StatusCode::OK, json_bytes(&ready))
+            }
             "/readyz/origin" if app.upstream.reachable() => {
                 json_response(StatusCode::OK, json_bytes(&json!({"origin": "reachable"})))
             }

@@ -73,10 +73,10 @@ impl Body for ProxyBody {
             ProxyBody::Stream(sse) => Pin::new(sse).poll_frame(cx).map(|f| f.map(Ok)),
             ProxyBody::Logged(logged) => {
                 let polled = Pin::new(&mut logged.body).poll_frame(cx);
-                if let Poll::Ready(Some(Ok(frame))) = &polled {
-                    if let Some(data) = frame.data_ref() {
-                        logged.log.bytes += data.len() as u64;
-                    }
+                if let Poll::Ready(Some(Ok(frame))) = &polled
+                    && let Some(data) = frame.data_ref()
+                {
+                    logged.log.bytes += data.len() as u64;
                 }
                 polled
             }

@@ -29,6 +29,8 @@ use super::state::{FullState, Since, State, resync_into};
 use crate::config::StreamConfig;
 use crate::ops::metrics::Metrics;
 
+mod shared;
+
 /// Which stream a channel serves; equal keys share one channel and one poller.
 #[derive(Debug, Clone)]
 pub struct StreamKey {
@@ -166,6 +168,8 @@ struct Inner {
     answered: Vec<bool>,
     /// Each source's current outage notice, sent to clients who join during the outage.
     outages: Vec<Option<Bytes>>,
+    /// Whether a subscriber has started (from then on the state is only ever appended to).
+    started: bool,
 }
 
 impl Inner {
@@ -240,6 +244,7 @@ impl Channel {
                 end: None,
                 answered: vec![false; sources],
                 outages: vec![None; sources],
+                started: false,
             }),
             phase: watch::Sender::new(Phase::Pending),
             subscribers: AtomicUsize::new(0),
@@ -436,6 +441,7 @@ impl Channel {
     pub fn start(&self, last_event_id: Option<&str>, retry_ms: u64) -> (Bytes, Cursor) {
         let (opening, outages, cursor) = {
             let mut inner = self.lock();
+            inner.started = true;
             let opening = match last_event_id.map(|id| inner.state.since(id)) {
                 None => Opening::Full {
                     state: inner.full_state(),

@@ -18,8 +18,9 @@ use tokio::task::JoinSet;
 
 use super::Identity;
 use super::channel::{Channel, FatalAnswer, Phase, StreamKey};
+use super::cluster::{Cluster, roles};
 use super::poller;
-use super::poller::PollContext;
+use super::poller::{PollContext, Sink};
 use super::refusals::Refusals;
 use super::resume::Resume;
 use super::sse;
@@ -50,6 +51,8 @@ pub struct HubShared {
     /// Set (under the channels' lock) when the proxy starts shutting down: the frame that
     /// ends every stream, including ones that subscribe afterwards.
     closing: OnceLock<Bytes>,
+    /// Redis shared with other instances (`[cluster]`): keys are polled by one of them.
+    cluster: Option<Arc<Cluster>>,
 }
 
 /// Creates, shares and retires channels.
@@ -101,6 +104,7 @@ impl Hub {
         sse: SseConfig,
         shutdown: ShutdownSignal,
         metrics: Arc<Metrics>,
+        cluster: Option<Arc<Cluster>>,
     ) -> Hub {
         Hub {
             shared: Arc::new(HubShared {
@@ -117,6 +121,7 @@ impl Hub {
                 shutdown,
                 metrics,
                 closing: OnceLock::new(),
+                cluster,
             }),
         }
     }
@@ -208,6 +213,11 @@ impl Hub {
         }
     }
 
+    /// Cluster mode's state (`None` without `[cluster]`).
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.shared.cluster.as_ref()
+    }
+
     /// Pollers and subscribers of each configured route now.
     pub fn per_route(&self) -> Vec<RouteGauge> {
         let mut routes: Vec<RouteGauge> = self
@@ -293,8 +303,21 @@ impl HubShared {
 /// shutdown are branches of one `select!`, so none waits for another.
 async fn supervise(hub: Arc<HubShared>, channel: Arc<Channel>) {
     let mut pollers = JoinSet::new();
-    for source in 0..channel.route().sources.len() {
-        pollers.spawn(poller::run(hub.polling.clone(), channel.clone(), source));
+    match &hub.cluster {
+        Some(cluster) => {
+            let driving = roles::drive(cluster.clone(), hub.polling.clone(), channel.clone());
+            pollers.spawn(driving);
+        }
+        None => {
+            for source in 0..channel.route().sources.len() {
+                // Carries on from the channel's state, which may be kept from an earlier poller.
+                if let Some(tracker) = channel.tracker(source) {
+                    let polling = hub.polling.clone();
+                    let run = poller::run(polling, channel.clone(), source, tracker, Sink::Local);
+                    pollers.spawn(run);
+                }
+            }
+        }
     }
     let beat = hub.sse.heartbeat;
     let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + beat, beat);

@@ -13,12 +13,14 @@
 //! - [`resume`]: states kept after their poller stopped, for reconnects.
 //! - [`refusals`]: keys the origin refused, answered from memory.
 //! - [`poller`]: polling one source.
+//! - [`cluster`]: one poller per key across instances, through Redis (`[cluster]`).
 //! - [`body`]: the response body that follows a channel.
 //! - [`slots`]: stream slots counted per user and per client address.
 //! - [`keys`]: the bound on distinct keys per route.
 
 pub mod body;
 pub mod channel;
+pub mod cluster;
 pub mod delta;
 pub mod hub;
 pub mod keys;

@@ -18,6 +18,9 @@ use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use serde_json::json;
 
 use super::channel::{Channel, FatalAnswer};
+use super::cluster::holding::Holding;
+use super::cluster::wire::Notice;
+use super::delta::{Change, Tracker};
 use crate::http::json::origin_detail;
 use crate::ops::metrics::{Metrics, PollOutcome};
 use crate::origin::{Fetched, Upstream};
@@ -54,14 +57,71 @@ enum Outcome {
     },
 }
 
-/// Polls `channel`'s source `index` until the supervisor aborts the task.
-pub async fn run(hub: Arc<PollContext>, channel: Arc<Channel>, index: usize) {
+/// Where a poller's findings go.
+pub enum Sink {
+    /// Straight to the channel: one instance, or Redis unreachable.
+    Local,
+    /// To Redis first, under the lease, then to the channel: the cluster's poller of the key.
+    Shared(Arc<Holding>),
+}
+
+impl Sink {
+    /// Publishes a poll's changes; `false` when the poller must stop.
+    async fn publish(&self, channel: &Channel, index: usize, changes: Vec<Change>) -> bool {
+        match self {
+            Sink::Local => {
+                channel.publish(index, changes);
+                true
+            }
+            Sink::Shared(holding) => holding.publish(channel, index, changes).await,
+        }
+    }
+
+    /// Tells subscribers (here and, through Redis, elsewhere) that `index` is failing.
+    async fn outage(&self, channel: &Channel, index: usize, data: String) {
+        channel.outage(index, &data);
+        if let Sink::Shared(holding) = self {
+            holding.notify(&Notice::Outage { s: index, data }).await;
+        }
+    }
+
+    /// `index` answers again.
+    async fn recovered(&self, channel: &Channel, index: usize) {
+        channel.recovered(index);
+        if let Sink::Shared(holding) = self {
+            holding.notify(&Notice::Recovered { s: index }).await;
+        }
+    }
+
+    /// The origin refused the stream: ends it here and, through Redis, elsewhere.
+    async fn refused(&self, channel: &Channel, answer: FatalAnswer) {
+        if let Sink::Shared(holding) = self {
+            let body = answer
+                .body
+                .as_ref()
+                .map(|b| String::from_utf8_lossy(b).into_owned());
+            let notice = Notice::Refused {
+                status: answer.status.as_u16(),
+                detail: answer.detail.clone(),
+                body,
+            };
+            holding.notify(&notice).await;
+        }
+        channel.fail(answer);
+    }
+}
+
+/// Polls `channel`'s source `index`, diffing with `tracker` (which knows the state the
+/// channel carries on from), until the supervisor aborts the task or `sink` says stop.
+pub async fn run(
+    hub: Arc<PollContext>,
+    channel: Arc<Channel>,
+    index: usize,
+    mut tracker: Tracker,
+    sink: Sink,
+) {
     let spec = &channel.route().sources[index];
     let path = spec.poll.render(&channel.key.params);
-    // Carries on from the channel's state, which may be kept from an earlier poller.
-    let Some(mut tracker) = channel.tracker(index) else {
-        return;
-    };
     let mut etag: Option<HeaderValue> = None;
     let mut last_modified: Option<HeaderValue> = None;
     let mut failures: u32 = 0;
@@ -127,7 +187,9 @@ pub async fn run(hub: Arc<PollContext>, channel: Arc<Channel>, index: usize) {
                         PollOutcome::Unchanged
                     };
                     metrics.poll(kind, micros);
-                    channel.publish(index, changes);
+                    if !sink.publish(&channel, index, changes).await {
+                        return;
+                    }
                     held &= changed || started.elapsed() >= MIN_HELD;
                     Ok(())
                 }
@@ -144,7 +206,7 @@ pub async fn run(hub: Arc<PollContext>, channel: Arc<Channel>, index: usize) {
             Outcome::Refused(answer) => {
                 metrics.poll(PollOutcome::Refused, micros);
                 tracing::info!(route = %channel.route().path, status = %answer.status, "origin refused the stream");
-                channel.fail(answer);
+                sink.refused(&channel, answer).await;
                 return;
             }
             Outcome::Trouble {
@@ -160,7 +222,7 @@ pub async fn run(hub: Arc<PollContext>, channel: Arc<Channel>, index: usize) {
             Ok(()) => {
                 if failures > 0 {
                     failures = 0;
-                    channel.recovered(index);
+                    sink.recovered(&channel, index).await;
                 }
                 if held { Duration::ZERO } else { spec.every }
             }
@@ -172,7 +234,7 @@ pub async fn run(hub: Arc<PollContext>, channel: Arc<Channel>, index: usize) {
                         "status": status.map(|s| s.as_u16()),
                         "detail": detail,
                     });
-                    channel.outage(index, &data.to_string());
+                    sink.outage(&channel, index, data.to_string()).await;
                 }
                 failures = failures.saturating_add(1);
                 backoff(spec.every, hub.max_backoff, failures, retry_after)

@@ -85,6 +85,17 @@ fn field(out: &mut BytesMut, name: &[u8], value: &str, drop: impl Fn(char) -> bo
     out.put_u8(b'\n');
 }
 
+/// The data of an encoded event, its `data:` lines joined: the inverse of [`encode`] for one
+/// event's frame. `None` when the frame has no data or is not UTF-8.
+pub fn data_of(frame: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(frame).ok()?;
+    let lines: Vec<&str> = text
+        .split('\n')
+        .filter_map(|line| line.strip_prefix("data: "))
+        .collect();
+    (!lines.is_empty()).then(|| lines.join("\n"))
+}
+
 fn data_line(out: &mut BytesMut, line: &str) {
     out.put_slice(b"data: ");
     out.put_slice(line.as_bytes());
@@ -94,6 +105,19 @@ fn data_line(out: &mut BytesMut, line: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn data_of_reads_back_what_encode_wrote() {
+        for data in ["{\"a\":1}", "two\nlines", ""] {
+            let frame = encode(&Event {
+                id: Some("7"),
+                event: Some("e"),
+                data,
+            });
+            assert_eq!(data_of(&frame).as_deref(), Some(data));
+        }
+        assert_eq!(data_of(b": comment\n\n"), None);
+    }
 
     /// A minimal WHATWG event-stream parser, written from the spec's algorithm, used to check
     /// that whatever is encoded decodes back to the same event.

@@ -25,6 +25,10 @@ use super::delta::{Change, Tracker};
 use super::sse::{self, Event};
 use crate::config::{Mode, StreamConfig};
 
+mod replica;
+
+pub use replica::SharedChange;
+
 /// Rough per-entry cost (the `Arc`, its map nodes, the id string) counted against the resume
 /// memory budget on top of frame bytes.
 const ENTRY_OVERHEAD: usize = 160;
@@ -144,55 +148,42 @@ impl State {
 
     /// Encodes a source's changes of `route` as events, in order.
     pub fn publish(&mut self, route: &StreamConfig, source: usize, changes: Vec<Change>) {
-        let Some(spec) = route.sources.get(source) else {
+        let Some(names) = Names::of(route, source) else {
             return;
-        };
-        let removed_event = format!("{}_removed", spec.event);
-        let key_field = match &spec.mode {
-            Mode::Items { key, .. } => key.as_str(),
-            Mode::Snapshot => "",
         };
         for change in changes {
             self.state_hash = self.state_hash.wrapping_sub(change.old_hash);
-            let slot = (source, change.key);
-            let (id, frame, hash) = match &change.new {
-                Some((hash, json)) => {
-                    self.state_hash = self.state_hash.wrapping_add(*hash);
-                    let id = state_id(self.state_hash);
-                    let frame = sse::encode(&Event {
-                        id: Some(&id),
-                        event: Some(&spec.event),
-                        data: json,
-                    });
-                    (id, frame, *hash)
-                }
-                None => {
-                    let id = state_id(self.state_hash);
-                    let data = json!({ key_field: slot.1.as_deref().unwrap_or_default() });
-                    let frame = sse::encode(&Event {
-                        id: Some(&id),
-                        event: Some(&removed_event),
-                        data: &data.to_string(),
-                    });
-                    (id, frame, 0)
-                }
-            };
-            let seq = self.next_seq;
-            let entry = Arc::new(Entry {
-                seq,
-                slot: Some(slot.clone()),
-                id: Some(id),
-                hash,
-                frame,
-            });
-            if let Some(old) = self.latest.insert(slot, seq) {
-                self.live.remove(&old);
+            if let Some((hash, _)) = &change.new {
+                self.state_hash = self.state_hash.wrapping_add(*hash);
             }
-            if hash != 0 {
-                self.live.insert(seq, entry.clone());
-            }
-            self.push(entry);
+            let id = state_id(self.state_hash);
+            let new = change
+                .new
+                .as_ref()
+                .map(|(hash, json)| (*hash, json.as_str()));
+            self.append(&names, (source, change.key), new, id);
         }
+    }
+
+    /// Appends the event setting `slot` to `new` (or removing it) with `id`, and makes it
+    /// the slot's current entry. The state hash is the caller's to keep.
+    fn append(&mut self, names: &Names, slot: Slot, new: Option<(u128, &str)>, id: String) {
+        let (frame, hash) = names.frame(&slot, new, &id);
+        let seq = self.next_seq;
+        let entry = Arc::new(Entry {
+            seq,
+            slot: Some(slot.clone()),
+            id: Some(id),
+            hash,
+            frame,
+        });
+        if let Some(old) = self.latest.insert(slot, seq) {
+            self.live.remove(&old);
+        }
+        if hash != 0 {
+            self.live.insert(seq, entry.clone());
+        }
+        self.push(entry);
     }
 
     /// Appends a live-only notice (an outage's event (`upstream_error`)), never replayed on resume.
@@ -345,8 +336,56 @@ pub fn resync_into(out: &mut BytesMut, name: &str, reason: &str) {
     );
 }
 
+/// How one source's events are named and keyed.
+struct Names<'a> {
+    /// The source's event name.
+    event: &'a str,
+    /// `{event}_removed`, for removed items.
+    removed: String,
+    /// The items' key field, named in a removal's data.
+    key_field: &'a str,
+}
+
+impl Names<'_> {
+    fn of(route: &StreamConfig, source: usize) -> Option<Names<'_>> {
+        let spec = route.sources.get(source)?;
+        Some(Names {
+            event: &spec.event,
+            removed: format!("{}_removed", spec.event),
+            key_field: match &spec.mode {
+                Mode::Items { key, .. } => key.as_str(),
+                Mode::Snapshot => "",
+            },
+        })
+    }
+
+    /// The encoded event setting `slot` to `new` (removing it when `None`), and the content
+    /// hash it sets (0 for a removal).
+    fn frame(&self, slot: &Slot, new: Option<(u128, &str)>, id: &str) -> (Bytes, u128) {
+        match new {
+            Some((hash, json)) => {
+                let frame = sse::encode(&Event {
+                    id: Some(id),
+                    event: Some(self.event),
+                    data: json,
+                });
+                (frame, hash)
+            }
+            None => {
+                let data = json!({ self.key_field: slot.1.as_deref().unwrap_or_default() });
+                let frame = sse::encode(&Event {
+                    id: Some(id),
+                    event: Some(&self.removed),
+                    data: &data.to_string(),
+                });
+                (frame, 0)
+            }
+        }
+    }
+}
+
 /// The `id:` of a state: its hash in hex.
-fn state_id(hash: u128) -> String {
+pub fn state_id(hash: u128) -> String {
     format!("{hash:032x}")
 }
 

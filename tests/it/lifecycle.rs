@@ -2,124 +2,17 @@
 //! rotation on SIGHUP, `sse-edge check`, and logs that never carry a token.
 
 use crate::common;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::sync::Arc;
 
 use common::client::{Client, Proto, ReadError};
 use common::origin::FakeOrigin;
+use common::process::Running;
 use common::{Options, WAIT, config_text};
 use serde_json::json;
 use sse_edge::tools::demo::certs;
-
-/// The binary, its addresses and everything it logged.
-struct Running {
-    child: Child,
-    https: SocketAddr,
-    http: SocketAddr,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Running {
-    fn start(config: &Path, rust_log: &str) -> Running {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sse-edge"))
-            .args([
-                "--config",
-                &config.display().to_string(),
-                "--log-format",
-                "json",
-            ])
-            .env("RUST_LOG", rust_log)
-            .env("TEST_DASHBOARD_KEY", "dashboard-key")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start sse-edge");
-        let stderr = child.stderr.take().expect("stderr");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let lines = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                lines.lock().expect("log").push(line);
-            }
-        });
-        // Owned by `Running` from here on, so `Drop` reaps it even if startup fails.
-        let mut running = Running {
-            child,
-            https: SocketAddr::from(([0, 0, 0, 0], 0)),
-            http: SocketAddr::from(([0, 0, 0, 0], 0)),
-            log,
-        };
-        let deadline = Instant::now() + WAIT;
-        let address = |line: &str, field: &str| -> Option<SocketAddr> {
-            let value: serde_json::Value = serde_json::from_str(line).ok()?;
-            let text = value["fields"][field].as_str()?;
-            text.parse().ok()
-        };
-        loop {
-            let found = running
-                .log
-                .lock()
-                .expect("log")
-                .iter()
-                .find(|l| l.contains("sse-edge listening"))
-                .and_then(|l| Some((address(l, "https")?, address(l, "http")?)));
-            if let Some((https, http)) = found {
-                running.https = https;
-                running.http = http;
-                return running;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "sse-edge did not start: {:?}",
-                running.log.lock().expect("log")
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .args([&format!("-{name}"), &self.child.id().to_string()])
-            .status()
-            .expect("kill");
-        assert!(status.success());
-    }
-
-    fn logged(&self, needle: &str) -> bool {
-        self.log
-            .lock()
-            .expect("log")
-            .iter()
-            .any(|l| l.contains(needle))
-    }
-
-    async fn wait_logged(&self, needle: &str) {
-        common::eventually(needle, WAIT, || self.logged(needle)).await;
-    }
-
-    /// Waits (bounded) for the process to exit; returns its exit code.
-    async fn exit_code(&mut self) -> Option<i32> {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return status.code();
-            }
-            assert!(Instant::now() < deadline, "sse-edge did not exit");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn write_config(dir: &Path, origin: &FakeOrigin, cert: &certs::SelfSigned) -> std::path::PathBuf {
     std::fs::write(dir.join("cert.pem"), &cert.cert_pem).expect("cert");

@@ -7,6 +7,7 @@ mod common;
 mod auth;
 mod browser;
 mod cli;
+mod cluster;
 mod demo;
 mod edge_http;
 mod fast_path_parser;

@@ -110,14 +110,14 @@ impl Jwks {
         if let Some(key) = self.find(kid, alg) {
             return Ok(Some(key));
         }
-        if let Some(attempt) = *last {
-            if attempt.at.elapsed() < self.min_refresh {
-                return if attempt.ok {
-                    Ok(None)
-                } else {
-                    Err("the issuer's key set could not be fetched; try again shortly".to_owned())
-                };
-            }
+        if let Some(attempt) = *last
+            && attempt.at.elapsed() < self.min_refresh
+        {
+            return if attempt.ok {
+                Ok(None)
+            } else {
+                Err("the issuer's key set could not be fetched; try again shortly".to_owned())
+            };
         }
         let fetched = self.fetch(upstream).await;
         *last = Some(Attempt {

@@ -288,10 +288,10 @@ impl Origin {
         }
         // The preference is applied whether the answer waited or was already there: either
         // way the poller may ask again at once.
-        if let Some(wait) = wait {
-            if let Ok(value) = header::HeaderValue::from_str(&format!("wait={}", wait.as_secs())) {
-                response.headers_mut().insert("preference-applied", value);
-            }
+        if let Some(wait) = wait
+            && let Ok(value) = header::HeaderValue::from_str(&format!("wait={}", wait.as_secs()))
+        {
+            response.headers_mut().insert("preference-applied", value);
         }
         response
     }

@@ -3,6 +3,8 @@
 pub mod client;
 pub mod hyper_reference;
 pub mod origin;
+pub mod process;
+pub mod redis;
 pub mod sentiment;
 
 use std::path::Path;
@@ -66,6 +68,8 @@ pub struct Options {
     pub max_streams_per_ip: usize,
     /// More `[listen]` lines, as TOML (`trusted_proxies`, `keep_server_header`).
     pub listen_extra: &'static str,
+    /// A `[cluster]` table's Redis URL (`lease_ms` is 1000 in tests).
+    pub cluster: Option<String>,
     /// More `[sse]` lines (event names, heartbeat event).
     pub sse_extra: &'static str,
     /// Tables appended to the config (`[cors]`, more `[[stream]]` routes).
@@ -100,6 +104,7 @@ impl Default for Options {
             listen_extra: "",
             sse_extra: "",
             extra: "",
+            cluster: None,
         }
     }
 }
@@ -186,6 +191,7 @@ auth = true
   event = "refresh"
 
 {extra}
+{cluster}
 "#,
         cert = dir.join("cert.pem").display(),
         key = dir.join("key.pem").display(),
@@ -214,6 +220,12 @@ auth = true
         every = options.every_ms,
         sse_extra = options.sse_extra,
         extra = options.extra,
+        cluster = options
+            .cluster
+            .as_ref()
+            .map_or(String::new(), |url| format!(
+                "[cluster]\nredis = \"{url}\"\nlease_ms = 1000\n"
+            )),
         wait = options
             .metrics_wait_s
             .map_or(String::new(), |s| format!("wait_s = {s}")),

@@ -1,0 +1,397 @@
+//! Cluster mode against a real `redis-server`: several proxies share one poller per stream
+//! key, fan out through Redis, resume clients exactly on any instance, survive the loss of
+//! the lease holder and of Redis itself.
+
+use std::time::Duration;
+
+use crate::common;
+use common::client::{Client, Proto, ReadError, SseEvent, SseStream};
+use common::origin::FakeOrigin;
+use common::process::Running;
+use common::redis::RedisServer;
+use common::sentiment::{drain_sentiment, summary, tickers};
+use common::{Options, TestProxy, WAIT, config_text, start_proxy};
+
+const ALICE: (&str, &str) = ("authorization", "Bearer tok-alice");
+
+fn stream_path(id: &str) -> String {
+    format!("/api/v2/configurations/{id}/stream")
+}
+
+fn sentiment_path(id: &str) -> String {
+    format!("/api/v2/configurations/{id}/sentiment")
+}
+
+/// `n` proxies in this process sharing `redis`.
+async fn instances(
+    origin: &FakeOrigin,
+    redis: &RedisServer,
+    n: usize,
+    every_ms: u64,
+) -> Vec<TestProxy> {
+    let mut proxies = Vec::new();
+    for _ in 0..n {
+        let options = Options {
+            cluster: Some(redis.url()),
+            every_ms,
+            max_streams: 1_000,
+            max_streams_per_user: 1_000,
+            ..Options::default()
+        };
+        proxies.push(start_proxy(origin, options).await);
+    }
+    proxies
+}
+
+/// The sum of one metric over `proxies`.
+async fn total(proxies: &[TestProxy], sample: &str) -> f64 {
+    let mut sum = 0.0;
+    for proxy in proxies {
+        sum += proxy.metric(sample).await;
+    }
+    sum
+}
+
+/// Waits (bounded by [`WAIT`]) until `sample` sums to `want` over `proxies`.
+async fn wait_total(proxies: &[TestProxy], sample: &str, want: f64) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let now = total(proxies, sample).await;
+        if now == want {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{sample}: {now}, wanted {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Reads until a `sentiment_update` event arrives (skipping heartbeats and others).
+async fn next_update(stream: &mut SseStream) -> SseEvent {
+    stream.next_of("sentiment_update", WAIT).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_poll_each_key_once_and_fan_out_the_same_events() {
+    let redis = RedisServer::start();
+    let origin = FakeOrigin::start().await;
+    origin.add_token("tok-alice", "alice");
+    let keys: Vec<String> = (0..10).map(|k| format!("cfg{k}")).collect();
+    for key in &keys {
+        origin.set_configuration(key, "*", tickers(&[("AAPL", 0.1)]));
+    }
+    let proxies = instances(&origin, &redis, 3, 200).await;
+
+    // 300 clients: 30 per key, 10 per key on each instance, over HTTP/1.1 and h2c.
+    let mut clients: Vec<(usize, SseStream)> = Vec::new();
+    for n in 0..300 {
+        let key = n % keys.len();
+        let proxy = &proxies[(n / keys.len()) % proxies.len()];
+        let proto = if n % 2 == 0 {
+            Proto::H1Plain
+        } else {
+            Proto::H2Plain
+        };
+        let mut stream = proxy
+            .client
+            .stream(proto, &stream_path(&keys[key]), &[ALICE])
+            .await;
+        assert_eq!(stream.status, 200);
+        assert_eq!(next_update(&mut stream).await.json()["score"], 0.1);
+        clients.push((key, stream));
+    }
+    // One lease per key across the three instances: one poller each.
+    wait_total(&proxies, "sse_edge_cluster_leases", keys.len() as f64).await;
+    assert_eq!(total(&proxies, "sse_edge_cluster_redis_up").await, 3.0);
+
+    // While key 0 is polled 10 times, every key is polled about 10 times, not 30.
+    let before: Vec<usize> = keys
+        .iter()
+        .map(|k| origin.count(&sentiment_path(k)))
+        .collect();
+    origin
+        .wait_for_count(&sentiment_path(&keys[0]), before[0] + 10, WAIT * 2)
+        .await;
+    for (key, was) in keys.iter().zip(&before) {
+        let polls = origin.count(&sentiment_path(key)) - was;
+        assert!(
+            polls <= 14,
+            "{key} was polled {polls} times while cfg0 was polled 10 times"
+        );
+    }
+
+    // A change reaches all 30 clients of its key, on every instance, with the same id.
+    origin.set_configuration(&keys[3], "*", tickers(&[("AAPL", 0.7)]));
+    let mut ids = std::collections::BTreeSet::new();
+    for (key, stream) in clients.iter_mut().filter(|(key, _)| *key == 3) {
+        let event = next_update(stream).await;
+        assert_eq!((*key, event.json()["score"].clone()), (3, 0.7.into()));
+        ids.insert(event.id);
+    }
+    assert_eq!(ids.len(), 1, "one event id for one state: {ids:?}");
+    assert!(
+        total(
+            &proxies,
+            "sse_edge_cluster_batches_total{direction=\"applied\"}"
+        )
+        .await
+            >= 2.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_resumes_exactly_on_another_instance_and_after_every_instance_restarts() {
+    let redis = RedisServer::start();
+    let origin = FakeOrigin::start().await;
+    origin.add_token("tok-alice", "alice");
+    origin.set_configuration("cfg1", "alice", tickers(&[("AAPL", 0.1), ("MSFT", 0.2)]));
+    let path = stream_path("cfg1");
+    let proxies = instances(&origin, &redis, 3, 50).await;
+
+    let mut client = proxies[0]
+        .client
+        .stream(Proto::H1Plain, &path, &[ALICE])
+        .await;
+    assert_eq!(
+        summary(&drain_sentiment(&mut client).await),
+        ["AAPL=0.1", "MSFT=0.2"]
+    );
+    let seen = client.last_event_id().to_owned();
+    drop(client);
+    origin.set_configuration("cfg1", "alice", tickers(&[("AAPL", 0.3), ("TSLA", 0.9)]));
+
+    // The other instances never served this client; instance 0 keeps polling (lingers) or not.
+    let mut moved = proxies[1]
+        .client
+        .stream(Proto::H2Plain, &path, &[ALICE, ("last-event-id", &seen)])
+        .await;
+    assert_eq!(
+        summary(&until_sentiment(&mut moved, 3).await),
+        ["AAPL=0.3", "TSLA=0.9", "-MSFT"],
+        "exactly the difference, no resync"
+    );
+    assert_eq!(
+        proxies[1]
+            .metric("sse_edge_resyncs_total{reason=\"unknown_id\"}")
+            .await,
+        0.0
+    );
+    let seen = moved.last_event_id().to_owned();
+    drop(moved);
+
+    // Every instance stops; the origin changes; new instances start.
+    for proxy in proxies {
+        proxy.proxy.shutdown().await;
+    }
+    origin.set_configuration("cfg1", "alice", tickers(&[("AAPL", 0.3), ("TSLA", 1.5)]));
+    let proxies = instances(&origin, &redis, 3, 50).await;
+    let mut back = proxies[2]
+        .client
+        .stream(Proto::H1Tls, &path, &[ALICE, ("last-event-id", &seen)])
+        .await;
+    assert_eq!(summary(&until_sentiment(&mut back, 1).await), ["TSLA=1.5"]);
+    assert_eq!(
+        proxies[2]
+            .metric("sse_edge_resyncs_total{reason=\"unknown_id\"}")
+            .await,
+        0.0
+    );
+}
+
+/// Reads `n` sentiment events (or resyncs), then whatever follows within a moment.
+async fn until_sentiment(stream: &mut SseStream, n: usize) -> Vec<SseEvent> {
+    let mut events = Vec::new();
+    while events.len() < n {
+        match stream.try_next(WAIT).await {
+            Ok(event) if event.event.starts_with("sentiment_update") || event.event == "resync" => {
+                events.push(event)
+            }
+            Ok(_) => {}
+            Err(error) => panic!("{error:?} after {:?}", summary(&events)),
+        }
+    }
+    events.extend(drain_sentiment(stream).await);
+    events
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_flow_while_redis_is_down_and_one_poller_per_key_returns_with_it() {
+    let mut redis = RedisServer::start();
+    let origin = FakeOrigin::start().await;
+    origin.add_token("tok-alice", "alice");
+    origin.set_configuration("cfg1", "*", tickers(&[("AAPL", 0.1)]));
+    let path = stream_path("cfg1");
+    let proxies = instances(&origin, &redis, 3, 50).await;
+    let mut clients = Vec::new();
+    for proxy in &proxies {
+        let mut stream = proxy.client.stream(Proto::H1Plain, &path, &[ALICE]).await;
+        assert_eq!(next_update(&mut stream).await.json()["score"], 0.1);
+        clients.push(stream);
+    }
+    wait_total(&proxies, "sse_edge_cluster_leases", 1.0).await;
+
+    redis.kill();
+    wait_total(&proxies, "sse_edge_cluster_redis_up", 0.0).await;
+    origin.set_configuration("cfg1", "*", tickers(&[("AAPL", 0.2)]));
+    let mut ids = std::collections::BTreeSet::new();
+    for stream in &mut clients {
+        let event = next_update(stream).await;
+        assert_eq!(event.json()["score"], 0.2, "no client waits for Redis");
+        ids.insert(event.id);
+    }
+    assert_eq!(ids.len(), 1, "content ids agree without Redis: {ids:?}");
+    let admin = Client::new(None, proxies[0].proxy.admin_addr(), "");
+    let (status, _, body) =
+        common::client::json_response(admin.get(Proto::H1Plain, "/readyz", &[]).await).await;
+    assert_eq!(
+        (status.as_u16(), body["cluster"]["redis"].as_str()),
+        (200, Some("down"))
+    );
+    assert!(total(&proxies, "sse_edge_cluster_fallbacks_total").await >= 3.0);
+
+    redis.restart();
+    wait_total(&proxies, "sse_edge_cluster_redis_up", 3.0).await;
+    wait_total(&proxies, "sse_edge_cluster_leases", 1.0).await;
+    origin.set_configuration("cfg1", "*", tickers(&[("AAPL", 0.3)]));
+    for stream in &mut clients {
+        // Exactly the change: rejoining the cluster sent nothing twice.
+        assert_eq!(summary(&until_sentiment(stream, 1).await), ["AAPL=0.3"]);
+    }
+}
+
+/// The holder is SIGKILLed mid-stream: another instance takes the key over and every
+/// client's sequence of scores goes on with no gap and no repeat.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_lease_holder_hands_its_keys_over_without_gap_or_duplicate() {
+    let redis = RedisServer::start();
+    let origin = FakeOrigin::start().await;
+    origin.add_token("tok-alice", "alice");
+    origin.set_configuration("cfg1", "*", tickers(&[("AAPL", 0.0)]));
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pair = sse_edge::tools::demo::certs::localhost().expect("certificate");
+    std::fs::write(dir.path().join("cert.pem"), &pair.cert_pem).expect("cert");
+    std::fs::write(dir.path().join("key.pem"), &pair.key_pem).expect("key");
+    let options = Options {
+        cluster: Some(redis.url()),
+        every_ms: 100,
+        ..Options::default()
+    };
+    let config = dir.path().join("proxy.toml");
+    std::fs::write(&config, config_text(&origin.url, dir.path(), &options)).expect("config");
+    let mut processes: Vec<Option<Running>> = (0..3)
+        .map(|_| Some(Running::start(&config, "info")))
+        .collect();
+    let client_of =
+        |running: &Running| Client::new(Some(running.https), Some(running.http), &pair.cert_pem);
+    let path = stream_path("cfg1");
+
+    // Two clients per instance; each remembers its instance and every score it got.
+    let mut clients: Vec<(usize, SseStream, Seen)> = Vec::new();
+    for n in 0..6 {
+        let running = processes[n % 3].as_ref().expect("running");
+        let mut stream = client_of(running)
+            .stream(Proto::H1Plain, &path, &[ALICE])
+            .await;
+        let first = next_update(&mut stream).await;
+        let score = first.json()["score"].as_f64().expect("score");
+        clients.push((n % 3, stream, vec![(first.id, score)]));
+    }
+    let mut holder = None;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while holder.is_none() {
+        for (i, running) in processes.iter().enumerate() {
+            let running = running.as_ref().expect("running");
+            if leases(running).await == 1 {
+                holder = Some(i);
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no instance holds the key"
+        );
+    }
+    let holder = holder.expect("holder");
+
+    // The origin changes every 30 ms; the holder dies in the middle.
+    let changing = origin.clone();
+    let changes = tokio::spawn(async move {
+        for round in 1..=60u32 {
+            changing.set_configuration("cfg1", "*", tickers(&[("AAPL", f64::from(round))]));
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+    });
+    let polls_before = loop {
+        let count = origin.count(&sentiment_path("cfg1"));
+        // Let a few changes flow through the holder first.
+        if count > 10 {
+            break count;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    if let Some(running) = processes[holder].as_ref() {
+        running.signal("KILL");
+    }
+    processes[holder] = None;
+    origin
+        .wait_for_count(&sentiment_path("cfg1"), polls_before + 5, WAIT)
+        .await;
+    changes.await.expect("changes");
+
+    // Every client reads to the last score; those of the dead instance reconnect elsewhere.
+    let survivor = (holder + 1) % 3;
+    for (instance, stream, seen) in &mut clients {
+        loop {
+            if seen.last().is_some_and(|(_, score)| *score == 60.0) {
+                break;
+            }
+            match stream.try_next(WAIT).await {
+                Ok(event) if event.event == "sentiment_update" => {
+                    let score = event.json()["score"].as_f64().expect("score");
+                    seen.push((event.id, score));
+                }
+                Ok(event) => assert_ne!(event.event, "resync", "resumed exactly"),
+                Err(ReadError::Broken | ReadError::Ended) if *instance == holder => {
+                    let last = seen.last().map(|(id, _)| id.clone()).unwrap_or_default();
+                    let running = processes[survivor].as_ref().expect("running");
+                    *stream = client_of(running)
+                        .stream(Proto::H1Plain, &path, &[ALICE, ("last-event-id", &last)])
+                        .await;
+                    *instance = survivor;
+                }
+                Err(error) => panic!("client of instance {instance}: {error:?} after {seen:?}"),
+            }
+        }
+        let scores: Vec<f64> = seen.iter().map(|(_, score)| *score).collect();
+        assert!(
+            scores.windows(2).all(|w| w[0] < w[1]),
+            "no duplicate, no step back: {scores:?}"
+        );
+    }
+    // Clients that stayed connected to the survivors got the very same events.
+    let stayed: Vec<&Seen> = clients
+        .iter()
+        .enumerate()
+        .filter(|(n, _)| n % 3 != holder)
+        .map(|(_, (_, _, seen))| seen)
+        .collect();
+    assert!(stayed.windows(2).all(|w| w[0] == w[1]), "{stayed:?}");
+}
+
+/// The (id, score) of every event a client got, in order.
+type Seen = Vec<(String, f64)>;
+
+/// `sse_edge_cluster_leases` of a process.
+async fn leases(running: &Running) -> u64 {
+    let admin = Client::new(None, running.admin, "");
+    let response = admin.get(Proto::H1Plain, "/metrics", &[]).await;
+    let body = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .expect("metrics")
+        .to_bytes();
+    String::from_utf8_lossy(&body)
+        .lines()
+        .find_map(|l| l.strip_prefix("sse_edge_cluster_leases ")?.parse().ok())
+        .unwrap_or(0)
+}
