@@ -261,6 +261,50 @@ async fn streams_flow_while_redis_is_down_and_one_poller_per_key_returns_with_it
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_back_from_a_partition_with_old_data_is_brought_up_to_date_without_a_flap() {
+    let redis = RedisServer::start();
+    let origin = FakeOrigin::start().await;
+    origin.add_token("tok-alice", "alice");
+    origin.set_configuration("cfg1", "*", tickers(&[("AAPL", 0.1), ("MSFT", 0.5)]));
+    let path = stream_path("cfg1");
+    let proxies = instances(&origin, &redis, 3, 50).await;
+    let mut clients = Vec::new();
+    for proxy in &proxies {
+        let mut stream = proxy.client.stream(Proto::H2Plain, &path, &[ALICE]).await;
+        assert_eq!(
+            summary(&until_sentiment(&mut stream, 2).await),
+            ["AAPL=0.1", "MSFT=0.5"]
+        );
+        clients.push(stream);
+    }
+    wait_total(&proxies, "sse_edge_cluster_leases", 1.0).await;
+
+    // Redis stops answering (its data intact): every instance polls alone.
+    redis.pause();
+    wait_total(&proxies, "sse_edge_cluster_redis_up", 0.0).await;
+    origin.set_configuration("cfg1", "*", tickers(&[("AAPL", 0.2)]));
+    for stream in &mut clients {
+        assert_eq!(
+            summary(&until_sentiment(stream, 2).await),
+            ["AAPL=0.2", "-MSFT"]
+        );
+    }
+
+    // Redis answers again with the state from before: the holder brings it up to date, and
+    // no client is taken back to it.
+    redis.resume();
+    wait_total(&proxies, "sse_edge_cluster_redis_up", 3.0).await;
+    wait_total(&proxies, "sse_edge_cluster_leases", 1.0).await;
+    origin.set_configuration("cfg1", "*", tickers(&[("AAPL", 0.3)]));
+    let mut ids = std::collections::BTreeSet::new();
+    for stream in &mut clients {
+        assert_eq!(summary(&until_sentiment(stream, 1).await), ["AAPL=0.3"]);
+        ids.insert(stream.last_event_id().to_owned());
+    }
+    assert_eq!(ids.len(), 1, "{ids:?}");
+}
+
 /// The holder is SIGKILLed mid-stream: another instance takes the key over and every
 /// client's sequence of scores goes on with no gap and no repeat.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

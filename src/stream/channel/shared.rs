@@ -1,5 +1,6 @@
 //! What cluster mode asks of a channel: apply another instance's changes, converge on the
-//! shared snapshot, or start from a rebuilt state before any subscriber has.
+//! shared snapshot, start from a rebuilt state before any subscriber has, and say how its
+//! state differs from the shared one.
 
 use std::task::Waker;
 
@@ -12,7 +13,6 @@ impl Channel {
     pub fn apply_shared(&self, source: usize, changes: &[SharedChange]) -> bool {
         let (consistent, wakers) = {
             let mut inner = self.lock();
-            inner.full = None;
             inner.state.apply(&self.key.route, source, changes);
             let consistent = changes
                 .last()
@@ -35,28 +35,30 @@ impl Channel {
     }
 
     /// Starts from `state` (rebuilt from the shared history) if no subscriber has started
-    /// yet; otherwise converges on its current slots. Returns whether it was installed.
-    pub fn install(&self, state: State, current: &[SharedChange]) -> bool {
-        {
-            let mut inner = self.lock();
-            if !inner.started {
-                inner.full = None;
-                inner.state = state;
-                return true;
-            }
+    /// yet, so their `Last-Event-ID`s are looked up in it; returns whether it did.
+    pub fn install_if_fresh(&self, state: State) -> bool {
+        let mut inner = self.lock();
+        if inner.started {
+            return false;
         }
-        self.converge(current);
-        false
+        inner.full = None;
+        inner.state = state;
+        true
     }
 
-    /// The current state as changes from an empty one (see [`State::seed`]).
-    pub fn seed(&self) -> Vec<SharedChange> {
-        self.lock().state.seed()
+    /// What turns `target` into this channel's state (see [`State::diff_from`]).
+    pub fn diff_from(&self, target: &[SharedChange]) -> Vec<SharedChange> {
+        self.lock().state.diff_from(target)
     }
 
-    /// The current state's id.
-    pub fn state_id(&self) -> String {
-        self.lock().state.id()
+    /// The current state's hash (its id as a number).
+    pub fn state_hash(&self) -> u128 {
+        self.lock().state.hash()
+    }
+
+    /// Whether a subscriber has started (from then on the state is only appended to).
+    pub fn started(&self) -> bool {
+        self.lock().started
     }
 
     /// Marks every source answered: a follower's state is as live as its holder's.

@@ -5,6 +5,7 @@
 //! - [`wire`]: the JSON written to Redis (notices in a stream, slots in a hash).
 //! - [`scripts`]: the Lua scripts: lease, fenced publish, snapshot.
 //! - [`reader`]: the instance's one `XREAD BLOCK` connection, shared by all followers.
+//! - [`snapshot`]: a key's state and history as read back from Redis.
 //! - [`holding`]: what a lease holder's pollers publish through.
 //! - [`roles`]: a channel's life in the cluster: hold, follow, or poll alone.
 //!
@@ -22,11 +23,12 @@ pub mod names;
 pub mod reader;
 pub mod roles;
 pub mod scripts;
+pub mod snapshot;
 pub mod wire;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
@@ -44,6 +46,19 @@ pub enum ClusterError {
     Url(#[source] redis::RedisError),
 }
 
+/// The command connection, or when making it last failed.
+#[derive(Default)]
+struct Control {
+    /// The connection, once made.
+    con: Option<ConnectionManager>,
+    /// When the last attempt to make it failed: the next one waits [`RECONNECT`], so that
+    /// while Redis is down every channel learns it at once instead of queueing to connect.
+    failed_at: Option<Instant>,
+}
+
+/// Least time between two attempts to make the command connection.
+const RECONNECT: Duration = Duration::from_secs(1);
+
 /// This instance's part in the cluster: its Redis connections and identity.
 pub struct Cluster {
     /// `[cluster]`.
@@ -54,7 +69,7 @@ pub struct Cluster {
     client: redis::Client,
     /// Commands: scripts and snapshots. Made on first use (Redis may be down at start), then
     /// it reconnects by itself.
-    control: tokio::sync::Mutex<Option<ConnectionManager>>,
+    control: tokio::sync::Mutex<Control>,
     /// The shared `XREAD` connection.
     reader: Arc<Reader>,
     /// `MAXLEN ~` of each key's stream: `[sse] history_events`.
@@ -80,19 +95,24 @@ impl Cluster {
         let reader = Reader::new();
         tokio::spawn(reader.clone().run(client.clone(), shutdown));
         metrics.cluster.enabled.store(true, Ordering::Relaxed);
-        Ok(Arc::new(Cluster {
+        let cluster = Arc::new(Cluster {
             config,
             instance: format!("{:016x}", fastrand::u64(..)),
             client,
-            control: tokio::sync::Mutex::new(None),
+            control: tokio::sync::Mutex::new(Control::default()),
             reader,
             history_events: sse.history_events,
             history_bytes: sse.history_bytes,
             ttl: sse.resume_window,
             metrics,
-        }))
+        });
+        // Says whether Redis is up before any stream asks (for /readyz and the metrics).
+        let first = cluster.clone();
+        tokio::spawn(async move { first.ping().await });
+        Ok(cluster)
     }
 
+    /// This module's counters.
     fn stats(&self) -> &ClusterStats {
         &self.metrics.cluster
     }
@@ -120,21 +140,32 @@ impl Cluster {
     /// The command connection, made now if it is not yet.
     async fn con(&self) -> redis::RedisResult<ConnectionManager> {
         let mut control = self.control.lock().await;
-        if let Some(con) = control.as_ref() {
+        if let Some(con) = control.con.as_ref() {
             return Ok(con.clone());
+        }
+        if control.failed_at.is_some_and(|at| at.elapsed() < RECONNECT) {
+            let down = std::io::Error::new(std::io::ErrorKind::NotConnected, "Redis is down");
+            return Err(down.into());
         }
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(1)))
             .set_response_timeout(Some(Duration::from_secs(2)))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_secs(1));
-        let con = self
-            .client
-            .get_connection_manager_with_config(config)
-            .await
-            .inspect_err(|e| self.failed(e))?;
-        *control = Some(con.clone());
-        Ok(con)
+        match self.client.get_connection_manager_with_config(config).await {
+            Ok(con) => {
+                *control = Control {
+                    con: Some(con.clone()),
+                    failed_at: None,
+                };
+                Ok(con)
+            }
+            Err(error) => {
+                control.failed_at = Some(Instant::now());
+                self.failed(&error);
+                Err(error)
+            }
+        }
     }
 
     /// Records a command's outcome: Redis' state changes are logged once, not per command.
@@ -152,6 +183,7 @@ impl Cluster {
         result
     }
 
+    /// Counts a failed command; logs when Redis goes from up to down.
     fn failed(&self, error: &redis::RedisError) {
         Metrics::inc(&self.stats().redis_errors);
         if self.stats().redis_up.swap(false, Ordering::Relaxed) {
@@ -162,8 +194,10 @@ impl Cluster {
     /// Takes the lease of `names` if it is free.
     pub async fn acquire(&self, names: &Names) -> redis::RedisResult<Option<String>> {
         let mut con = self.con().await?;
-        let result =
-            scripts::acquire(&mut con, names, &self.instance, self.config.lease, self.ttl).await;
+        // Unique per acquisition, so a token outlives neither the fence counter's expiry nor
+        // a release that comes late.
+        let holder = format!("{}:{:08x}", self.instance, fastrand::u32(..));
+        let result = scripts::acquire(&mut con, names, &holder, self.config.lease, self.ttl).await;
         let token = self.outcome(result)?;
         if token.is_some() {
             Metrics::inc(&self.stats().leases_taken);

@@ -1,4 +1,4 @@
-//! The Redis keys of one stream key: a digest of route, parameters and user (so a user's
+//! The Redis keys of one stream key: a digest of route, sources, parameters and user (so a user's
 //! data lives under a name no other user's key can share), in a hash tag so the keys of one
 //! stream key would land on one Redis Cluster slot.
 
@@ -22,7 +22,16 @@ pub struct Names {
 impl Names {
     /// The keys of `key` under `prefix`.
     pub fn of(prefix: &str, key: &StreamKey) -> Names {
-        let identity = serde_json::json!([key.route.path.to_string(), key.params, key.user]);
+        // The sources' layout too: instances of a rolling deploy that changes a route's
+        // sources never mix their incompatible states.
+        let sources: Vec<String> = key
+            .route
+            .sources
+            .iter()
+            .map(|s| format!("{:?}|{}|{:?}", s.poll, s.event, s.mode))
+            .collect();
+        let identity =
+            serde_json::json!([key.route.path.to_string(), sources, key.params, key.user]);
         let hash = digest(&SHA256, identity.to_string().as_bytes());
         let tag: String = hash.as_ref()[..16]
             .iter()

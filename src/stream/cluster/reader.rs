@@ -12,7 +12,7 @@ use redis::AsyncCommands;
 use redis::streams::{StreamReadOptions, StreamReadReply};
 use tokio::sync::{Notify, mpsc};
 
-use super::wire::Notice;
+use super::wire::{Notice, stream_order};
 use crate::ops::shutdown::ShutdownSignal;
 
 /// How long one `XREAD` blocks: the bound on how late a follower that registered while a
@@ -26,8 +26,6 @@ const QUEUE: usize = 1024;
 /// An entry for a follower.
 #[derive(Debug)]
 pub struct Arrival {
-    /// Its Redis stream id.
-    pub id: String,
     /// What it says.
     pub notice: Notice,
 }
@@ -189,6 +187,12 @@ impl Reader {
             };
             let mut keep = true;
             for entry in stream.ids {
+                // A follower that registered again (after converging) while this round was
+                // in flight has seen everything up to its new `from`: older entries would
+                // take its state back.
+                if stream_order(&entry.id) <= stream_order(&follow.from) {
+                    continue;
+                }
                 follow.from.clone_from(&entry.id);
                 let notice = entry
                     .get::<String>("b")
@@ -197,10 +201,7 @@ impl Reader {
                     tracing::warn!(stream = %stream.key, id = %entry.id, "skipping an unreadable cluster entry");
                     continue;
                 };
-                let arrival = Arrival {
-                    id: entry.id,
-                    notice,
-                };
+                let arrival = Arrival { notice };
                 if follow.tx.try_send(arrival).is_err() {
                     keep = false;
                     break;

@@ -1,15 +1,13 @@
 //! A channel's life in the cluster. The channel's supervisor runs [`drive`] instead of
 //! pollers; it takes one of three roles in turn, for as long as the channel lives:
 //!
-//! - **hold**: this instance has the key's lease: its pollers publish through Redis
-//!   ([`Holding`]); the lease is renewed every third of its life.
+//! - **hold**: this instance has the key's lease. It first makes Redis hold what its clients
+//!   were sent (a new channel instead starts from Redis' state), then its pollers publish
+//!   through Redis ([`Holding`]); the lease is renewed every third of its life.
 //! - **follow**: another instance holds it: apply what it publishes, and try to take the
 //!   lease every quarter of its life (it is free again within one lease of its holder dying).
-//! - **alone**: Redis cannot be reached: poll as a single instance would, and check every
-//!   half lease whether Redis is back.
-//!
-//! Each role starts from Redis' snapshot of the key, so an instance that comes (back) to a key
-//! carries on from the cluster's state and history rather than its own.
+//! - **alone**: Redis failed: poll as a single instance would, and check, less often after
+//!   each failure in a row, whether Redis is back.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -20,86 +18,54 @@ use http::StatusCode;
 use tokio::task::JoinSet;
 
 use super::Cluster;
-use super::holding::Holding;
+use super::holding::{Holding, Outcome, overwrite};
 use super::names::Names;
-use super::scripts::Snapshot;
-use super::wire::{Notice, Record, current_slots, slot_field};
+use super::snapshot::Shared;
+use super::wire::Notice;
+use crate::ops::metrics::Metrics;
 use crate::stream::channel::{Channel, FatalAnswer};
-use crate::stream::delta::Tracker;
 use crate::stream::poller::{self, PollContext, Sink};
-use crate::stream::state::{SharedChange, State};
 
 /// Shortest time between two roles, so a flapping Redis cannot spin a channel's task.
 const MIN_ROLE: Duration = Duration::from_millis(100);
+/// Longest wait between two checks whether Redis is back.
+const MAX_ALONE: Duration = Duration::from_secs(30);
 
-/// The key's state as Redis keeps it.
-struct Shared {
-    /// The live slots, in publication order.
-    current: Vec<SharedChange>,
-    /// The latest changes, oldest first.
-    history: Vec<SharedChange>,
-    /// The newest entry's id: following starts after it.
-    last: String,
+/// How a role ended.
+enum End {
+    /// The lease was lost, or its holder let it go: take a role again.
+    Again,
+    /// Redis failed: poll alone for a while.
+    Trouble,
+    /// The lease was taken while following: hold it.
+    Taken(String),
 }
 
-impl Shared {
-    fn from(snapshot: Snapshot) -> Shared {
-        let (state, entries) = snapshot;
-        let last = entries
-            .first()
-            .map_or_else(|| "0-0".to_owned(), |(id, _)| id.clone());
-        let history = entries
-            .into_iter()
-            .rev()
-            .filter_map(|(_, fields)| serde_json::from_str::<Notice>(fields.get("b")?).ok())
-            .flat_map(|notice| notice.changes())
-            .collect();
-        Shared {
-            current: current_slots(state),
-            history,
-            last,
-        }
-    }
-
-    /// Whether Redis keeps nothing for the key (new, or expired).
-    fn is_empty(&self) -> bool {
-        self.current.is_empty() && self.history.is_empty()
-    }
-
-    /// The sum of the live slots' hashes: the state's id, as a number.
-    fn hash(&self) -> u128 {
-        self.current
-            .iter()
-            .filter_map(|c| c.new.as_ref())
-            .fold(0u128, |sum, (hash, _)| sum.wrapping_add(*hash))
-    }
-
-    /// Makes `channel` carry on from this: a new channel takes the state and history whole
-    /// (so any client's id in it resumes exactly); one already serving converges on it.
-    fn adopt(&self, cluster: &Cluster, channel: &Channel) {
-        if self.is_empty() {
-            return;
-        }
-        let state = State::rebuild(
-            channel.route(),
-            cluster.history_events,
-            cluster.history_bytes,
-            &self.current,
-            &self.history,
-        );
-        if !channel.install(state, &self.current) {
-            Metrics::inc(&cluster.stats().converged);
-        }
-    }
-}
-
-use crate::ops::metrics::Metrics;
-
-/// Gives a lease up when its holder stops (the channel retired, or the role changed).
+/// A held lease, given up when its holder stops.
 struct Held {
+    /// Redis.
     cluster: Arc<Cluster>,
+    /// The key's Redis keys.
     names: Names,
+    /// The lease's token; empty once released.
     token: String,
+}
+
+impl Held {
+    fn new(cluster: &Arc<Cluster>, names: &Names, token: String) -> Held {
+        cluster.stats().leases_held.fetch_add(1, Ordering::Relaxed);
+        Held {
+            cluster: cluster.clone(),
+            names: names.clone(),
+            token,
+        }
+    }
+
+    /// Gives the lease up now, so the next role does not find it still taken (by itself).
+    async fn release(mut self) {
+        let token = std::mem::take(&mut self.token);
+        self.cluster.release(&self.names, &token).await;
+    }
 }
 
 impl Drop for Held {
@@ -108,13 +74,16 @@ impl Drop for Held {
             .stats()
             .leases_held
             .fetch_sub(1, Ordering::Relaxed);
+        if self.token.is_empty() {
+            return;
+        }
+        // The channel retired mid-role (the task was aborted): release from a task, since
+        // drop cannot wait; without a runtime the lease expires within `lease_ms`.
         let (cluster, names, token) = (
             self.cluster.clone(),
             self.names.clone(),
             std::mem::take(&mut self.token),
         );
-        // A task, since drop cannot wait; when the runtime is already gone, the lease
-        // expires by itself within `lease_ms`.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move { cluster.release(&names, &token).await });
         }
@@ -125,16 +94,29 @@ impl Drop for Held {
 pub async fn drive(cluster: Arc<Cluster>, polling: Arc<PollContext>, channel: Arc<Channel>) {
     let names = cluster.names(&channel.key);
     let mut taken: Option<String> = None;
+    let mut troubles: u32 = 0;
     loop {
         let started = tokio::time::Instant::now();
         let lease = match taken.take() {
             Some(token) => Ok(Some(token)),
             None => cluster.acquire(&names).await,
         };
-        match lease {
+        let end = match lease {
             Ok(Some(token)) => hold(&cluster, &polling, &channel, &names, token).await,
-            Ok(None) => taken = follow(&cluster, &channel, &names).await,
-            Err(_) => alone(&cluster, &polling, &channel).await,
+            Ok(None) => follow(&cluster, &channel, &names).await,
+            Err(_) => End::Trouble,
+        };
+        match end {
+            End::Trouble => {
+                troubles = troubles.saturating_add(1);
+                let wait = (cluster.lease() / 2).saturating_mul(1 << (troubles - 1).min(6));
+                alone(&cluster, &polling, &channel, wait.min(MAX_ALONE)).await;
+            }
+            End::Taken(token) => {
+                troubles = 0;
+                taken = Some(token);
+            }
+            End::Again => troubles = 0,
         }
         tokio::time::sleep_until(started + MIN_ROLE).await;
     }
@@ -147,108 +129,94 @@ async fn hold(
     channel: &Arc<Channel>,
     names: &Names,
     token: String,
-) {
-    cluster.stats().leases_held.fetch_add(1, Ordering::Relaxed);
-    let held = Held {
-        cluster: cluster.clone(),
-        names: names.clone(),
-        token,
-    };
+) -> End {
+    let held = Held::new(cluster, names, token);
+    let end = lead(cluster, polling, channel, names, &held.token).await;
+    held.release().await;
+    end
+}
+
+/// The holder's work, under `token`.
+async fn lead(
+    cluster: &Arc<Cluster>,
+    polling: &Arc<PollContext>,
+    channel: &Arc<Channel>,
+    names: &Names,
+    token: &str,
+) -> End {
     let Ok(snapshot) = cluster.snapshot(names).await else {
-        return;
+        return End::Trouble;
     };
-    let mut shared = Shared::from(snapshot);
-    shared.adopt(cluster, channel);
-    if shared.is_empty() {
-        // Redis lost the key (restarted, or it expired) while this instance has a state:
-        // write it whole first, so no follower converges on a partial one.
-        match seed(cluster, names, &held.token, channel).await {
-            Ok(Some(current)) => shared.current = current,
-            Ok(None) => return,
-            Err(_) => return,
-        }
+    let shared = Shared::read(snapshot);
+    // A new channel carries on from Redis' state; one with clients already keeps what they
+    // were sent, and Redis is brought to it (it lost the key, or is older than this
+    // instance's own polls).
+    shared.install(channel, cluster.history_events, cluster.history_bytes);
+    match overwrite(cluster, names, token, channel, &shared).await {
+        Outcome::Published => {}
+        Outcome::Lost => return End::Again,
+        Outcome::Failed => return End::Trouble,
     }
-    let unchecked = channel.state_id() != crate::stream::state::state_id(shared.hash());
+    // The snapshot and the write took some of the lease: renew before polling.
+    match cluster.renew(names, token).await {
+        Ok(true) => {}
+        Ok(false) => return End::Again,
+        Err(_) => return End::Trouble,
+    }
+    let sources = channel.route().sources.len();
     let holding = Arc::new(Holding::new(
         cluster.clone(),
         names.clone(),
-        held.token.clone(),
-        shared.hash(),
-        unchecked,
+        token.to_owned(),
+        channel.state_hash(),
+        sources,
     ));
     let mut pollers = JoinSet::new();
-    for (source, spec) in channel.route().sources.iter().enumerate() {
-        // Diff against what Redis holds: the changes published are the cluster's.
-        let hashes = shared
-            .current
-            .iter()
-            .filter(|c| c.source == source)
-            .filter_map(|c| Some((c.key.clone(), c.new.as_ref()?.0)));
-        let tracker = Tracker::resume(spec.mode.clone(), &spec.event, hashes);
-        let sink = Sink::Shared(holding.clone());
-        pollers.spawn(poller::run(
-            polling.clone(),
-            channel.clone(),
-            source,
-            tracker,
-            sink,
-        ));
+    for source in 0..sources {
+        // Redis now holds this channel's state: diffing against it is diffing against Redis.
+        if let Some(tracker) = channel.tracker(source) {
+            let sink = Sink::Shared(holding.clone());
+            let run = poller::run(polling.clone(), channel.clone(), source, tracker, sink);
+            pollers.spawn(run);
+        }
     }
     let every = cluster.lease() / 3;
     let mut renew = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     loop {
         tokio::select! {
-            _ = renew.tick() => match cluster.renew(names, &held.token).await {
+            _ = renew.tick() => match cluster.renew(names, token).await {
                 Ok(true) => {}
                 Ok(false) => {
                     tracing::info!(route = %channel.route().path, "cluster: lease lost; following");
-                    return;
+                    return End::Again;
                 }
-                Err(_) => return,
+                Err(_) => return End::Trouble,
             },
-            _ = holding.diverged.notified() => {
-                if let Ok(snapshot) = cluster.snapshot(names).await {
-                    channel.converge(&Shared::from(snapshot).current);
-                    Metrics::inc(&cluster.stats().converged);
-                }
+            _ = holding.ended.notified() => {
+                return if cluster.redis_up() { End::Again } else { End::Trouble };
             }
-            _ = holding.ended.notified() => return,
         }
     }
 }
 
-/// Writes `channel`'s whole state to Redis under `token` (nothing when it is empty); the
-/// slots written, or `None` when the lease was lost meanwhile.
-async fn seed(
-    cluster: &Cluster,
-    names: &Names,
-    token: &str,
-    channel: &Channel,
-) -> redis::RedisResult<Option<Vec<SharedChange>>> {
-    let current = channel.seed();
-    if current.is_empty() {
-        return Ok(Some(current));
-    }
-    let records: Vec<(usize, Record)> = current.iter().map(|c| (c.source, Record::of(c))).collect();
-    let slots: Vec<(String, String)> = records
-        .iter()
-        .map(|(source, record)| {
-            let value = serde_json::to_string(record).unwrap_or_default();
-            (slot_field(*source, &record.k), value)
-        })
-        .collect();
-    let notice = serde_json::to_string(&Notice::Seed { c: records }).unwrap_or_default();
-    let published = cluster.publish(names, token, &notice, &slots).await?;
-    Ok(published.map(|_| current))
-}
-
-/// Applies what the holder publishes until the lease is free (then returns its token, taken)
-/// or Redis fails.
-async fn follow(cluster: &Arc<Cluster>, channel: &Arc<Channel>, names: &Names) -> Option<String> {
-    let shared = Shared::from(cluster.snapshot(names).await.ok()?);
-    shared.adopt(cluster, channel);
-    if !shared.is_empty() {
+/// Applies what the holder publishes until the lease is free (then returns it, taken), or
+/// Redis fails.
+async fn follow(cluster: &Arc<Cluster>, channel: &Arc<Channel>, names: &Names) -> End {
+    let Ok(snapshot) = cluster.snapshot(names).await else {
+        return End::Trouble;
+    };
+    let shared = Shared::read(snapshot);
+    let installed = shared.install(channel, cluster.history_events, cluster.history_bytes);
+    if installed {
         channel.all_answered();
+    }
+    // A channel with clients whose state differs (it polled alone while Redis was away)
+    // converges on Redis' state only once the current holder has written it: before that,
+    // Redis may hold a state from before a partition that its clients have seen replaced.
+    let differs = !installed && !shared.is_empty() && channel.state_hash() != shared.hash();
+    if differs && shared.current_holder {
+        channel.converge(&shared.current);
+        Metrics::inc(&cluster.stats().converged);
     }
     let mut following = cluster.follow(names, shared.last.clone()).await;
     let every = cluster.lease() / 4;
@@ -257,12 +225,18 @@ async fn follow(cluster: &Arc<Cluster>, channel: &Arc<Channel>, names: &Names) -
     loop {
         tokio::select! {
             arrival = following.arrivals.recv() => {
-                // `None`: this follower fell behind or Redis was lost: start over.
-                let arrival = arrival?;
+                // `None`: this follower fell behind, or the reader lost Redis.
+                let Some(arrival) = arrival else {
+                    return if cluster.redis_up() { End::Again } else { End::Trouble };
+                };
                 if !apply(cluster, channel, arrival.notice) {
-                    // Drifted (an entry was missed): converge, and read on from the snapshot.
+                    // Drifted (an entry was missed, or the state differed when following
+                    // began): converge on what the holder wrote, and read on from there.
                     drop(following);
-                    let shared = Shared::from(cluster.snapshot(names).await.ok()?);
+                    let Ok(snapshot) = cluster.snapshot(names).await else {
+                        return End::Trouble;
+                    };
+                    let shared = Shared::read(snapshot);
                     channel.converge(&shared.current);
                     Metrics::inc(&cluster.stats().converged);
                     following = cluster.follow(names, shared.last).await;
@@ -271,10 +245,10 @@ async fn follow(cluster: &Arc<Cluster>, channel: &Arc<Channel>, names: &Names) -
             _ = attempt.tick() => match cluster.acquire(names).await {
                 Ok(Some(token)) => {
                     tracing::info!(route = %channel.route().path, "cluster: took over polling a stream key");
-                    return Some(token);
+                    return End::Taken(token);
                 }
                 Ok(None) => {}
-                Err(_) => return None,
+                Err(_) => return End::Trouble,
             },
         }
     }
@@ -283,23 +257,23 @@ async fn follow(cluster: &Arc<Cluster>, channel: &Arc<Channel>, names: &Names) -
 /// Applies one notice from the holder; `false` when this channel's state drifted from it.
 fn apply(cluster: &Cluster, channel: &Channel, notice: Notice) -> bool {
     match notice {
-        Notice::Changes { .. } | Notice::Seed { .. } => {
-            let sent = match &notice {
-                Notice::Changes { c, .. } => c.len(),
-                Notice::Seed { c } => c.len(),
-                _ => 0,
-            };
+        Notice::Changes { s, ref c } => {
+            let changes = notice.changes();
+            Metrics::inc(&cluster.stats().applied);
+            let consistent = changes.len() == c.len() && channel.apply_shared(s, &changes);
+            channel.answered(s);
+            consistent
+        }
+        Notice::Seed { ref c } => {
             let changes = notice.changes();
             Metrics::inc(&cluster.stats().applied);
             // Only the state after the last change has an id to check: a seed's earlier ids
-            // leave out the slots of sources it writes later.
-            let mut consistent = changes.len() == sent;
+            // leave out the slots it writes later.
+            let mut last = true;
             for group in changes.chunk_by(|a, b| a.source == b.source) {
-                let source = group[0].source;
-                consistent = channel.apply_shared(source, group) && changes.len() == sent;
-                channel.answered(source);
+                last = channel.apply_shared(group[0].source, group);
             }
-            consistent
+            changes.len() == c.len() && last
         }
         Notice::Outage { s, data } => {
             channel.outage(s, &data);
@@ -315,34 +289,45 @@ fn apply(cluster: &Cluster, channel: &Channel, notice: Notice) -> bool {
             detail,
             body,
         } => {
-            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN);
-            channel.fail(FatalAnswer {
-                status,
-                detail,
-                body: body.map(Bytes::from),
-            });
+            // Only the refusals a poller makes; anything else in Redis is not ours to obey.
+            let status = StatusCode::from_u16(status)
+                .ok()
+                .filter(|s| matches!(s.as_u16(), 401 | 403 | 404 | 410));
+            if let Some(status) = status {
+                channel.fail(FatalAnswer {
+                    status,
+                    detail,
+                    body: body.map(Bytes::from),
+                });
+            }
             true
         }
     }
 }
 
-/// Polls as a single instance until Redis answers again.
-async fn alone(cluster: &Arc<Cluster>, polling: &Arc<PollContext>, channel: &Arc<Channel>) {
+/// Polls as a single instance would, until Redis answers again (checked every `wait`).
+async fn alone(
+    cluster: &Arc<Cluster>,
+    polling: &Arc<PollContext>,
+    channel: &Arc<Channel>,
+    wait: Duration,
+) {
     Metrics::inc(&cluster.stats().fallbacks);
     let mut pollers = JoinSet::new();
     for source in 0..channel.route().sources.len() {
         if let Some(tracker) = channel.tracker(source) {
-            pollers.spawn(poller::run(
+            let run = poller::run(
                 polling.clone(),
                 channel.clone(),
                 source,
                 tracker,
                 Sink::Local,
-            ));
+            );
+            pollers.spawn(run);
         }
     }
     loop {
-        tokio::time::sleep(cluster.lease() / 2).await;
+        tokio::time::sleep(wait).await;
         if cluster.ping().await {
             return;
         }

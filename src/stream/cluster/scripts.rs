@@ -50,8 +50,9 @@ return 0
     )
 });
 
-/// Appends a notice and updates the state, only under the caller's lease (a holder that
-/// lost it, paused or partitioned, cannot write). Each state field's value is prefixed with
+/// Appends a notice (with the lease's token, so a reader can tell whether the current holder
+/// wrote it) and updates the state, only under the caller's lease (a holder that lost it,
+/// paused or partitioned, cannot write). Each state field's value is prefixed with
 /// the entry's id and position, so the state can be replayed in publication order.
 /// KEYS: lease, events, state. ARGV: token, maxlen, ttl ms, notice, then (field, record or '')
 /// pairs, '' removing the field.
@@ -59,7 +60,7 @@ static PUBLISH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return false end
-local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'b', ARGV[4])
+local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'b', ARGV[4], 'h', ARGV[1])
 for i = 5, #ARGV, 2 do
   if ARGV[i + 1] == '' then
     redis.call('HDEL', KEYS[3], ARGV[i])
@@ -74,19 +75,21 @@ return id
     )
 });
 
-/// The state and the latest entries, read together. KEYS: events, state. ARGV: count.
+/// The state, the latest entries and the lease, read together. KEYS: events, state, lease.
+/// ARGV: count.
 static SNAPSHOT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-return {redis.call('HGETALL', KEYS[2]), redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', ARGV[1])}
+return {redis.call('HGETALL', KEYS[2]), redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', ARGV[1]), redis.call('GET', KEYS[3])}
 ",
     )
 });
 
-/// A stream key's state hash and its latest stream entries, newest first.
+/// A stream key's state hash, its latest stream entries (newest first) and its lease's token.
 pub type Snapshot = (
     HashMap<String, String>,
     Vec<(String, HashMap<String, String>)>,
+    Option<String>,
 );
 
 /// Takes the lease of `names` for `lease` if it is free; the token when taken.
@@ -183,6 +186,7 @@ pub async fn snapshot(
     SNAPSHOT
         .key(&names.events)
         .key(&names.state)
+        .key(&names.lease)
         .arg(count)
         .invoke_async(con)
         .await

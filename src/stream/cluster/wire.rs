@@ -102,6 +102,27 @@ impl Notice {
     }
 }
 
+/// A publication's parts: the notice's JSON and the state updates of its records (field,
+/// record JSON, or `""` to remove the field). `None` only if serialising failed, which plain
+/// strings and numbers cannot do; a removal is never written by mistake.
+pub fn publication(
+    notice: &Notice,
+    records: &[(usize, &Record)],
+) -> Option<(String, Vec<(String, String)>)> {
+    let text = serde_json::to_string(notice).ok()?;
+    let slots = records
+        .iter()
+        .map(|(source, record)| {
+            let value = match record.h {
+                Some(_) => serde_json::to_string(record).ok()?,
+                None => String::new(),
+            };
+            Some((slot_field(*source, &record.k), value))
+        })
+        .collect::<Option<Vec<_>>>()?;
+    Some((text, slots))
+}
+
 /// The state hash's field for a slot: `[source, key]` as JSON.
 pub fn slot_field(source: usize, key: &Option<String>) -> String {
     serde_json::json!([source, key]).to_string()

@@ -97,26 +97,61 @@ impl State {
         for (source, changes) in by_source.into_iter().enumerate() {
             self.publish(route, source, changes);
         }
+        // Converging is also the repair: whatever drift there was, the ids from here on are
+        // the content's.
+        self.state_hash = self
+            .live
+            .values()
+            .fold(0u128, |sum, entry| sum.wrapping_add(entry.hash));
     }
 
-    /// The live slots with their values (read back from their frames), as changes from an
-    /// empty state in publication order: what a holder writes to a Redis that lost the key.
-    pub fn seed(&self) -> Vec<SharedChange> {
-        let mut hash = 0u128;
-        self.live
+    /// The state hash (what [`State::id`] shows in hex).
+    pub fn hash(&self) -> u128 {
+        self.state_hash
+    }
+
+    /// What turns `target` (a shared snapshot's live slots) into this state: the removal of
+    /// the slots this state lacks, then this state's slots whose value differs, with values
+    /// read back from their frames and ids running from `target`'s. What a holder writes to a
+    /// Redis that lost the key or kept an older state (empty when they agree).
+    pub fn diff_from(&self, target: &[SharedChange]) -> Vec<SharedChange> {
+        let target_hashes: HashMap<Slot, u128> = target
+            .iter()
+            .filter_map(|c| Some(((c.source, c.key.clone()), c.new.as_ref()?.0)))
+            .collect();
+        let mut hash = target_hashes
             .values()
-            .filter_map(|entry| {
-                let (source, key) = entry.slot.clone()?;
-                let json = sse::data_of(&entry.frame)?;
-                hash = hash.wrapping_add(entry.hash);
-                Some(SharedChange {
-                    source,
-                    key,
-                    new: Some((entry.hash, json)),
+            .fold(0u128, |sum, h| sum.wrapping_add(*h));
+        let mut changes = Vec::new();
+        for (slot, old) in &target_hashes {
+            if self.slot_hash(slot) == 0 {
+                hash = hash.wrapping_sub(*old);
+                changes.push(SharedChange {
+                    source: slot.0,
+                    key: slot.1.clone(),
+                    new: None,
                     id: state_id(hash),
-                })
-            })
-            .collect()
+                });
+            }
+        }
+        for entry in self.live.values() {
+            let Some(slot) = &entry.slot else { continue };
+            let old = target_hashes.get(slot).copied().unwrap_or(0);
+            if old == entry.hash {
+                continue;
+            }
+            let Some(json) = sse::data_of(&entry.frame) else {
+                continue;
+            };
+            hash = hash.wrapping_sub(old).wrapping_add(entry.hash);
+            changes.push(SharedChange {
+                source: slot.0,
+                key: slot.1.clone(),
+                new: Some((entry.hash, json)),
+                id: state_id(hash),
+            });
+        }
+        changes
     }
 
     /// A state rebuilt from what another instance left: `current`, the live slots in

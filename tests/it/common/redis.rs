@@ -42,6 +42,25 @@ impl RedisServer {
         }
     }
 
+    /// Stops it without losing its data (SIGSTOP: a partition, as the proxies see it).
+    pub fn pause(&self) {
+        self.signal("STOP");
+    }
+
+    /// Lets a paused server go on, with the data it had.
+    pub fn resume(&self) {
+        self.signal("CONT");
+    }
+
+    fn signal(&self, name: &str) {
+        let child = self.child.as_ref().expect("redis-server runs");
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
     /// Starts it (again) on its port, empty; returns once it accepts connections.
     pub fn restart(&mut self) {
         self.kill();
@@ -71,6 +90,9 @@ impl RedisServer {
 
 impl Drop for RedisServer {
     fn drop(&mut self) {
+        if self.child.is_some() {
+            self.resume();
+        }
         self.kill();
     }
 }
