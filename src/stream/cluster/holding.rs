@@ -186,6 +186,9 @@ pub async fn overwrite(
     let diff = channel.diff_from(&shared.current);
     let records: Vec<(usize, Record)> = diff.iter().map(|c| (c.source, Record::of(c))).collect();
     let sourced: Vec<(usize, &Record)> = records.iter().map(|(s, r)| (*s, r)).collect();
-    let notice = Notice::Seed { c: records.clone() };
+    let notice = Notice::Seed {
+        c: records.clone(),
+        id: state_id(channel.state_hash()),
+    };
     write(cluster, names, token, &notice, &sourced).await
 }

@@ -25,6 +25,7 @@ use super::wire::Notice;
 use crate::ops::metrics::Metrics;
 use crate::stream::channel::{Channel, FatalAnswer};
 use crate::stream::poller::{self, PollContext, Sink};
+use crate::stream::state::state_id;
 
 /// Shortest time between two roles, so a flapping Redis cannot spin a channel's task.
 const MIN_ROLE: Duration = Duration::from_millis(100);
@@ -264,16 +265,14 @@ fn apply(cluster: &Cluster, channel: &Channel, notice: Notice) -> bool {
             channel.answered(s);
             consistent
         }
-        Notice::Seed { ref c } => {
+        Notice::Seed { ref c, ref id } => {
             let changes = notice.changes();
             Metrics::inc(&cluster.stats().applied);
-            // Only the state after the last change has an id to check: a seed's earlier ids
-            // leave out the slots it writes later.
-            let mut last = true;
             for group in changes.chunk_by(|a, b| a.source == b.source) {
-                last = channel.apply_shared(group[0].source, group);
+                channel.apply_shared(group[0].source, group);
             }
-            changes.len() == c.len() && last
+            // The holder's whole state has this id, whatever this seed had to write.
+            changes.len() == c.len() && state_id(channel.state_hash()) == *id
         }
         Notice::Outage { s, data } => {
             channel.outage(s, &data);

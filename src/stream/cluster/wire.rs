@@ -22,8 +22,10 @@ pub enum Notice {
     /// A whole state, written by a holder that found Redis without the key (restarted or
     /// expired), so that nobody converges on a partial one: (source, record) in order.
     Seed {
-        /// The live slots.
+        /// The slots that differed from what Redis held: set, or removed.
         c: Vec<(usize, Record)>,
+        /// The holder's state id: a follower whose state has another one converges.
+        id: String,
     },
     /// Source `s` is failing; `data` is the outage event's data.
     Outage {
@@ -96,7 +98,7 @@ impl Notice {
     pub fn changes(&self) -> Vec<SharedChange> {
         match self {
             Notice::Changes { s, c } => c.iter().filter_map(|r| r.change(*s)).collect(),
-            Notice::Seed { c } => c.iter().filter_map(|(s, r)| r.change(*s)).collect(),
+            Notice::Seed { c, .. } => c.iter().filter_map(|(s, r)| r.change(*s)).collect(),
             _ => Vec::new(),
         }
     }
