@@ -35,17 +35,19 @@ redis-server --port 16379 --bind 127.0.0.1 --save "" --appendonly no --logfile "
 redis=$!
 for _ in $(seq 100); do redis-cli -p 16379 ping >/dev/null 2>&1 && break; sleep 0.1; done
 
-# config N CLUSTER: instance N's file (N = 0, 1, 2 on ports 18080+N, admin 19901+N).
+# Ports apart from the other benches' (18080, 19000, 19901 and +100), so they can run at once.
+# config N CLUSTER: instance N's file (N = 0, 1, 2 on ports 18280+N, admin 19921+N; the demo
+# origin on 19200).
 config() {
   local file=$work/proxy$1-$2.toml
-  sed -e "s/127.0.0.1:18080/127.0.0.1:$((18080 + $1))/" -e "s/127.0.0.1:19901/127.0.0.1:$((19901 + $1))/" \
-    benches/latency.toml > "$file"
+  sed -e "s/127.0.0.1:18080/127.0.0.1:$((18280 + $1))/" -e "s/127.0.0.1:19901/127.0.0.1:$((19921 + $1))/" \
+    -e "s/127.0.0.1:19000/127.0.0.1:19200/" benches/latency.toml > "$file"
   [ "$2" = yes ] && printf '\n[cluster]\nredis = "redis://127.0.0.1:16379"\nlease_ms = 2000\n' >> "$file"
   echo "$file"
 }
-healthy() { for _ in $(seq 100); do curl -fs "http://127.0.0.1:$((19901 + $1))/healthz" >/dev/null 2>&1 && return 0; sleep 0.1; done; return 1; }
+healthy() { for _ in $(seq 100); do curl -fs "http://127.0.0.1:$((19921 + $1))/healthz" >/dev/null 2>&1 && return 0; sleep 0.1; done; return 1; }
 metric() { # instance metric
-  curl -fs "http://127.0.0.1:$((19901 + $1))/metrics" | awk -v m="$2" '$1 == m || index($1, m "{") == 1 {s += $2} END {print s + 0}'
+  curl -fs "http://127.0.0.1:$((19921 + $1))/metrics" | awk -v m="$2" '$1 == m || index($1, m "{") == 1 {s += $2} END {print s + 0}'
 }
 start() { # instances cluster
   stop
@@ -65,7 +67,7 @@ total() { local sum=0; for n in $(seq 0 $(($1 - 1))); do sum=$(python3 -c "print
 run() {
   local loads=() n
   for n in $(seq 0 $(($1 - 1))); do
-    $bin load "http://127.0.0.1:$((18080 + n))$2" --keys "$3" --streams $((subs / $1)) \
+    $bin load "http://127.0.0.1:$((18280 + n))$2" --keys "$3" --streams $((subs / $1)) \
       --duration "$hold" --json > "$work/$4-$n.json" &
     loads+=($!)
   done
