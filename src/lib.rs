@@ -14,7 +14,9 @@
 //!   each fed by one [`poller`](stream::poller) per source, turned into changes by
 //!   [`delta`](stream::delta), encoded once by [`sse`](stream::sse) into the key's
 //!   [`state`](stream::state), and fanned out to every client's [`body`](stream::body); a
-//!   key's state outlives its poller for the [`resume`](stream::resume) window.
+//!   key's state outlives its poller for the [`resume`](stream::resume) window. With
+//!   `[cluster]`, [`cluster`](stream::cluster) shares one poller per key across instances
+//!   through Redis: a leased holder publishes, the others follow.
 //! - [`origin`]: the pooled client to the buffered origin, and its TLS.
 //! - [`ops`] (metrics, shutdown) and [`http`] (paths, JSON, query strings): leaves that import
 //!   nothing of ours.
