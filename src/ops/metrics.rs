@@ -262,7 +262,7 @@ impl Metrics {
             &mut out,
             "pollers",
             "gauge",
-            "Stream keys with a running poller, by route.",
+            "Stream keys with a live channel (and, without [cluster], their poller), by route; with [cluster], sse_edge_cluster_leases counts the keys this instance polls.",
             &pollers,
         );
         let subscribers = by_route(|r| r.subscribers);

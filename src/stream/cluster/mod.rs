@@ -16,7 +16,10 @@
 //! the changes to its own channel, encoding once per instance. Event ids are content hashes,
 //! so every instance names the same state with the same id, and a client resumes exactly on
 //! any instance (a new channel starts from the state and history kept in Redis). When Redis
-//! cannot be reached, each instance polls on its own, as without a cluster, until it is back.
+//! cannot be reached, each instance polls on its own, as without a cluster, until it is back;
+//! then the instance that takes a key's lease first writes its own state to Redis where it
+//! differs (Redis lost it, or kept one from before the outage), and followers converge on
+//! that, so no client is taken back to an older state.
 
 pub mod holding;
 pub mod names;
