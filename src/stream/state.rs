@@ -393,7 +393,8 @@ pub fn state_id(hash: u128) -> String {
 mod tests {
     use super::*;
 
-    fn route() -> StreamConfig {
+    /// An items route (`/items`, key `k`), for this module's tests and its children's.
+    pub(super) fn route() -> StreamConfig {
         let mode = Mode::Items {
             pointer: "/items".into(),
             key: "k".into(),

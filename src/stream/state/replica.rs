@@ -99,10 +99,7 @@ impl State {
         }
         // Converging is also the repair: whatever drift there was, the ids from here on are
         // the content's.
-        self.state_hash = self
-            .live
-            .values()
-            .fold(0u128, |sum, entry| sum.wrapping_add(entry.hash));
+        self.state_hash = self.live_hash();
     }
 
     /// The state hash (what [`State::id`] shows in hex).
@@ -200,28 +197,23 @@ impl State {
                 state.append(&names, slot, new, change.id.clone());
             }
         }
-        state.state_hash = state
-            .live
-            .values()
-            .fold(0u128, |sum, entry| sum.wrapping_add(entry.hash));
+        state.state_hash = state.live_hash();
         state
+    }
+
+    /// The sum of the live slots' hashes: what the state hash is when nothing drifted.
+    fn live_hash(&self) -> u128 {
+        self.live
+            .values()
+            .fold(0u128, |sum, entry| sum.wrapping_add(entry.hash))
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::route;
     use super::*;
-    use crate::config::Mode;
-    use crate::stream::channel::StreamKey;
     use crate::stream::state::Since;
-
-    fn route() -> StreamConfig {
-        let mode = Mode::Items {
-            pointer: "/items".into(),
-            key: "k".into(),
-        };
-        StreamConfig::clone(&StreamKey::for_tests(0, mode, vec![]).route)
-    }
 
     /// An item key and its new value (`None`: removed).
     type Set = (Option<String>, Option<(u128, String)>);
