@@ -7,7 +7,9 @@
 //! reconnect within `resume_window` gets exactly what it missed. When the origin refuses the
 //! stream, the channel is retired at once and only the refusal is remembered
 //! ([`Refusals`]), so reconnecting clients get it as an HTTP status without asking the
-//! origin again, and refused keys cost no channel and no task.
+//! origin again, and refused keys cost no channel and no task. With `[cluster]`, the
+//! supervisor runs the channel's [`roles`] instead of its pollers: it polls only while this
+//! instance holds the key's lease, and otherwise applies what the holder publishes.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
