@@ -99,3 +99,29 @@ PY
   name="$1 instance(s), $([ "$2" = yes ] && echo "Redis" || echo "no Redis")"
   printf '%-26s | %-34s | %s\n' "$name" "$lat" "$polls"
 done
+
+# c. takeover: 3 instances with Redis, clients of /api/v2/stream on all three; instance 1 (not
+# the one hosting the demo origin) takes the lease first and is SIGKILLed; the time until the
+# survivors poll again (one of them holds the lease) against lease_ms (2000 here).
+start 3 yes
+$bin load "http://127.0.0.1:18281/api/v2/stream" --streams 100 --duration 30 >/dev/null 2>&1 &
+first=$!
+for _ in $(seq 100); do [ "$(metric 1 sse_edge_cluster_leases)" = 1 ] && break; sleep 0.1; done
+others=()
+for n in 0 2; do
+  $bin load "http://127.0.0.1:$((18280 + n))/api/v2/stream" --streams 100 --duration 30 >/dev/null 2>&1 &
+  others+=($!)
+done
+sleep 3
+polls() { python3 -c "print($(metric 0 sse_edge_polls_total) + $(metric 2 sse_edge_polls_total))"; }
+p0=$(polls)
+kill -KILL "${pids[1]}"
+t0=$(date +%s.%N)
+gap=
+for _ in $(seq 400); do
+  if [ "$(python3 -c "print($(polls) > $p0)")" = True ]; then gap=$(python3 -c "print(f'{$(date +%s.%N) - $t0:.2f}')"); break; fi
+  sleep 0.05
+done
+echo "c. takeover after SIGKILL of the holder: the survivors poll again after ${gap:-more than 20} s (lease_ms 2000; attempts every 500 ms with jitter)"
+kill "$first" "${others[@]}" 2>/dev/null || true
+wait "$first" "${others[@]}" 2>/dev/null || true
