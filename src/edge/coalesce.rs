@@ -12,8 +12,7 @@
 //! longer, with `tokio::task::yield_now`, which resumes only once the worker has nothing else
 //! queued, gathered less and added latency: 0.23 writes per event against 0.10, BENCHMARKS.md.)
 //! A batch that is already large ([`GATHERED`]) is not held back. A write that is deferred is
-//! not lost: nothing was taken, and h2 offers it again (with
-//! whatever it gathered since).
+//! not lost: nothing was taken, and h2 offers it again (with whatever it gathered since).
 //!
 //! Only HTTP/2 connections wait: hyper serves plaintext connections of both protocols
 //! through the same IO, so the wrapper turns itself on when the first bytes read are the
