@@ -19,6 +19,7 @@ use hyper_util::server::graceful::Watcher;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::OwnedSemaphorePermit;
 
+use super::coalesce::Coalesce;
 use super::control_frames::ControlFrames;
 use super::h1::Outcome;
 use super::idle::{Activity, Tracked};
@@ -201,6 +202,7 @@ impl Serving {
             let streams = ConnStreams::new(conn.peer, builders.write_timeout, app.metrics.clone());
             let builder = builders.build(&streams, conn.tls, h1);
             let io = ControlFrames::new(io, builders.max_control_frames_per_s, app.metrics.clone());
+            let io = Coalesce::new(io);
             let activity = Activity::new();
             let requests = activity.clone();
             let answer = Arc::new(Mutex::new(answer));

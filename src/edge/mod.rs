@@ -7,6 +7,7 @@
 //!   idleness with nothing in flight, and writes a client does not read.
 //! - `stall`, `control_frames`: HTTP/2 streams that make no progress, and control-frame
 //!   floods.
+//! - `coalesce`: the frames of an HTTP/2 connection's streams gathered into one write.
 //! - `write_through`: the write half shared by the read-side wrappers.
 //! - [`admin`]: the admin listener.
 //!
@@ -24,6 +25,7 @@
 
 pub mod accept;
 pub mod admin;
+mod coalesce;
 pub mod connection;
 mod control_frames;
 pub mod h1;
