@@ -26,8 +26,12 @@ bin=$PWD/target/release/sse-edge
 work=$(mktemp -d)
 pids=()
 redis=
-stop() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done
+stop() { # the instances without the origin first, so none logs a refused poll
+  local n
+  for ((n = ${#pids[@]} - 1; n >= 0; n--)); do
+    kill "${pids[n]}" 2>/dev/null || true
+    wait "${pids[n]}" 2>/dev/null || true
+  done
   pids=()
 }
 trap 'stop; [ -n "$redis" ] && kill "$redis" 2>/dev/null; rm -rf "$work"' EXIT
@@ -53,11 +57,11 @@ start() { # instances cluster
   stop
   redis-cli -p 16379 flushall >/dev/null
   RUST_LOG=warn DASHBOARD_API_KEY=bench $bin demo --config "$(config 0 "$2")" \
-    --tick-ms "$tick_ms" --cold-start-ms 0 >/dev/null &
+    --tick-ms "$tick_ms" --cold-start-ms 0 >/dev/null 2>&1 &
   pids+=($!)
   healthy 0
   for n in $(seq 1 $(($1 - 1))); do
-    RUST_LOG=warn DASHBOARD_API_KEY=bench $bin --config "$(config "$n" "$2")" >/dev/null &
+    RUST_LOG=warn DASHBOARD_API_KEY=bench $bin --config "$(config "$n" "$2")" >/dev/null 2>&1 &
     pids+=($!)
     healthy "$n"
   done
@@ -117,6 +121,7 @@ polls() { python3 -c "print($(metric 0 sse_edge_polls_total) + $(metric 2 sse_ed
 p0=$(polls)
 kill -KILL "${pids[1]}"
 t0=$(date +%s.%N)
+wait "${pids[1]}" 2>/dev/null || true
 gap=
 for _ in $(seq 400); do
   if [ "$(python3 -c "print($(polls) > $p0)")" = True ]; then gap=$(python3 -c "print(f'{$(date +%s.%N) - $t0:.2f}')"); break; fi
