@@ -15,7 +15,7 @@
 //!   [`delta`](stream::delta), encoded once by [`sse`](stream::sse) into the key's
 //!   [`state`](stream::state), and fanned out to every client's [`body`](stream::body); a
 //!   key's state outlives its poller for the [`resume`](stream::resume) window.
-//! - [`origin`]: the pooled client to the buffered origin, and its TLS.
+//! - [`origin`]: our own pool of connections to the buffered origin, and its TLS.
 //! - [`ops`] (metrics, shutdown) and [`http`] (paths, JSON, query strings): leaves that import
 //!   nothing of ours.
 //! - [`tools`] (cargo feature `tools`, on by default): `sse-edge demo`, `probe` and `load`,
