@@ -94,6 +94,8 @@ struct H1 {
     conn: Option<H1Connection>,
     /// Where it goes back to.
     key: Key,
+    /// `Host` for its requests, made once per connection.
+    host: Option<HeaderValue>,
 }
 
 impl H1 {
@@ -152,13 +154,12 @@ impl Pool {
         mut request: Request<ClientBody>,
     ) -> Result<Response<UpstreamBody>, SendError> {
         let key = Key { https, authority };
-        let uri = request.uri().clone();
         let mut fresh = false;
         loop {
             let (checkout, reused) = self.shared.checkout(&key, fresh).await?;
             let error = match checkout {
                 Checkout::H1(h1) => {
-                    to_origin_form(&mut request);
+                    to_origin_form(&mut request, h1.host.as_ref());
                     match self.send_h1(h1, request).await {
                         Ok(response) => return Ok(response),
                         Err(error) => error,
@@ -175,7 +176,7 @@ impl Pool {
             match unsent(error) {
                 (Some(back), _) if reused => {
                     request = back;
-                    *request.uri_mut() = uri.clone();
+                    to_absolute_form(&mut request, &key);
                     fresh = true;
                 }
                 (_, error) => return Err(SendError::Http(error)),
@@ -227,28 +228,46 @@ fn unsent(
 }
 
 /// HTTP/1.1 to an origin (not a proxy) names the target by path, and the host in `Host`.
-fn to_origin_form(request: &mut Request<ClientBody>) {
-    let uri = request.uri();
-    if let Some(authority) = uri.authority()
-        && !request.headers().contains_key(http::header::HOST)
-    {
-        let default_port = match uri.scheme_str() {
-            Some("https") => 443,
-            _ => 80,
-        };
-        let host = match authority.port_u16() {
-            Some(port) if port != default_port => authority.as_str(),
-            _ => authority.host(),
-        };
-        if let Ok(value) = HeaderValue::from_str(host) {
-            request.headers_mut().insert(http::header::HOST, value);
-        }
+fn to_origin_form(request: &mut Request<ClientBody>, host: Option<&HeaderValue>) {
+    if let Some(host) = host {
+        request
+            .headers_mut()
+            .entry(http::header::HOST)
+            .or_insert_with(|| host.clone());
     }
-    let path = match request.uri().path_and_query() {
-        Some(pq) if pq.as_str() != "/" => Uri::from(pq.clone()),
+    // Moved, not copied: the path stays in the buffer it was parsed or built into.
+    let parts = std::mem::take(request.uri_mut()).into_parts();
+    *request.uri_mut() = match parts.path_and_query {
+        Some(pq) if pq.as_str() != "/" => Uri::from(pq),
         _ => Uri::from_static("/"),
     };
-    *request.uri_mut() = path;
+}
+
+/// The absolute URI again, for a request sent once more (perhaps on HTTP/2).
+fn to_absolute_form(request: &mut Request<ClientBody>, key: &Key) {
+    let scheme = if key.https {
+        http::uri::Scheme::HTTPS
+    } else {
+        http::uri::Scheme::HTTP
+    };
+    let mut parts = std::mem::take(request.uri_mut()).into_parts();
+    parts.scheme = Some(scheme);
+    parts.authority = Some(key.authority.clone());
+    if parts.path_and_query.is_none() {
+        parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+    }
+    // Scheme, authority and path are all set, so the parts make a URI.
+    *request.uri_mut() = Uri::from_parts(parts).unwrap_or_default();
+}
+
+/// `Host` for an origin: its host, with the port unless it is the scheme's default.
+fn host_header(https: bool, authority: &Authority) -> Option<HeaderValue> {
+    let default_port = if https { 443 } else { 80 };
+    let host = match authority.port_u16() {
+        Some(port) if port != default_port => authority.as_str(),
+        _ => authority.host(),
+    };
+    HeaderValue::from_str(host).ok()
 }
 
 impl Shared {
@@ -287,19 +306,27 @@ impl Shared {
                 }
             }
         }
+        // Boxed: opening is rare (the pool reuses), and its future is large; inline, it would
+        // make every request's future, which the edge boxes per request, that much larger.
+        Ok((Box::pin(self.open(key)).await?, false))
+    }
+
+    /// Opens a new connection to the origin and sets it up for HTTP/1.1 or HTTP/2.
+    async fn open(&self, key: &Key) -> Result<Checkout, SendError> {
         let (stream, protocol) = self
             .connector
             .connect(key.https, &key.authority)
             .await
             .map_err(SendError::Connect)?;
         let io = TokioIo::new(stream);
-        let checkout = match protocol {
+        Ok(match protocol {
             Protocol::Http1 => {
                 let (sender, conn) = http1::handshake(io).await.map_err(SendError::Http)?;
                 Checkout::H1(Box::new(H1 {
                     sender,
                     conn: Some(conn),
                     key: key.clone(),
+                    host: host_header(key.https, &key.authority),
                 }))
             }
             Protocol::Http2 => {
@@ -314,8 +341,7 @@ impl Shared {
                 self.lock().entry(key.clone()).or_default().h2 = Some(sender.clone());
                 Checkout::H2(sender)
             }
-        };
-        Ok((checkout, false))
+        })
     }
 
     /// Takes back a connection whose exchange ended; closes the oldest beyond the limit.
