@@ -49,7 +49,8 @@ pub struct Limits {
     pub idle_timeout: Duration,
 }
 
-/// The pool: clone-free, shared by every request through the [`super::Upstream`].
+/// The pool, one per [`super::Upstream`]: every request to the origin (and to other hosts the
+/// proxy calls) goes through it.
 pub struct Pool {
     /// The state the answers' bodies give their connection back to.
     shared: Arc<Shared>,

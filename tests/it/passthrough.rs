@@ -185,12 +185,19 @@ async fn an_https_origin_works_for_passthrough_and_streams() {
         },
     )
     .await;
-    let (status, _, body) = proxy
-        .client
-        .get_json(Proto::H1Tls, "/api/v2/stream/status", &[])
-        .await;
-    assert_eq!(status, 200);
-    assert_eq!(body["max_connections"], 10);
+    for _ in 0..3 {
+        let (status, _, body) = proxy
+            .client
+            .get_json(Proto::H1Tls, "/api/v2/stream/status", &[])
+            .await;
+        assert_eq!(status, 200);
+        assert_eq!(body["max_connections"], 10);
+    }
+    assert_eq!(
+        origin.connections(),
+        1,
+        "one TLS connection (HTTP/2 by ALPN), shared"
+    );
     let mut stream = proxy
         .client
         .stream(Proto::H2Tls, "/api/v2/stream", &[])
