@@ -22,7 +22,12 @@
 # time; every process it starts is stopped on exit. The binary is built in CARGO_TARGET_DIR
 # (default ./target).
 #
-#   benches/compare.sh [SUBSCRIBERS=10000] [ROUNDS=2]  (env: HOLD=10 TICK_MS=50 PUSHPIN_RATE=250)
+# PASSTHROUGH_ONLY=1 runs only the passthrough part, sse-edge and nginx alternating, ROUNDS
+# times (no Pushpin, no fan-out), and prints each round's ratio. SSE_EDGE_BIN=path runs that
+# sse-edge binary instead of building one (to measure an earlier build in the same way).
+#
+#   benches/compare.sh [SUBSCRIBERS=10000] [ROUNDS=2]  (env: HOLD=10 TICK_MS=50 PUSHPIN_RATE=250
+#                      PASSTHROUGH_ONLY=0 SSE_EDGE_BIN=)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 subs=${1:-10000}
@@ -31,23 +36,33 @@ hold=${HOLD:-10}
 tick_ms=${TICK_MS:-50}
 pushpin_rate=${PUSHPIN_RATE:-250}
 pushpin_open_s=$(( (subs + pushpin_rate - 1) / pushpin_rate ))
+passthrough_only=${PASSTHROUGH_ONLY:-0}
 
 if ! command -v nginx >/dev/null || ! command -v wrk >/dev/null \
-  || [ ! -f /usr/lib/nginx/modules/ngx_nchan_module.so ] \
-  || ! command -v pushpin >/dev/null || ! command -v condure >/dev/null || ! command -v zurl >/dev/null; then
+  || [ ! -f /usr/lib/nginx/modules/ngx_nchan_module.so ]; then
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx libnginx-mod-nchan wrk pushpin >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx libnginx-mod-nchan wrk >/dev/null
+fi
+if [ "$passthrough_only" != 1 ] && { ! command -v pushpin >/dev/null \
+  || ! command -v condure >/dev/null || ! command -v zurl >/dev/null; }; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pushpin >/dev/null
 fi
 # Pushpin's fixed loopback ports (publish 5561; 5560, 5562, 5563 beside it) must be free: a
 # system pushpin service started by the package would hold them.
 for port in 5560 5561 5562 5563 18070 19100; do
+  [ "$passthrough_only" = 1 ] && break
   if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
     echo "127.0.0.1:$port is taken (a pushpin system service? stop it first)" >&2
     exit 1
   fi
 done
-cargo build --release --quiet
-bin=${CARGO_TARGET_DIR:-$PWD/target}/release/sse-edge
+if [ -n "${SSE_EDGE_BIN:-}" ]; then
+  bin=$SSE_EDGE_BIN
+else
+  cargo build --release --quiet
+  bin=${CARGO_TARGET_DIR:-$PWD/target}/release/sse-edge
+fi
 work=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
@@ -94,6 +109,68 @@ http {
 CONF
 nginx -p "$work" -c "$work/nginx.conf" -g 'daemon off;' &
 nginx_master=$!; pids+=("$nginx_master")
+
+cpu_ticks() { # user + system clock ticks of these processes, summed (one that is gone: 0)
+  local total=0 t
+  for p in "$@"; do
+    t=$(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)
+    total=$(( total + t ))
+  done
+  echo "$total"
+}
+passthrough() { # name url [proxy pids...]: requests/s, and the proxy's and the origin's CPU
+  local name=$1 url=$2 out rps requests proxy_before origin_before; shift 2
+  proxy_before=$(cpu_ticks "$@"); origin_before=$(cpu_ticks "$edge")
+  out=$(wrk -t2 -c64 -d5s "$url")
+  rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+  requests=$(awk '/requests in/ {print $1}' <<<"$out")
+  printf '  %-8s passthrough %8.0f requests/s\n' "$name" "${rps:-0}"
+  echo "$name ${rps:-0}" >> "$work/wrk.summary"
+  if [ $# -gt 0 ]; then
+    echo "$name ${requests:-0} $(( $(cpu_ticks "$@") - proxy_before )) $(( $(cpu_ticks "$edge") - origin_before ))" >> "$work/cpu.summary"
+  fi
+}
+
+if [ "$passthrough_only" = 1 ]; then
+  both_up() {
+    curl -fs -m 1 -o /dev/null http://127.0.0.1:19901/healthz \
+      && curl -fs -m 1 -o /dev/null http://127.0.0.1:18090/api/v2/stream/status
+  }
+  for _ in $(seq 100); do both_up 2>/dev/null && break; sleep 0.1; done
+  both_up || { echo "sse-edge or nginx is not up" >&2; exit 1; }
+  echo "passthrough only: sse-edge ($bin) vs nginx $(nginx -v 2>&1 | sed 's/.*\///') proxy_pass, $rounds round(s), $(nproc) cores, $(date -u +%F)"
+  for round in $(seq "$rounds"); do
+    echo "round $round"
+    passthrough sse-edge "http://127.0.0.1:18080/api/v2/stream/status" "$edge"
+    # shellcheck disable=SC2046
+    passthrough nginx "http://127.0.0.1:18090/api/v2/stream/status" $(pgrep -P "$nginx_master")
+  done
+  # CPU per request: sse-edge's process holds the demo origin too, so while nginx is measured
+  # its CPU is the origin's alone; sse-edge's proxy share is its total less that.
+  python3 - "$work/wrk.summary" "$work/cpu.summary" "$(getconf CLK_TCK)" <<'PY'
+import sys, statistics as st
+ours, theirs = [], []
+for line in open(sys.argv[1]):
+    name, rps = line.split()
+    (ours if name == "sse-edge" else theirs).append(float(rps))
+ratios = [a / b for a, b in zip(ours, theirs) if b > 0]
+print("passthrough sse-edge / nginx per round: " + " ".join(f"{r:.2f}x" for r in ratios)
+      + f"; median {st.median(ratios):.2f}x" if ratios else "no ratio")
+tick_us = 1e6 / float(sys.argv[3])
+rows = [line.split() for line in open(sys.argv[2])]
+per = lambda ticks, n: float(ticks) * tick_us / max(float(n), 1)  # CPU microseconds per request
+edge = [per(r[2], r[1]) for r in rows if r[0] == "sse-edge"]
+nginx = [per(r[2], r[1]) for r in rows if r[0] == "nginx"]
+origin = [per(r[3], r[1]) for r in rows if r[0] == "nginx"]
+if edge and nginx:
+    proxy = [e - o for e, o in zip(edge, origin)]
+    print(f"CPU per request, median: sse-edge + origin {st.median(edge):.1f} us, origin alone "
+          f"{st.median(origin):.1f} us, so sse-edge {st.median(proxy):.1f} us; nginx {st.median(nginx):.1f} us; "
+          f"sse-edge / nginx per round: " + " ".join(f"{p / n:.2f}x" for p, n in zip(proxy, nginx))
+          + f"; median {st.median(p / n for p, n in zip(proxy, nginx)):.2f}x (lower is better)")
+PY
+  exit 0
+fi
 
 # Pushpin on 18070: its runner starts condure (client connections), zurl (requests to the
 # origin), pushpin-proxy and pushpin-handler (channels; publish endpoint on 5561), all with
@@ -259,13 +336,6 @@ with open(path + ".summary", "a") as out:
     out.write(f"{name} {r['opened_per_second']} {r['opened']} {r['failed']}\n")
 PY
   sleep 2  # let the closed streams go before the next measure
-}
-
-passthrough() { # name url
-  local rps
-  rps=$(wrk -t2 -c64 -d5s "$2" | awk '/Requests\/sec/ {print $2}')
-  printf '  %-8s passthrough %8.0f requests/s\n' "$1" "${rps:-0}"
-  echo "$1 ${rps:-0}" >> "$work/wrk.summary"
 }
 
 pushpin_version=$(dpkg-query -W -f '${Version}' pushpin 2>/dev/null || echo '?')

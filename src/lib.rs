@@ -17,7 +17,7 @@
 //!   key's state outlives its poller for the [`resume`](stream::resume) window. With
 //!   `[cluster]`, [`cluster`](stream::cluster) shares one poller per key across instances
 //!   through Redis: a leased holder publishes, the others follow.
-//! - [`origin`]: the pooled client to the buffered origin, and its TLS.
+//! - [`origin`]: our own pool of connections to the buffered origin, and its TLS.
 //! - [`ops`] (metrics, shutdown) and [`http`] (paths, JSON, query strings): leaves that import
 //!   nothing of ours.
 //! - [`tools`] (cargo feature `tools`, on by default): `sse-edge demo`, `probe` and `load`,

@@ -1,4 +1,5 @@
-//! The origin client: one pooled HTTP/HTTPS client to the buffered origin, and its TLS.
+//! The origin client: our own pool of HTTP/HTTPS connections to the buffered origin
+//! ([`pool`], opened by [`connect`]), and its TLS.
 //!
 //! Passthrough streams bodies through it both ways; pollers and the token validator fetch
 //! whole (bounded) JSON bodies with it. Every call is bounded in time, and every failure is
@@ -16,15 +17,21 @@ use http::{HeaderMap, Request, Response, StatusCode, Uri};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::config::UpstreamConfig;
 
+pub mod connect;
+pub mod pool;
 pub mod tls;
+use connect::Connector;
+pub use pool::UpstreamBody;
+use pool::{Limits, Pool, SendError};
 use tls::{TlsError, origin_roots, provider};
+
+/// How many idle connections to one origin are kept for the next requests.
+const MAX_IDLE_PER_ORIGIN: usize = 256;
+/// How long an idle connection is kept before it is closed.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A request body sent to the origin.
 pub enum ClientBody {
@@ -111,10 +118,11 @@ impl Fetched {
     }
 }
 
-/// The pooled client and where the origin is.
+/// The connection pool and where the origin is.
 pub struct Upstream {
-    /// Pooled HTTP/1.1 + HTTP/2 (by ALPN) client over plain TCP or rustls.
-    client: Client<HttpsConnector<HttpConnector>, ClientBody>,
+    /// Pooled HTTP/1.1 + HTTP/2 (by ALPN) connections over plain TCP or rustls, to the origin
+    /// and to any other host the proxy calls (validators, key sets).
+    pool: Pool,
     /// Origin scheme, `http` or `https`.
     scheme: http::uri::Scheme,
     /// Origin host and port.
@@ -132,28 +140,19 @@ pub struct Upstream {
 impl Upstream {
     /// Builds the client; fails only when the configured CA file is unusable.
     pub fn new(config: &UpstreamConfig) -> Result<Upstream, TlsError> {
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(config.connect_timeout));
         let tls = rustls::ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()?
             .with_root_certificates(origin_roots(config.ca.as_deref())?)
             .with_no_client_auth();
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(256)
-            .build(connector);
+        let pool = Pool::new(
+            Connector::new(tls, config.connect_timeout),
+            Limits {
+                max_idle_per_origin: MAX_IDLE_PER_ORIGIN,
+                idle_timeout: IDLE_TIMEOUT,
+            },
+        );
         Ok(Upstream {
-            client,
+            pool,
             scheme: config.scheme.clone(),
             authority: config.authority.clone(),
             base_path: config.base_path.clone(),
@@ -194,10 +193,10 @@ impl Upstream {
     pub async fn send(
         &self,
         request: Request<ClientBody>,
-    ) -> Result<Response<Incoming>, UpstreamError> {
-        let result = match tokio::time::timeout(self.timeout, self.client.request(request)).await {
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        let result = match tokio::time::timeout(self.timeout, self.request(request, "")).await {
             Ok(Ok(response)) => Ok(response),
-            Ok(Err(error)) => Err(self.classify(&error, "")),
+            Ok(Err(error)) => Err(error),
             Err(_) => Err(UpstreamError::Timeout(self.timeout.as_millis() as u64)),
         };
         self.record(result)
@@ -242,11 +241,7 @@ impl Upstream {
     ) -> Result<Fetched, UpstreamError> {
         let trace_id = own_call_headers(request.headers_mut());
         let fetch = async {
-            let response = self
-                .client
-                .request(request)
-                .await
-                .map_err(|e| self.classify(&e, &trace_id))?;
+            let response = self.request(request, &trace_id).await?;
             let (parts, body) = response.into_parts();
             let body = Limited::new(body, self.max_body)
                 .collect()
@@ -272,11 +267,37 @@ impl Upstream {
         }
     }
 
+    /// Sends `request` through the pool to the host its absolute URI names.
+    async fn request(
+        &self,
+        request: Request<ClientBody>,
+        trace_id: &str,
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        let uri = request.uri();
+        let https = match uri.scheme_str() {
+            Some("https") => true,
+            Some("http") => false,
+            _ => {
+                return Err(UpstreamError::Protocol(
+                    "the URL's scheme is neither http nor https".to_owned(),
+                ));
+            }
+        };
+        let Some(authority) = uri.authority().cloned() else {
+            return Err(UpstreamError::Protocol("the URL names no host".to_owned()));
+        };
+        self.pool
+            .send(https, authority, request)
+            .await
+            .map_err(|e| self.classify(&e, trace_id))
+    }
+
     /// Sorts a client error into what the client hears. The client hears a short reason of
     /// ours; hyper's own text (its internals, the origin's resolved addresses) goes only to
     /// the log, with the call's trace id when the proxy made the call itself.
-    fn classify(&self, error: &hyper_util::client::legacy::Error, trace_id: &str) -> UpstreamError {
+    fn classify(&self, error: &SendError, trace_id: &str) -> UpstreamError {
         let chain = error_chain(error);
+        let connect = matches!(error, SendError::Connect(_));
         let mut io_kind = None;
         let mut tls = false;
         let mut source = error.source();
@@ -308,10 +329,10 @@ impl Upstream {
             Some(std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::BrokenPipe) => {
                 "the origin closed the connection"
             }
-            _ if error.is_connect() => "cannot connect",
+            _ if connect => "cannot connect",
             _ => "the origin's answer is not valid HTTP or the connection closed early",
         };
-        if error.is_connect() {
+        if connect {
             UpstreamError::Unreachable(reason.to_owned())
         } else {
             UpstreamError::Protocol(reason.to_owned())

@@ -8,22 +8,17 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 
 use super::access::AccessLog;
+use crate::origin::UpstreamBody;
 use crate::stream::SseBody;
 
 /// A response body: made by the proxy, streamed from the upstream, or an event stream.
-#[expect(
-    clippy::large_enum_variant,
-    reason = "the event stream is the body that lives for hours: boxing it would add an \
-              allocation to every stream, while the short-lived variants only pay size"
-)]
 pub enum ProxyBody {
     /// A small body the proxy made itself (JSON errors); `None` once sent.
     Full(Option<Bytes>),
     /// The upstream's body, streamed through frame by frame without buffering.
-    Upstream(Incoming),
+    Upstream(UpstreamBody),
     /// A long-lived `text/event-stream` fed by the hub.
     Stream(SseBody),
     /// Any of the above, counting its bytes for the access log line written when it ends.

@@ -7,6 +7,7 @@
 //! are kept and the proxy appends its own hop. The origin's `Server` banner, which names its
 //! software and version, is dropped unless `[listen] keep_server_header` is set.
 
+use std::fmt::Write as _;
 use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -44,30 +45,41 @@ impl Forwarding {
         let peer = conn.peer.ip().to_canonical();
         let trusted = self.trusts(peer);
         let scheme = if conn.tls { "https" } else { "http" };
-        let hop = peer.to_string();
-        let element = forwarded_element(peer, host.as_ref(), scheme);
-        let earlier = |headers: &HeaderMap, name: HeaderName| {
-            trusted.then(|| joined(headers, &name)).flatten()
+        // One buffer for the three values this hop writes (each value copies it once).
+        let mut text = String::with_capacity(96);
+        let hop = {
+            write_list(
+                &mut text,
+                trusted.then(|| joined(headers, &X_FORWARDED_FOR)).flatten(),
+            );
+            let start = text.len();
+            let _ = write!(text, "{peer}");
+            let hop = HeaderValue::from_str(&text[start..]).ok();
+            let chain = if start == 0 {
+                hop.clone()
+            } else {
+                HeaderValue::from_str(&text).ok()
+            };
+            replace(headers, X_FORWARDED_FOR, chain);
+            hop
         };
-
-        let chain = match earlier(headers, X_FORWARDED_FOR) {
-            Some(earlier) => format!("{earlier}, {hop}"),
-            None => hop.clone(),
-        };
-        let forwarded = match earlier(headers, header::FORWARDED) {
-            Some(earlier) => format!("{earlier}, {element}"),
-            None => element,
-        };
-        replace(headers, X_FORWARDED_FOR, HeaderValue::from_str(&chain).ok());
+        text.clear();
+        write_list(
+            &mut text,
+            trusted
+                .then(|| joined(headers, &header::FORWARDED))
+                .flatten(),
+        );
+        forwarded_element(&mut text, peer, host.as_ref(), scheme);
         replace(
             headers,
             header::FORWARDED,
-            HeaderValue::from_str(&forwarded).ok(),
+            HeaderValue::from_str(&text).ok(),
         );
         // Single-valued: a trusted proxy's statement stands, anyone else's is replaced.
         let single =
             |headers: &HeaderMap, name: HeaderName| trusted.then(|| only(headers, &name)).flatten();
-        let real_ip = single(headers, X_REAL_IP).or_else(|| HeaderValue::from_str(&hop).ok());
+        let real_ip = single(headers, X_REAL_IP).or(hop);
         replace(headers, X_REAL_IP, real_ip);
         let proto = single(headers, X_FORWARDED_PROTO).or(Some(HeaderValue::from_static(scheme)));
         replace(headers, X_FORWARDED_PROTO, proto);
@@ -151,23 +163,32 @@ fn replace(headers: &mut HeaderMap, name: HeaderName, value: Option<HeaderValue>
     }
 }
 
-/// This hop's `Forwarded` element (RFC 7239 §4): `for`, `host` and `proto`, quoted where the
-/// value is not a token (an IPv6 address, a host with a port).
-fn forwarded_element(peer: IpAddr, host: Option<&HeaderValue>, scheme: &str) -> String {
-    let mut element = match peer {
-        IpAddr::V4(v4) => format!("for={v4}"),
-        IpAddr::V6(v6) => format!("for=\"[{v6}]\""),
+/// Starts `text` with the earlier hops' list, if any, and the separator before this hop.
+fn write_list(text: &mut String, earlier: Option<String>) {
+    if let Some(earlier) = earlier {
+        text.push_str(&earlier);
+        text.push_str(", ");
+    }
+}
+
+/// Appends this hop's `Forwarded` element (RFC 7239 §4): `for`, `host` and `proto`, quoted
+/// where the value is not a token (an IPv6 address, a host with a port).
+fn forwarded_element(text: &mut String, peer: IpAddr, host: Option<&HeaderValue>, scheme: &str) {
+    // Writing to a String cannot fail.
+    let _ = match peer {
+        IpAddr::V4(v4) => write!(text, "for={v4}"),
+        IpAddr::V6(v6) => write!(text, "for=\"[{v6}]\""),
     };
     // A checked host has no `"` or `\`, so quoting needs no escapes.
     if let Some(host) = host.and_then(|h| h.to_str().ok()) {
         if host.bytes().all(is_tchar) {
-            element.push_str(&format!(";host={host}"));
+            let _ = write!(text, ";host={host}");
         } else {
-            element.push_str(&format!(";host=\"{host}\""));
+            let _ = write!(text, ";host=\"{host}\"");
         }
     }
-    element.push_str(&format!(";proto={scheme}"));
-    element
+    text.push_str(";proto=");
+    text.push_str(scheme);
 }
 
 /// A token character (RFC 9110 §5.6.2).

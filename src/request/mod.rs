@@ -112,7 +112,11 @@ impl App {
             ),
             Ok(Route::Stream { route, params }) => {
                 let (parts, _body) = request.into_parts();
-                ("stream", self.stream(route, params, &parts, &conn).await)
+                // Boxed: authentication makes this phase's future several times larger than
+                // passthrough's, and the edge moves this whole future into a box per request:
+                // inline, every passthrough request would copy room for it.
+                let stream = Box::pin(self.stream(route, params, &parts, &conn));
+                ("stream", stream.await)
             }
         };
         let event_stream = stream_route && browser.event_stream;

@@ -149,6 +149,31 @@ async fn an_unreachable_origin_is_502_and_a_slow_one_504() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn origin_connections_are_reused_until_the_origin_closes_them() {
+    let origin = FakeOrigin::start().await;
+    let proxy = start_proxy(&origin, Options::default()).await;
+    let get = |path: &'static str| {
+        let client = &proxy.client;
+        async move {
+            let (status, _, body) = client.get_json(Proto::H1Plain, path, &[]).await;
+            assert_eq!(status, 200, "{body}");
+        }
+    };
+    let before = origin.connections();
+    for _ in 0..5 {
+        get("/api/v2/stream/status").await;
+    }
+    assert_eq!(origin.connections() - before, 1, "one connection, reused");
+    // The first reuses that connection, and the origin closes it after each answer.
+    for _ in 0..3 {
+        get("/close").await;
+    }
+    assert_eq!(origin.connections() - before, 3, "no reuse after a close");
+    get("/api/v2/stream/status").await;
+    assert_eq!(origin.connections() - before, 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_https_origin_works_for_passthrough_and_streams() {
     let pair = sse_edge::tools::demo::certs::localhost().expect("origin certificate");
     let origin = FakeOrigin::start_tls(&pair.cert_pem, &pair.key_pem).await;
@@ -160,12 +185,19 @@ async fn an_https_origin_works_for_passthrough_and_streams() {
         },
     )
     .await;
-    let (status, _, body) = proxy
-        .client
-        .get_json(Proto::H1Tls, "/api/v2/stream/status", &[])
-        .await;
-    assert_eq!(status, 200);
-    assert_eq!(body["max_connections"], 10);
+    for _ in 0..3 {
+        let (status, _, body) = proxy
+            .client
+            .get_json(Proto::H1Tls, "/api/v2/stream/status", &[])
+            .await;
+        assert_eq!(status, 200);
+        assert_eq!(body["max_connections"], 10);
+    }
+    assert_eq!(
+        origin.connections(),
+        1,
+        "one TLS connection (HTTP/2 by ALPN), shared"
+    );
     let mut stream = proxy
         .client
         .stream(Proto::H2Tls, "/api/v2/stream", &[])

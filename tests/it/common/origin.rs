@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -60,6 +61,8 @@ pub struct FakeOrigin {
     state: Arc<Mutex<State>>,
     seen: Arc<Notify>,
     changed: Arc<Notify>,
+    /// Connections accepted so far (the proxy's pool reuses them).
+    connections: Arc<AtomicUsize>,
 }
 
 /// Holds matching requests until released (a cold or hung origin).
@@ -124,6 +127,7 @@ impl FakeOrigin {
             })),
             seen: Arc::new(Notify::new()),
             changed: Arc::new(Notify::new()),
+            connections: Arc::new(AtomicUsize::new(0)),
         };
         let server = origin.clone();
         tokio::spawn(async move {
@@ -131,6 +135,7 @@ impl FakeOrigin {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
+                server.connections.fetch_add(1, Ordering::SeqCst);
                 let server = server.clone();
                 let tls = tls.clone();
                 tokio::spawn(async move {
@@ -234,6 +239,11 @@ impl FakeOrigin {
         Gate(sender)
     }
 
+    /// Connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+
     /// Requests seen for `path` (without query).
     pub fn count(&self, path: &str) -> usize {
         self.state().counts.get(path).copied().unwrap_or(0)
@@ -314,6 +324,14 @@ impl FakeOrigin {
         let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
         match (request.method().clone(), segments.as_slice()) {
             (_, ["echo", ..]) => self.echo(request).await,
+            (Method::GET, ["close"]) => {
+                // Answers, then closes the connection (hyper closes after `Connection: close`).
+                let mut response = json_reply(200, json!({"closing": true}));
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, "close".parse().expect("value"));
+                response
+            }
             (Method::GET, ["slow"]) => {
                 tokio::time::sleep(Duration::from_secs(60)).await;
                 json_reply(200, json!({}))

@@ -1,0 +1,633 @@
+//! Our own pool of origin connections, built on hyper's `client::conn`.
+//!
+//! An HTTP/1.1 connection has no task of its own: the task that sends a request polls the
+//! connection while it waits for the answer, and the answer's body polls it while the body
+//! is read. When the body has ended the connection goes back to the idle list of its origin
+//! (newest first out, at most `max_idle_per_origin`, none older than `idle_timeout`). So a
+//! proxied request costs no hop between tasks or worker threads, where hyper-util's pooled
+//! client drove each connection in a task of its own and woke it twice per request.
+//!
+//! An HTTP/2 connection (`h2` by ALPN on an HTTPS origin) is multiplexed, so it runs in its own
+//! task and every request to that origin shares it.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::uri::Authority;
+use http::{HeaderValue, Request, Response, Uri};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::{TrySendError, http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+use super::ClientBody;
+use super::connect::{Connector, OriginStream, Protocol};
+
+/// Why a request got no answer from the origin.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// Name lookup, TCP connect or TLS handshake failed or timed out.
+    #[error("cannot connect to the origin")]
+    Connect(#[source] io::Error),
+    /// The connection failed while the request was sent or the answer's head read.
+    #[error("the exchange with the origin failed")]
+    Http(#[source] hyper::Error),
+}
+
+/// How many idle connections are kept, and for how long.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Idle HTTP/1.1 connections kept per origin; beyond it the oldest is closed.
+    pub max_idle_per_origin: usize,
+    /// An idle connection older than this is closed instead of reused.
+    pub idle_timeout: Duration,
+}
+
+/// The pool, one per [`super::Upstream`]: every request to the origin (and to other hosts the
+/// proxy calls) goes through it.
+pub struct Pool {
+    /// The state the answers' bodies give their connection back to.
+    shared: Arc<Shared>,
+}
+
+/// What the pool and the bodies it lent connections to share.
+struct Shared {
+    /// Opens new connections.
+    connector: Connector,
+    /// Idle count and idle timeout.
+    limits: Limits,
+    /// Idle connections by origin.
+    origins: Mutex<HashMap<Key, Idle>>,
+}
+
+/// An origin: scheme and host with port.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Key {
+    /// TLS or plaintext.
+    https: bool,
+    /// Host and port, as in the URI.
+    authority: Authority,
+}
+
+/// An origin's connections not in use.
+#[derive(Default)]
+struct Idle {
+    /// Idle HTTP/1.1 connections, oldest first, with the time each became idle.
+    h1: VecDeque<(Instant, Box<H1>)>,
+    /// The origin's shared HTTP/2 connection, once it has shown it speaks HTTP/2.
+    h2: Option<http2::SendRequest<ClientBody>>,
+}
+
+/// The HTTP/1.1 connection type.
+type H1Connection = http1::Connection<TokioIo<OriginStream>, ClientBody>;
+
+/// An HTTP/1.1 connection and its sender, polled by whichever task is using it.
+struct H1 {
+    /// Hands requests to the connection.
+    sender: http1::SendRequest<ClientBody>,
+    /// The connection itself; `None` once it has ended, so it is never polled again.
+    conn: Option<H1Connection>,
+    /// Where it goes back to.
+    key: Key,
+    /// `Host` for its requests, made once per connection.
+    host: Option<HeaderValue>,
+}
+
+impl H1 {
+    /// Polls the connection (writes the request, reads the answer, notices a close) and
+    /// says whether it is still open.
+    fn drive(&mut self, cx: &mut Context<'_>) -> bool {
+        if let Some(conn) = &mut self.conn
+            && let Poll::Ready(result) = Pin::new(conn).poll(cx)
+        {
+            if let Err(error) = result {
+                tracing::debug!(%error, "an origin connection ended");
+            }
+            self.conn = None;
+        }
+        self.conn.is_some()
+    }
+
+    /// Whether an idle connection can take a request right now. One poll lets it notice a
+    /// close or finish its last exchange; one that is still busy (its request body was not
+    /// all sent) is not waited for.
+    fn reusable(&mut self, cx: &mut Context<'_>) -> bool {
+        self.drive(cx) && matches!(self.sender.poll_ready(cx), Poll::Ready(Ok(())))
+    }
+}
+
+/// A connection taken out for one request.
+enum Checkout {
+    /// HTTP/1.1, driven by the request.
+    H1(Box<H1>),
+    /// A handle on a shared HTTP/2 connection.
+    H2(http2::SendRequest<ClientBody>),
+}
+
+impl Pool {
+    /// An empty pool. Inside a tokio runtime it starts a task that closes expired idle
+    /// connections (without one, they are only dropped when next met).
+    pub fn new(connector: Connector, limits: Limits) -> Pool {
+        let shared = Arc::new(Shared {
+            connector,
+            limits,
+            origins: Mutex::new(HashMap::new()),
+        });
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(reap_expired(Arc::downgrade(&shared)));
+        }
+        Pool { shared }
+    }
+
+    /// Sends `request` (absolute URI) to the origin `authority` and waits for the answer's
+    /// head. A request that a reused connection gave back unsent (it closed meanwhile) is
+    /// sent once more on a new connection.
+    pub async fn send(
+        &self,
+        https: bool,
+        authority: Authority,
+        mut request: Request<ClientBody>,
+    ) -> Result<Response<UpstreamBody>, SendError> {
+        let key = Key { https, authority };
+        let mut fresh = false;
+        loop {
+            let (checkout, reused) = self.shared.checkout(&key, fresh).await?;
+            let error = match checkout {
+                Checkout::H1(h1) => {
+                    to_origin_form(&mut request, h1.host.as_ref());
+                    match self.send_h1(h1, request).await {
+                        Ok(response) => return Ok(response),
+                        Err(error) => error,
+                    }
+                }
+                Checkout::H2(mut sender) => match sender.try_send_request(request).await {
+                    Ok(response) => return Ok(response.map(UpstreamBody::new)),
+                    Err(error) => {
+                        self.shared.forget_h2(&key);
+                        error
+                    }
+                },
+            };
+            match unsent(error) {
+                (Some(back), _) if reused => {
+                    request = back;
+                    to_absolute_form(&mut request, &key);
+                    fresh = true;
+                }
+                (_, error) => return Err(SendError::Http(error)),
+            }
+        }
+    }
+
+    /// Sends on an HTTP/1.1 connection, polling it in this task until the answer's head is
+    /// in; the body then carries the connection and gives it back when it ends.
+    async fn send_h1(
+        &self,
+        mut h1: Box<H1>,
+        request: Request<ClientBody>,
+    ) -> Result<Response<UpstreamBody>, TrySendError<Request<ClientBody>>> {
+        let mut answer = std::pin::pin!(h1.sender.try_send_request(request));
+        let response = poll_fn(|cx| {
+            h1.drive(cx);
+            answer.as_mut().poll(cx)
+        })
+        .await?;
+        let pool = Arc::downgrade(&self.shared);
+        Ok(response.map(|incoming| UpstreamBody {
+            incoming,
+            lease: Some(Lease {
+                h1,
+                pool,
+                ended: false,
+            }),
+        }))
+    }
+
+    /// Idle HTTP/1.1 connections kept for `authority` (plaintext), for tests.
+    #[cfg(test)]
+    fn idle_count(&self, authority: &Authority) -> usize {
+        let key = Key {
+            https: false,
+            authority: authority.clone(),
+        };
+        self.shared.lock().get(&key).map_or(0, |idle| idle.h1.len())
+    }
+}
+
+/// The request a failed send gave back unsent, if any, and the error.
+fn unsent(
+    mut error: TrySendError<Request<ClientBody>>,
+) -> (Option<Request<ClientBody>>, hyper::Error) {
+    let request = error.take_message();
+    (request, error.into_error())
+}
+
+/// HTTP/1.1 to an origin (not a proxy) names the target by path, and the host in `Host`.
+fn to_origin_form(request: &mut Request<ClientBody>, host: Option<&HeaderValue>) {
+    if let Some(host) = host {
+        request
+            .headers_mut()
+            .entry(http::header::HOST)
+            .or_insert_with(|| host.clone());
+    }
+    // Moved, not copied: the path stays in the buffer it was parsed or built into.
+    let parts = std::mem::take(request.uri_mut()).into_parts();
+    *request.uri_mut() = match parts.path_and_query {
+        Some(pq) if pq.as_str() != "/" => Uri::from(pq),
+        _ => Uri::from_static("/"),
+    };
+}
+
+/// The absolute URI again, for a request sent once more (perhaps on HTTP/2).
+fn to_absolute_form(request: &mut Request<ClientBody>, key: &Key) {
+    let scheme = if key.https {
+        http::uri::Scheme::HTTPS
+    } else {
+        http::uri::Scheme::HTTP
+    };
+    let mut parts = std::mem::take(request.uri_mut()).into_parts();
+    parts.scheme = Some(scheme);
+    parts.authority = Some(key.authority.clone());
+    if parts.path_and_query.is_none() {
+        parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+    }
+    // Scheme, authority and path are all set, so the parts make a URI.
+    *request.uri_mut() = Uri::from_parts(parts).unwrap_or_default();
+}
+
+/// `Host` for an origin: its host, with the port unless it is the scheme's default.
+fn host_header(https: bool, authority: &Authority) -> Option<HeaderValue> {
+    let default_port = if https { 443 } else { 80 };
+    let host = match authority.port_u16() {
+        Some(port) if port != default_port => authority.as_str(),
+        _ => authority.host(),
+    };
+    HeaderValue::from_str(host).ok()
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, HashMap<Key, Idle>> {
+        // A panic while holding the lock leaves only a list of connections: keep using it.
+        self.origins
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// An idle connection that is still open (newest first), the origin's HTTP/2
+    /// connection, or a new one (always new when `fresh`). Says whether it was reused.
+    async fn checkout(&self, key: &Key, fresh: bool) -> Result<(Checkout, bool), SendError> {
+        if !fresh {
+            loop {
+                let candidate = {
+                    let mut origins = self.lock();
+                    let Some(idle) = origins.get_mut(key) else {
+                        break;
+                    };
+                    if let Some(h2) = &idle.h2 {
+                        if !h2.is_closed() {
+                            return Ok((Checkout::H2(h2.clone()), true));
+                        }
+                        idle.h2 = None;
+                    }
+                    idle.h1.pop_back()
+                };
+                let Some((since, mut h1)) = candidate else {
+                    break;
+                };
+                if since.elapsed() < self.limits.idle_timeout
+                    && poll_fn(|cx| Poll::Ready(h1.reusable(cx))).await
+                {
+                    return Ok((Checkout::H1(h1), true));
+                }
+            }
+        }
+        // Boxed: opening is rare (the pool reuses), and its future is large; inline, it would
+        // make every request's future, which the edge boxes per request, that much larger.
+        Ok((Box::pin(self.open(key)).await?, false))
+    }
+
+    /// Opens a new connection to the origin and sets it up for HTTP/1.1 or HTTP/2.
+    async fn open(&self, key: &Key) -> Result<Checkout, SendError> {
+        let (stream, protocol) = self
+            .connector
+            .connect(key.https, &key.authority)
+            .await
+            .map_err(SendError::Connect)?;
+        let io = TokioIo::new(stream);
+        Ok(match protocol {
+            Protocol::Http1 => {
+                let (sender, conn) = http1::handshake(io).await.map_err(SendError::Http)?;
+                Checkout::H1(Box::new(H1 {
+                    sender,
+                    conn: Some(conn),
+                    key: key.clone(),
+                    host: host_header(key.https, &key.authority),
+                }))
+            }
+            Protocol::Http2 => {
+                let (sender, conn) = http2::handshake(TokioExecutor::new(), io)
+                    .await
+                    .map_err(SendError::Http)?;
+                tokio::spawn(async move {
+                    if let Err(error) = conn.await {
+                        tracing::debug!(%error, "an HTTP/2 origin connection ended");
+                    }
+                });
+                self.lock().entry(key.clone()).or_default().h2 = Some(sender.clone());
+                Checkout::H2(sender)
+            }
+        })
+    }
+
+    /// Takes back a connection whose exchange ended; closes the oldest beyond the limit.
+    fn checkin(&self, h1: Box<H1>) {
+        if h1.conn.is_none() || h1.sender.is_closed() {
+            return;
+        }
+        let evicted = {
+            let mut origins = self.lock();
+            let idle = match origins.get_mut(&h1.key) {
+                Some(idle) => idle,
+                None => origins.entry(h1.key.clone()).or_default(),
+            };
+            idle.h1.push_back((Instant::now(), h1));
+            if idle.h1.len() > self.limits.max_idle_per_origin {
+                idle.h1.pop_front()
+            } else {
+                None
+            }
+        };
+        // Closed outside the lock.
+        drop(evicted);
+    }
+
+    /// Forgets an origin's HTTP/2 connection that refused a request.
+    fn forget_h2(&self, key: &Key) {
+        if let Some(idle) = self.lock().get_mut(key) {
+            idle.h2 = None;
+        }
+    }
+
+    /// Takes out every idle connection older than the idle timeout.
+    fn expired(&self) -> Vec<(Instant, Box<H1>)> {
+        let mut expired = Vec::new();
+        let mut origins = self.lock();
+        for idle in origins.values_mut() {
+            while idle
+                .h1
+                .front()
+                .is_some_and(|(since, _)| since.elapsed() >= self.limits.idle_timeout)
+            {
+                expired.extend(idle.h1.pop_front());
+            }
+        }
+        origins.retain(|_, idle| {
+            !idle.h1.is_empty() || idle.h2.as_ref().is_some_and(|h2| !h2.is_closed())
+        });
+        expired
+    }
+}
+
+/// Closes expired idle connections every idle timeout, until the pool is gone, so an idle
+/// proxy holds no connection the origin has long given up on.
+async fn reap_expired(shared: Weak<Shared>) {
+    let Some(every) = shared.upgrade().map(|s| s.limits.idle_timeout) else {
+        return;
+    };
+    let mut tick = tokio::time::interval(every.max(Duration::from_millis(100)));
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        // Closed outside the lock.
+        drop(shared.expired());
+    }
+}
+
+/// An HTTP/1.1 connection lent to an answer's body.
+struct Lease {
+    /// The connection, polled while the body is read.
+    h1: Box<H1>,
+    /// Where it goes back to (weak: an idle connection must not keep the pool alive).
+    pool: Weak<Shared>,
+    /// The body was read to its end, so the connection is free for the next request.
+    ended: bool,
+}
+
+/// The origin's answer body. On HTTP/1.1 it drives its connection and gives it back to the
+/// pool once read to the end; dropped before that, it closes the connection.
+pub struct UpstreamBody {
+    /// The body as hyper delivers it.
+    incoming: Incoming,
+    /// The HTTP/1.1 connection it arrives on (`None` on HTTP/2).
+    lease: Option<Lease>,
+}
+
+impl UpstreamBody {
+    /// A body on a shared HTTP/2 connection, which its own task drives.
+    fn new(incoming: Incoming) -> UpstreamBody {
+        UpstreamBody {
+            incoming,
+            lease: None,
+        }
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        if let Some(lease) = &mut this.lease {
+            lease.h1.drive(cx);
+        }
+        let polled = Pin::new(&mut this.incoming).poll_frame(cx);
+        if let (Poll::Ready(None), Some(lease)) = (&polled, &mut this.lease) {
+            lease.ended = true;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.incoming.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.incoming.size_hint()
+    }
+}
+
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        if let Some(lease) = self.lease.take()
+            && (lease.ended || self.incoming.is_end_stream())
+            && let Some(pool) = lease.pool.upgrade()
+        {
+            pool.checkin(lease.h1);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A loopback origin that answers every request with `body`, adding `Connection: close`
+    /// (and closing) when `close` is set. Counts the connections it accepted.
+    async fn origin(close: bool) -> (Authority, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let authority = Authority::try_from(listener.local_addr().expect("addr").to_string())
+            .expect("authority");
+        let connections = Arc::new(AtomicUsize::new(0));
+        let counted = connections.clone();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    let mut seen = Vec::new();
+                    loop {
+                        let Ok(n) = stream.read(&mut buf).await else {
+                            return;
+                        };
+                        if n == 0 {
+                            return;
+                        }
+                        seen.extend_from_slice(&buf[..n]);
+                        while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                            seen.drain(..end + 4);
+                            let answer: &[u8] = if close {
+                                b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
+                            } else {
+                                b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+                            };
+                            if stream.write_all(answer).await.is_err() || close {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        (authority, connections)
+    }
+
+    fn pool(max_idle_per_origin: usize) -> Pool {
+        let tls = rustls::ClientConfig::builder_with_provider(super::super::tls::provider())
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        Pool::new(
+            Connector::new(tls, Duration::from_secs(5)),
+            Limits {
+                max_idle_per_origin,
+                idle_timeout: Duration::from_secs(60),
+            },
+        )
+    }
+
+    fn get(authority: &Authority) -> Request<ClientBody> {
+        let mut request = Request::new(ClientBody::Empty);
+        *request.uri_mut() = format!("http://{authority}/x").parse().expect("uri");
+        request
+    }
+
+    /// Sends a GET and reads the whole body.
+    async fn fetch(pool: &Pool, authority: &Authority) -> Bytes {
+        let response = pool
+            .send(false, authority.clone(), get(authority))
+            .await
+            .expect("answer");
+        let body = response.into_body().collect().await.expect("body");
+        body.to_bytes()
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_is_reused() {
+        let (authority, connections) = origin(false).await;
+        let pool = pool(4);
+        for _ in 0..5 {
+            assert_eq!(fetch(&pool, &authority).await, "ok");
+        }
+        assert_eq!(connections.load(Ordering::SeqCst), 1);
+        assert_eq!(pool.idle_count(&authority), 1);
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_origin_closes_is_not_reused() {
+        let (authority, connections) = origin(true).await;
+        let pool = pool(4);
+        for _ in 0..3 {
+            assert_eq!(fetch(&pool, &authority).await, "ok");
+        }
+        assert_eq!(connections.load(Ordering::SeqCst), 3);
+        assert_eq!(pool.idle_count(&authority), 0);
+    }
+
+    #[tokio::test]
+    async fn the_idle_count_is_bounded() {
+        let (authority, connections) = origin(false).await;
+        let pool = pool(2);
+        // Four answers in flight at once need four connections.
+        let mut answers = Vec::new();
+        for _ in 0..4 {
+            answers.push(
+                pool.send(false, authority.clone(), get(&authority))
+                    .await
+                    .expect("answer"),
+            );
+        }
+        for answer in answers {
+            answer.into_body().collect().await.expect("body");
+        }
+        assert_eq!(connections.load(Ordering::SeqCst), 4);
+        assert_eq!(
+            pool.idle_count(&authority),
+            2,
+            "two of the four were closed"
+        );
+        // Two kept: four more at once reuse them and open two.
+        let mut answers = Vec::new();
+        for _ in 0..4 {
+            answers.push(
+                pool.send(false, authority.clone(), get(&authority))
+                    .await
+                    .expect("answer"),
+            );
+        }
+        drop(answers);
+        assert_eq!(connections.load(Ordering::SeqCst), 6);
+    }
+
+    #[tokio::test]
+    async fn a_body_dropped_unread_closes_its_connection() {
+        let (authority, connections) = origin(false).await;
+        let pool = pool(4);
+        let response = pool
+            .send(false, authority.clone(), get(&authority))
+            .await
+            .expect("answer");
+        drop(response);
+        assert_eq!(pool.idle_count(&authority), 0);
+        assert_eq!(fetch(&pool, &authority).await, "ok");
+        assert_eq!(connections.load(Ordering::SeqCst), 2);
+    }
+}
