@@ -1,6 +1,6 @@
-//! Cluster mode against a real `redis-server`: several proxies share one poller per stream
-//! key, fan out through Redis, resume clients exactly on any instance, survive the loss of
-//! the lease holder and of Redis itself.
+//! Cluster mode against a real `redis-server`: several proxy processes (the real binary) share
+//! one poller per stream key, fan out through Redis, resume clients exactly on any instance,
+//! survive the loss of the lease holder and of Redis itself.
 
 use std::time::Duration;
 
@@ -10,7 +10,7 @@ use common::origin::FakeOrigin;
 use common::process::Running;
 use common::redis::RedisServer;
 use common::sentiment::{drain_sentiment, summary, tickers};
-use common::{Options, TestProxy, WAIT, config_text, start_proxy};
+use common::{Options, WAIT, config_text};
 
 const ALICE: (&str, &str) = ("authorization", "Bearer tok-alice");
 
@@ -22,15 +22,52 @@ fn sentiment_path(id: &str) -> String {
     format!("/api/v2/configurations/{id}/sentiment")
 }
 
-/// `n` proxies in this process sharing `redis`.
-async fn instances(
-    origin: &FakeOrigin,
-    redis: &RedisServer,
-    n: usize,
-    every_ms: u64,
-) -> Vec<TestProxy> {
-    let mut proxies = Vec::new();
-    for _ in 0..n {
+/// One proxy process and a client of it.
+struct Node {
+    /// The process; dropping it kills it.
+    running: Running,
+    /// A client of its listeners.
+    client: Client,
+}
+
+impl Node {
+    /// One sample of its `/metrics` (0 when absent).
+    async fn metric(&self, sample: &str) -> f64 {
+        let admin = Client::new(None, self.running.admin, "");
+        let response = admin.get(Proto::H1Plain, "/metrics", &[]).await;
+        let body = http_body_util::BodyExt::collect(response.into_body())
+            .await
+            .expect("metrics")
+            .to_bytes();
+        String::from_utf8_lossy(&body)
+            .lines()
+            .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    /// Stops it with SIGTERM and waits for it to exit.
+    async fn stop(mut self) {
+        self.running.signal("TERM");
+        assert_eq!(self.running.exit_code().await, Some(0));
+    }
+}
+
+/// The config (and certificate) every node of a test runs with.
+struct Setup {
+    /// Holds the files.
+    dir: tempfile::TempDir,
+    /// The proxy's certificate, which clients trust.
+    cert_pem: String,
+}
+
+impl Setup {
+    /// Writes the config for proxies in front of `origin`, polling every `every_ms`, sharing
+    /// `redis`.
+    fn new(origin: &FakeOrigin, redis: &RedisServer, every_ms: u64) -> Setup {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let pair = sse_edge::tools::demo::certs::localhost().expect("certificate");
+        std::fs::write(dir.path().join("cert.pem"), &pair.cert_pem).expect("cert");
+        std::fs::write(dir.path().join("key.pem"), &pair.key_pem).expect("key");
         let options = Options {
             cluster: Some(redis.url()),
             every_ms,
@@ -38,25 +75,41 @@ async fn instances(
             max_streams_per_user: 1_000,
             ..Options::default()
         };
-        proxies.push(start_proxy(origin, options).await);
+        let text = config_text(&origin.url, dir.path(), &options);
+        std::fs::write(dir.path().join("proxy.toml"), text).expect("config");
+        Setup {
+            dir,
+            cert_pem: pair.cert_pem,
+        }
     }
-    proxies
+
+    /// Starts one proxy process.
+    fn node(&self) -> Node {
+        let running = Running::start(&self.dir.path().join("proxy.toml"), "info");
+        let client = Client::new(Some(running.https), Some(running.http), &self.cert_pem);
+        Node { running, client }
+    }
+
+    /// Starts `n` proxy processes.
+    fn nodes(&self, n: usize) -> Vec<Node> {
+        (0..n).map(|_| self.node()).collect()
+    }
 }
 
-/// The sum of one metric over `proxies`.
-async fn total(proxies: &[TestProxy], sample: &str) -> f64 {
+/// The sum of one metric over `nodes`.
+async fn total(nodes: &[Node], sample: &str) -> f64 {
     let mut sum = 0.0;
-    for proxy in proxies {
-        sum += proxy.metric(sample).await;
+    for node in nodes {
+        sum += node.metric(sample).await;
     }
     sum
 }
 
-/// Waits (bounded by [`WAIT`]) until `sample` sums to `want` over `proxies`.
-async fn wait_total(proxies: &[TestProxy], sample: &str, want: f64) {
+/// Waits (bounded by [`WAIT`]) until `sample` sums to `want` over `nodes`.
+async fn wait_total(nodes: &[Node], sample: &str, want: f64) {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        let now = total(proxies, sample).await;
+        let now = total(nodes, sample).await;
         if now == want {
             return;
         }
@@ -82,7 +135,8 @@ async fn three_instances_poll_each_key_once_and_fan_out_the_same_events() {
     for key in &keys {
         origin.set_configuration(key, "*", tickers(&[("AAPL", 0.1)]));
     }
-    let proxies = instances(&origin, &redis, 3, 200).await;
+    let setup = Setup::new(&origin, &redis, 200);
+    let proxies = setup.nodes(3);
 
     // 300 clients: 30 per key, 10 per key on each instance, over HTTP/1.1 and h2c.
     let mut clients: Vec<(usize, SseStream)> = Vec::new();
@@ -148,7 +202,8 @@ async fn a_client_resumes_exactly_on_another_instance_and_after_every_instance_r
     origin.add_token("tok-alice", "alice");
     origin.set_configuration("cfg1", "alice", tickers(&[("AAPL", 0.1), ("MSFT", 0.2)]));
     let path = stream_path("cfg1");
-    let proxies = instances(&origin, &redis, 3, 50).await;
+    let setup = Setup::new(&origin, &redis, 50);
+    let proxies = setup.nodes(3);
 
     let mut client = proxies[0]
         .client
@@ -183,10 +238,10 @@ async fn a_client_resumes_exactly_on_another_instance_and_after_every_instance_r
 
     // Every instance stops; the origin changes; new instances start.
     for proxy in proxies {
-        proxy.proxy.shutdown().await;
+        proxy.stop().await;
     }
     origin.set_configuration("cfg1", "alice", tickers(&[("AAPL", 0.3), ("TSLA", 1.5)]));
-    let proxies = instances(&origin, &redis, 3, 50).await;
+    let proxies = setup.nodes(3);
     let mut back = proxies[2]
         .client
         .stream(Proto::H1Tls, &path, &[ALICE, ("last-event-id", &seen)])
@@ -223,7 +278,8 @@ async fn streams_flow_while_redis_is_down_and_one_poller_per_key_returns_with_it
     origin.add_token("tok-alice", "alice");
     origin.set_configuration("cfg1", "*", tickers(&[("AAPL", 0.1)]));
     let path = stream_path("cfg1");
-    let proxies = instances(&origin, &redis, 3, 50).await;
+    let setup = Setup::new(&origin, &redis, 50);
+    let proxies = setup.nodes(3);
     let mut clients = Vec::new();
     for proxy in &proxies {
         let mut stream = proxy.client.stream(Proto::H1Plain, &path, &[ALICE]).await;
@@ -242,7 +298,7 @@ async fn streams_flow_while_redis_is_down_and_one_poller_per_key_returns_with_it
         ids.insert(event.id);
     }
     assert_eq!(ids.len(), 1, "content ids agree without Redis: {ids:?}");
-    let admin = Client::new(None, proxies[0].proxy.admin_addr(), "");
+    let admin = Client::new(None, proxies[0].running.admin, "");
     let (status, _, body) =
         common::client::json_response(admin.get(Proto::H1Plain, "/readyz", &[]).await).await;
     assert_eq!(
@@ -268,7 +324,8 @@ async fn redis_back_from_a_partition_with_old_data_is_brought_up_to_date_without
     origin.add_token("tok-alice", "alice");
     origin.set_configuration("cfg1", "*", tickers(&[("AAPL", 0.1), ("MSFT", 0.5)]));
     let path = stream_path("cfg1");
-    let proxies = instances(&origin, &redis, 3, 50).await;
+    let setup = Setup::new(&origin, &redis, 50);
+    let proxies = setup.nodes(3);
     let mut clients = Vec::new();
     for proxy in &proxies {
         let mut stream = proxy.client.stream(Proto::H2Plain, &path, &[ALICE]).await;
@@ -313,31 +370,15 @@ async fn killing_the_lease_holder_hands_its_keys_over_without_gap_or_duplicate()
     let origin = FakeOrigin::start().await;
     origin.add_token("tok-alice", "alice");
     origin.set_configuration("cfg1", "*", tickers(&[("AAPL", 0.0)]));
-    let dir = tempfile::tempdir().expect("temp dir");
-    let pair = sse_edge::tools::demo::certs::localhost().expect("certificate");
-    std::fs::write(dir.path().join("cert.pem"), &pair.cert_pem).expect("cert");
-    std::fs::write(dir.path().join("key.pem"), &pair.key_pem).expect("key");
-    let options = Options {
-        cluster: Some(redis.url()),
-        every_ms: 100,
-        ..Options::default()
-    };
-    let config = dir.path().join("proxy.toml");
-    std::fs::write(&config, config_text(&origin.url, dir.path(), &options)).expect("config");
-    let mut processes: Vec<Option<Running>> = (0..3)
-        .map(|_| Some(Running::start(&config, "info")))
-        .collect();
-    let client_of =
-        |running: &Running| Client::new(Some(running.https), Some(running.http), &pair.cert_pem);
+    let setup = Setup::new(&origin, &redis, 100);
+    let mut processes: Vec<Option<Node>> = (0..3).map(|_| Some(setup.node())).collect();
     let path = stream_path("cfg1");
 
     // Two clients per instance; each remembers its instance and every score it got.
     let mut clients: Vec<(usize, SseStream, Seen)> = Vec::new();
     for n in 0..6 {
-        let running = processes[n % 3].as_ref().expect("running");
-        let mut stream = client_of(running)
-            .stream(Proto::H1Plain, &path, &[ALICE])
-            .await;
+        let node = processes[n % 3].as_ref().expect("running");
+        let mut stream = node.client.stream(Proto::H1Plain, &path, &[ALICE]).await;
         let first = next_update(&mut stream).await;
         let score = first.json()["score"].as_f64().expect("score");
         clients.push((n % 3, stream, vec![(first.id, score)]));
@@ -345,9 +386,9 @@ async fn killing_the_lease_holder_hands_its_keys_over_without_gap_or_duplicate()
     let mut holder = None;
     let deadline = tokio::time::Instant::now() + WAIT;
     while holder.is_none() {
-        for (i, running) in processes.iter().enumerate() {
-            let running = running.as_ref().expect("running");
-            if leases(running).await == 1 {
+        for (i, node) in processes.iter().enumerate() {
+            let node = node.as_ref().expect("running");
+            if node.metric("sse_edge_cluster_leases").await == 1.0 {
                 holder = Some(i);
             }
         }
@@ -374,8 +415,8 @@ async fn killing_the_lease_holder_hands_its_keys_over_without_gap_or_duplicate()
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    if let Some(running) = processes[holder].as_ref() {
-        running.signal("KILL");
+    if let Some(node) = processes[holder].as_ref() {
+        node.running.signal("KILL");
     }
     processes[holder] = None;
     origin
@@ -398,8 +439,9 @@ async fn killing_the_lease_holder_hands_its_keys_over_without_gap_or_duplicate()
                 Ok(event) => assert_ne!(event.event, "resync", "resumed exactly"),
                 Err(ReadError::Broken | ReadError::Ended) if *instance == holder => {
                     let last = seen.last().map(|(id, _)| id.clone()).unwrap_or_default();
-                    let running = processes[survivor].as_ref().expect("running");
-                    *stream = client_of(running)
+                    let node = processes[survivor].as_ref().expect("running");
+                    *stream = node
+                        .client
                         .stream(Proto::H1Plain, &path, &[ALICE, ("last-event-id", &last)])
                         .await;
                     *instance = survivor;
@@ -425,17 +467,3 @@ async fn killing_the_lease_holder_hands_its_keys_over_without_gap_or_duplicate()
 
 /// The (id, score) of every event a client got, in order.
 type Seen = Vec<(String, f64)>;
-
-/// `sse_edge_cluster_leases` of a process.
-async fn leases(running: &Running) -> u64 {
-    let admin = Client::new(None, running.admin, "");
-    let response = admin.get(Proto::H1Plain, "/metrics", &[]).await;
-    let body = http_body_util::BodyExt::collect(response.into_body())
-        .await
-        .expect("metrics")
-        .to_bytes();
-    String::from_utf8_lossy(&body)
-        .lines()
-        .find_map(|l| l.strip_prefix("sse_edge_cluster_leases ")?.parse().ok())
-        .unwrap_or(0)
-}
