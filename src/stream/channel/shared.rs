@@ -56,11 +56,6 @@ impl Channel {
         self.lock().state.hash()
     }
 
-    /// Whether a subscriber has started (from then on the state is only appended to).
-    pub fn started(&self) -> bool {
-        self.lock().started
-    }
-
     /// Marks every source answered: a follower's state is as live as its holder's.
     pub fn all_answered(&self) {
         for source in 0..self.key.route.sources.len() {
