@@ -10,7 +10,7 @@ use common::origin::FakeOrigin;
 use common::process::Running;
 use common::redis::RedisServer;
 use common::sentiment::{drain_sentiment, summary, tickers};
-use common::{Options, WAIT, config_text};
+use common::{Options, WAIT, config_text, metric_sample, metrics_text};
 
 const ALICE: (&str, &str) = ("authorization", "Bearer tok-alice");
 
@@ -33,16 +33,7 @@ struct Node {
 impl Node {
     /// One sample of its `/metrics` (0 when absent).
     async fn metric(&self, sample: &str) -> f64 {
-        let admin = Client::new(None, self.running.admin, "");
-        let response = admin.get(Proto::H1Plain, "/metrics", &[]).await;
-        let body = http_body_util::BodyExt::collect(response.into_body())
-            .await
-            .expect("metrics")
-            .to_bytes();
-        String::from_utf8_lossy(&body)
-            .lines()
-            .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
-            .unwrap_or(0.0)
+        metric_sample(&metrics_text(self.running.admin).await, sample).unwrap_or(0.0)
     }
 
     /// Stops it with SIGTERM and waits for it to exit.

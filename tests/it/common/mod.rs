@@ -260,23 +260,32 @@ pub async fn start_proxy(origin: &FakeOrigin, options: Options) -> TestProxy {
 impl TestProxy {
     /// The admin listener's `/metrics` text.
     pub async fn metrics(&self) -> String {
-        let admin = Client::new(None, self.proxy.admin_addr(), "");
-        let response = admin.get(client::Proto::H1Plain, "/metrics", &[]).await;
-        assert_eq!(response.status(), 200);
-        let body = http_body_util::BodyExt::collect(response.into_body())
-            .await
-            .expect("metrics body")
-            .to_bytes();
-        String::from_utf8(body.to_vec()).expect("UTF-8 metrics")
+        metrics_text(self.proxy.admin_addr()).await
     }
 
     /// One sample from `/metrics`, by its full name with labels.
     pub async fn metric(&self, sample: &str) -> f64 {
         let text = self.metrics().await;
-        text.lines()
-            .find_map(|line| line.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
-            .unwrap_or_else(|| panic!("{sample} not in metrics:\n{text}"))
+        metric_sample(&text, sample).unwrap_or_else(|| panic!("{sample} not in metrics:\n{text}"))
     }
+}
+
+/// The `/metrics` text of the admin listener at `admin`.
+pub async fn metrics_text(admin: Option<std::net::SocketAddr>) -> String {
+    let admin = Client::new(None, admin, "");
+    let response = admin.get(client::Proto::H1Plain, "/metrics", &[]).await;
+    assert_eq!(response.status(), 200);
+    let body = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .expect("metrics body")
+        .to_bytes();
+    String::from_utf8(body.to_vec()).expect("UTF-8 metrics")
+}
+
+/// One sample of a `/metrics` text, by its full name with labels.
+pub fn metric_sample(text: &str, sample: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
 }
 
 /// 1,000 tickers of ~1 KB each (about 1 MB a document), all stamped with `round`: enough to

@@ -93,11 +93,7 @@ impl Running {
 
     /// Sends the process a signal (`TERM`, `HUP`, `KILL`).
     pub fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .args([&format!("-{name}"), &self.child.id().to_string()])
-            .status()
-            .expect("kill");
-        assert!(status.success());
+        signal(&self.child, name);
     }
 
     /// Whether a logged line contains `needle`.
@@ -132,4 +128,13 @@ impl Drop for Running {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Sends `child` the signal `name` (`TERM`, `KILL`, `STOP`, ...).
+pub fn signal(child: &Child, name: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{name}"), &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
 }

@@ -8,6 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 
 use super::WAIT;
+use super::process::signal;
 
 /// A running `redis-server`.
 pub struct RedisServer {
@@ -53,12 +54,7 @@ impl RedisServer {
     }
 
     fn signal(&self, name: &str) {
-        let child = self.child.as_ref().expect("redis-server runs");
-        let status = Command::new("kill")
-            .args([&format!("-{name}"), &child.id().to_string()])
-            .status()
-            .expect("kill");
-        assert!(status.success());
+        signal(self.child.as_ref().expect("redis-server runs"), name);
     }
 
     /// Starts it (again) on its port, empty; returns once it accepts connections.
