@@ -14,6 +14,7 @@
 #   benches/cluster.sh [SUBSCRIBERS=3000]     (env: HOLD=10 TICK_MS=500)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. benches/common.sh
 subs=${1:-3000}
 hold=${HOLD:-10}
 tick_ms=${TICK_MS:-500}
@@ -49,10 +50,9 @@ config() {
   [ "$2" = yes ] && printf '\n[cluster]\nredis = "redis://127.0.0.1:16379"\nlease_ms = 2000\n' >> "$file"
   echo "$file"
 }
-healthy() { for _ in $(seq 100); do curl -fs "http://127.0.0.1:$((19921 + $1))/healthz" >/dev/null 2>&1 && return 0; sleep 0.1; done; return 1; }
-metric() { # instance metric
-  curl -fs "http://127.0.0.1:$((19921 + $1))/metrics" | awk -v m="$2" '$1 == m || index($1, m "{") == 1 {s += $2} END {print s + 0}'
-}
+# Instance N's admin endpoint, for common.sh's helpers.
+healthy() { admin=http://127.0.0.1:$((19921 + $1)) wait_healthy; }
+instance_metric() { admin=http://127.0.0.1:$((19921 + $1)) metric "$2"; }
 start() { # instances cluster
   stop
   redis-cli -p 16379 flushall >/dev/null
@@ -66,7 +66,7 @@ start() { # instances cluster
     healthy "$n"
   done
 }
-total() { local sum=0; for n in $(seq 0 $(($1 - 1))); do sum=$(python3 -c "print($sum + $(metric "$n" "$2"))"); done; echo "$sum"; }
+total() { local sum=0; for n in $(seq 0 $(($1 - 1))); do sum=$(python3 -c "print($sum + $(instance_metric "$n" "$2"))"); done; echo "$sum"; }
 # run INSTANCES PATH KEYS NAME: SUBSCRIBERS clients spread over the instances.
 run() {
   local loads=() n
@@ -110,14 +110,14 @@ done
 start 3 yes
 $bin load "http://127.0.0.1:18281/api/v2/stream" --streams 100 --duration 30 >/dev/null 2>&1 &
 first=$!
-for _ in $(seq 100); do [ "$(metric 1 sse_edge_cluster_leases)" = 1 ] && break; sleep 0.1; done
+for _ in $(seq 100); do [ "$(instance_metric 1 sse_edge_cluster_leases)" = 1 ] && break; sleep 0.1; done
 others=()
 for n in 0 2; do
   $bin load "http://127.0.0.1:$((18280 + n))/api/v2/stream" --streams 100 --duration 30 >/dev/null 2>&1 &
   others+=($!)
 done
 sleep 3
-polls() { python3 -c "print($(metric 0 sse_edge_polls_total) + $(metric 2 sse_edge_polls_total))"; }
+polls() { python3 -c "print($(instance_metric 0 sse_edge_polls_total) + $(instance_metric 2 sse_edge_polls_total))"; }
 p0=$(polls)
 kill -KILL "${pids[1]}"
 t0=$(date +%s.%N)

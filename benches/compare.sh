@@ -30,6 +30,7 @@
 #                      PASSTHROUGH_ONLY=0 SSE_EDGE_BIN=)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. benches/nginx.sh
 subs=${1:-10000}
 rounds=${2:-2}
 hold=${HOLD:-10}
@@ -76,21 +77,7 @@ RUST_LOG=warn DASHBOARD_API_KEY=bench $bin demo --config benches/compare.toml \
 edge=$!; pids+=("$edge")
 
 # nginx + Nchan on 18090, proxying everything else to the same demo origin.
-mkdir -p "$work/tmp"
-cat > "$work/nginx.conf" <<CONF
-load_module /usr/lib/nginx/modules/ngx_nchan_module.so;
-worker_processes 2;
-worker_rlimit_nofile 20000;
-pid $work/nginx.pid;
-error_log $work/error.log warn;
-events { worker_connections 19000; }
-http {
-  access_log off;
-  client_body_temp_path $work/tmp;
-  proxy_temp_path $work/tmp;
-  fastcgi_temp_path $work/tmp;
-  uwsgi_temp_path $work/tmp;
-  scgi_temp_path $work/tmp;
+nginx_conf "$work" <<CONF
   upstream origin { server 127.0.0.1:19000; keepalive 64; }
   server {
     listen 127.0.0.1:18090 backlog=4096;
@@ -105,7 +92,6 @@ http {
       proxy_set_header Connection "";
     }
   }
-}
 CONF
 nginx -p "$work" -c "$work/nginx.conf" -g 'daemon off;' &
 nginx_master=$!; pids+=("$nginx_master")

@@ -28,6 +28,7 @@
 #      MAX_RSS_MIB=4096: a measure whose peer passes it is stopped and not counted)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. benches/nginx.sh
 rounds=${1:-2}
 demands=${DEMANDS:-1000x20 10000x100}
 window=${WINDOW:-8}
@@ -63,21 +64,7 @@ sed -e "s/127.0.0.1:18080/127.0.0.1:$demo_port/" -e "s/127.0.0.1:19901/127.0.0.1
   -e "s/127.0.0.1:19000/127.0.0.1:$origin_port/" benches/cpu_per_event.toml > "$work/origin.toml"
 
 # nginx + Nchan: HTTP/1.1 and h2c listeners, a publisher endpoint, and its subscriber count.
-mkdir -p "$work/tmp"
-cat > "$work/nginx.conf" <<CONF
-load_module /usr/lib/nginx/modules/ngx_nchan_module.so;
-worker_processes 2;
-worker_rlimit_nofile 20000;
-pid $work/nginx.pid;
-error_log $work/error.log warn;
-events { worker_connections 19000; }
-http {
-  access_log off;
-  client_body_temp_path $work/tmp;
-  proxy_temp_path $work/tmp;
-  fastcgi_temp_path $work/tmp;
-  uwsgi_temp_path $work/tmp;
-  scgi_temp_path $work/tmp;
+nginx_conf "$work" <<CONF
   server {
     listen 127.0.0.1:$nchan_port backlog=4096;
     listen 127.0.0.1:$nchan_h2_port http2 backlog=4096;
@@ -86,7 +73,6 @@ http {
     location = /pub { nchan_publisher; nchan_channel_id bench; nchan_message_buffer_length 16; }
     location = /nchan_status { nchan_stub_status; }
   }
-}
 CONF
 # A fresh nginx for every Nchan measure: past its demand Nchan queues what its subscribers
 # cannot take in its workers' memory (15 GiB in one run here), which nginx keeps once freed.
