@@ -5,7 +5,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::task::JoinHandle;
-use tokio_rustls::TlsAcceptor;
 
 use crate::config::Config;
 use crate::edge::tls::ReloadableCert;
@@ -66,15 +65,11 @@ impl Proxy {
             Some(files) if config.listen.https.is_some() => Some(ReloadableCert::load(files)?),
             _ => None,
         };
-        let tls = cert
-            .clone()
-            .map(edge::tls::server_config)
-            .transpose()?
-            .map(TlsAcceptor::from);
+        let tls = cert.clone().map(edge::tls::server_config).transpose()?;
         let (https, https_addr) = match (config.listen.https, tls) {
-            (Some(addr), Some(acceptor)) => {
+            (Some(addr), Some(tls_config)) => {
                 let (listener, bound) = edge::bind(addr)?;
-                (Some((listener, acceptor)), Some(bound))
+                (Some((listener, tls_config)), Some(bound))
             }
             _ => (None, None),
         };

@@ -7,6 +7,8 @@ another (http://127.0.0.1:PROXY) in a real headless Chromium, driven by Playwrig
 - A refused stream (max_streams = 1) gets `200 text/event-stream` with `retry:` and an
   `unavailable` event, stays in CONNECTING, reconnects by itself, and streams once the other
   stream leaves.
+- The same stream over TLS (https, the self-signed pair `sse-edge demo` writes), so the
+  edge's own TLS stream meets a real browser's TLS stack.
 
 Usage: test_browser.py PATH_TO_SSE_EDGE_BINARY. Every wait is bounded; exits non-zero on any
 failure.
@@ -48,10 +50,15 @@ def wait_for_port(port, proc, seconds=30):
     sys.exit(f"sse-edge did not listen on {port} within {seconds} s")
 
 
-def config(proxy_port, origin_port, page_port):
+def config(proxy_port, tls_port, origin_port, page_port, tmp):
     return f"""
 [listen]
 http = "127.0.0.1:{proxy_port}"
+https = "127.0.0.1:{tls_port}"
+
+[tls]
+cert = "{tmp}/localhost.pem"
+key = "{tmp}/localhost-key.pem"
 
 [upstream]
 url = "http://127.0.0.1:{origin_port}"
@@ -100,11 +107,12 @@ def check(page, expression, what):
 def main():
     binary = os.path.abspath(sys.argv[1])
     proxy_port, origin_port, page_port = free_port(), free_port(), free_port()
+    tls_port = free_port()
     proxy_url = f"http://127.0.0.1:{proxy_port}"
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "browser.toml")
         with open(path, "w") as f:
-            f.write(config(proxy_port, origin_port, page_port))
+            f.write(config(proxy_port, tls_port, origin_port, page_port, tmp))
         env = dict(os.environ, DASHBOARD_API_KEY="browser-test", RUST_LOG="warn")
         proxy = subprocess.Popen(
             [binary, "--config", path, "demo", "--tick-ms", "300", "--cold-start-ms", "0"],
@@ -114,6 +122,7 @@ def main():
         server = serve_page(page_port)
         try:
             wait_for_port(proxy_port, proxy)
+            wait_for_port(tls_port, proxy)
             with sync_playwright() as p:
                 browser = p.chromium.launch(
                     executable_path=CHROMIUM, headless=True, args=["--no-sandbox"]
@@ -141,6 +150,14 @@ def main():
                     "window.log.some(e => e[0] === 'metrics') && window.b.readyState === 1",
                     "once capacity frees, the refused stream streams",
                 )
+                page.evaluate("window.b.close()")
+
+                context = browser.new_context(ignore_https_errors=True)
+                tls_page = context.new_page()
+                tls_page.goto(
+                    f"http://localhost:{page_port}/page.html?proxy=https://localhost:{tls_port}"
+                )
+                check(tls_page, "window.counts.a >= 2", "a stream over TLS delivers events")
                 browser.close()
         finally:
             server.shutdown()

@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_util::server::graceful::GracefulShutdown;
+use rustls::ServerConfig;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::Semaphore;
-use tokio_rustls::TlsAcceptor;
 
 use super::connection::{Builders, OpenConnection, Serving};
 use super::write_timeout::WriteTimeout;
@@ -22,8 +22,8 @@ const BACKLOG: u32 = 4096;
 
 /// The bound listeners, before serving.
 pub struct Listeners {
-    /// The TLS listener and its acceptor.
-    pub https: Option<(TcpListener, TlsAcceptor)>,
+    /// The TLS listener and the TLS configuration of its connections.
+    pub https: Option<(TcpListener, Arc<ServerConfig>)>,
     /// The plaintext listener.
     pub http: Option<TcpListener>,
 }
@@ -64,8 +64,8 @@ pub async fn serve(
     let builders = Arc::new(Builders::new(&config));
     let permits = Arc::new(Semaphore::new(config.max_connections));
     let graceful = GracefulShutdown::new();
-    let (https, acceptor) = match listeners.https {
-        Some((listener, acceptor)) => (Some(listener), Some(acceptor)),
+    let (https, tls_config) = match listeners.https {
+        Some((listener, tls_config)) => (Some(listener), Some(tls_config)),
         None => (None, None),
     };
     let http = listeners.http;
@@ -113,7 +113,7 @@ pub async fn serve(
         let builders = builders.clone();
         let open = OpenConnection::new(app.metrics.clone(), tls);
         let app = app.clone();
-        let acceptor = acceptor.clone().filter(|_| tls);
+        let tls_config = tls_config.clone().filter(|_| tls);
         let handshake_timeout = config.tls_handshake_timeout;
         let serving = Serving {
             app,
@@ -126,12 +126,12 @@ pub async fn serve(
         };
         // Plaintext and TLS connections are separate tasks so that each is only as large as
         // what its own kind of connection holds (a TLS session is over 1 KiB).
-        match acceptor {
+        match tls_config {
             None => tokio::spawn(serving.serve(stream, builders, true)),
-            Some(acceptor) => tokio::spawn(async move {
+            Some(tls_config) => tokio::spawn(async move {
                 let handshake = Box::pin(tokio::time::timeout(
                     handshake_timeout,
-                    acceptor.accept(stream),
+                    super::tls::accept(tls_config, stream),
                 ));
                 // Boxed: a TLS session is over 1 KiB, and every layer of the connection's
                 // future (this task, `Serving::serve`, the fast path) that takes the stream by
@@ -150,7 +150,7 @@ pub async fn serve(
                         return;
                     }
                 };
-                let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                let h2 = tls_stream.alpn_protocol() == Some(b"h2");
                 serving.serve(tls_stream, builders, !h2).await;
             }),
         };

@@ -1,7 +1,8 @@
 //! The edge: accept, TLS, and serving each connection with the protocol it chose.
 //!
 //! - [`accept`]: listeners, connection permits, refusals over the cap, the shutdown drain.
-//! - [`tls`]: the HTTPS listener's certificate (reloadable) and ALPN.
+//! - [`tls`]: the HTTPS listener's certificate (reloadable), ALPN, and the TLS stream, which
+//!   frees its buffers while a connection is idle.
 //! - [`connection`]: one connection, on the HTTP/1.1 fast path ([`h1`]) or hyper.
 //! - [`rewind`], [`idle`], [`write_timeout`]: IO wrappers: bytes read before hyper took over,
 //!   idleness with nothing in flight, and writes a client does not read.

@@ -1,8 +1,13 @@
-//! TLS for the HTTPS listener: the certificate (reloadable on SIGHUP) and ALPN.
+//! TLS for the HTTPS listener: the certificate (reloadable on SIGHUP), ALPN, and the stream
+//! each connection is served over ([`stream`]).
 //!
 //! The server advertises ALPN `h2` then `http/1.1`; the edge serves each connection with the
 //! protocol that was chosen. The crypto provider and PEM loading live in
 //! [`crate::origin::tls`], so one provider serves both sides.
+
+mod stream;
+
+pub use stream::{TlsStream, accept};
 
 use std::sync::{Arc, RwLock};
 
