@@ -61,6 +61,9 @@ pub struct TlsStream<IO> {
     read_closed: bool,
     /// Our close_notify is queued; nothing more is encrypted.
     close_queued: bool,
+    /// rustls failed the session (its alert, if any, was queued): rustls is not called again,
+    /// as its contract asks.
+    failed: bool,
 }
 
 /// What the caller of [`TlsStream::advance`] wants from the state rustls reaches.
@@ -103,11 +106,11 @@ where
         taken: 0,
         read_closed: false,
         close_queued: false,
+        failed: false,
     };
     if let Err(error) = std::future::poll_fn(|cx| stream.poll_handshake(cx)).await {
-        // rustls queued an alert saying why (no common protocol or version): the client's
-        // error then names it instead of a bare reset.
-        stream.encode_alert();
+        // When rustls refused the handshake, its alert says why (no common protocol or
+        // version), so the client's error names it instead of a bare reset.
         let _ = std::future::poll_fn(|cx| stream.poll_send(cx)).await;
         return Err(error);
     }
@@ -136,8 +139,12 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsStream<IO> {
                         )));
                     }
                 }
-                Reached::NeedsData | Reached::Done(_) => return Poll::Ready(Ok(())),
-                Reached::PeerClosed | Reached::Closed => {
+                // A client may send its Finished, a request and close_notify in one flight:
+                // the request is in `plain`, and reads end after it.
+                Reached::NeedsData | Reached::Done(_) | Reached::PeerClosed => {
+                    return Poll::Ready(Ok(()));
+                }
+                Reached::Closed => {
                     return Poll::Ready(Err(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
                         "the client closed the TLS session during its handshake",
@@ -149,11 +156,25 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsStream<IO> {
 
     /// Lets rustls process what it has until it needs the socket or meets `want`.
     fn advance(&mut self, mut want: Want<'_, '_>) -> io::Result<Reached> {
+        if self.failed {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the TLS session failed earlier",
+            ));
+        }
         loop {
             let UnbufferedStatus { discard, state } =
                 self.conn.process_tls_records(&mut self.incoming);
+            let state = match state {
+                Ok(state) => state,
+                Err(error) => {
+                    self.discard(discard);
+                    self.fail();
+                    return Err(invalid(error));
+                }
+            };
             let mut reached = None;
-            match state.map_err(invalid)? {
+            match state {
                 ConnectionState::ReadTraffic(mut traffic) => {
                     let mut delivered = 0;
                     while let Some(len) = traffic.peek_len() {
@@ -222,10 +243,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsStream<IO> {
                     ));
                 }
             }
-            self.incoming.drain(..discard);
-            if self.incoming.is_empty() {
-                self.incoming = Vec::new();
-            }
+            self.discard(discard);
             if let Some(reached) = reached {
                 return Ok(reached);
             }
@@ -264,16 +282,34 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsStream<IO> {
         Poll::Ready(Ok(buf.filled().len()))
     }
 
-    /// Encodes what rustls queued after a failed handshake: its alert.
-    fn encode_alert(&mut self) {
-        // A handful of records at most; the bound only guards against a rustls that keeps
-        // producing.
-        for _ in 0..4 {
-            let UnbufferedStatus { state, .. } = self.conn.process_tls_records(&mut []);
-            let Ok(ConnectionState::EncodeTlsData(mut encode)) = state else {
+    /// Drops what rustls is done with from the front of `incoming`, freeing it when empty.
+    fn discard(&mut self, discard: usize) {
+        self.incoming.drain(..discard);
+        if self.incoming.is_empty() {
+            self.incoming = Vec::new();
+        }
+    }
+
+    /// Marks the session failed, after taking the records rustls queued for the client (its
+    /// alert). While records are queued, rustls hands them out (or plaintext it still holds)
+    /// before it would look at `incoming` again, which could fail a second time.
+    fn fail(&mut self) {
+        self.failed = true;
+        // A handful at most; the bound guards against a rustls that kept producing.
+        for _ in 0..8 {
+            if !self.conn.wants_write() {
                 return;
+            }
+            let UnbufferedStatus { discard, state } =
+                self.conn.process_tls_records(&mut self.incoming);
+            let encoded = match state {
+                Ok(ConnectionState::EncodeTlsData(mut encode)) => {
+                    encode_into(&mut self.outgoing, &mut encode).is_ok()
+                }
+                _ => false,
             };
-            if encode_into(&mut self.outgoing, &mut encode).is_err() {
+            self.discard(discard);
+            if !encoded {
                 return;
             }
         }
@@ -351,12 +387,13 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsStream<IO> {
             if this.read_closed || buf.remaining() == 0 {
                 return Poll::Ready(Ok(()));
             }
-            let reached = this.advance(Want::Read(buf))?;
-            // What reading made rustls produce (a key update's answer) leaves when it can.
+            let reached = this.advance(Want::Read(buf));
+            // What reading made rustls queue (an alert: for a refused renegotiation, or the
+            // fatal one of a failed session) leaves when it can.
             if let Poll::Ready(Err(error)) = this.poll_send(cx) {
                 return Poll::Ready(Err(error));
             }
-            match reached {
+            match reached? {
                 Reached::Done(_) | Reached::PeerClosed | Reached::Closed => {
                     return Poll::Ready(Ok(()));
                 }
@@ -384,7 +421,12 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<IO> {
         if this.close_queued {
             return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
         }
-        match this.advance(Want::Write(data))? {
+        let reached = this.advance(Want::Write(data));
+        if reached.is_err() {
+            // The failed session's alert, if the socket takes it now.
+            let _ = this.poll_send(cx);
+        }
+        match reached? {
             Reached::Done(n) => {
                 // Start sending now; what the socket does not take waits for the next call.
                 if let Poll::Ready(Err(error)) = this.poll_send(cx) {
@@ -406,19 +448,22 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<IO> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        // Nothing is gathered while the last record still waits for the socket.
+        ready!(this.poll_send(cx))?;
         // One record for what would fit in one: a chunk's size line, frame and CRLF arrive
         // as three slices, and three records would cost three seals and 66 bytes more.
         let total: usize = bufs.iter().map(|b| b.len()).sum::<usize>().min(MAX_WRITE);
         match bufs.iter().find(|b| !b.is_empty()) {
-            None => self.poll_write(cx, &[]),
-            Some(first) if first.len() >= total => self.poll_write(cx, first),
+            None => Pin::new(this).poll_write(cx, &[]),
+            Some(first) if first.len() >= total => Pin::new(this).poll_write(cx, first),
             Some(_) => {
                 let mut gathered = Vec::with_capacity(total);
                 for b in bufs {
                     let room = total - gathered.len();
                     gathered.extend_from_slice(&b[..b.len().min(room)]);
                 }
-                self.poll_write(cx, &gathered)
+                Pin::new(this).poll_write(cx, &gathered)
             }
         }
     }
@@ -437,9 +482,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<IO> {
         let this = self.get_mut();
         ready!(this.poll_send(cx))?;
         if !this.close_queued {
-            this.close_queued = true;
-            // A session already closed both ways has no close_notify left to send.
             this.advance(Want::Close)?;
+            // Also when the session was closed both ways: no close_notify is left to send.
+            this.close_queued = true;
             ready!(this.poll_send(cx))?;
         }
         Pin::new(&mut this.io).poll_shutdown(cx)

@@ -223,3 +223,78 @@ async fn garbage_instead_of_a_client_hello_fails_the_handshake() {
     })
     .await;
 }
+
+/// A record holding the first 100 bytes of a 500-byte ClientHello: legal, and rustls keeps
+/// the fragment in the buffer while it waits for the rest.
+const PARTIAL_CLIENT_HELLO: [u8; 105] = {
+    let mut record = [0; 105];
+    let head = [22, 3, 1, 0, 100, 1, 0, 1, 244];
+    let mut i = 0;
+    while i < head.len() {
+        record[i] = head[i];
+        i += 1;
+    }
+    record
+};
+
+#[tokio::test]
+async fn a_client_leaving_mid_client_hello_is_an_error_not_a_panic() {
+    bounded(async {
+        let (server_config, _) = configs(&[]);
+        let (mut client_io, server_io) = tokio::io::duplex(4096);
+        client_io.write_all(&PARTIAL_CLIENT_HELLO).await.unwrap();
+        drop(client_io);
+        let error = accept(server_config, server_io).await.err().unwrap();
+        assert_eq!(error.kind(), io::ErrorKind::UnexpectedEof);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_bad_record_after_a_partial_client_hello_is_an_error_not_a_panic() {
+    bounded(async {
+        let (server_config, _) = configs(&[]);
+        let (mut client_io, server_io) = tokio::io::duplex(4096);
+        client_io.write_all(&PARTIAL_CLIENT_HELLO).await.unwrap();
+        client_io.write_all(&[99, 3, 3, 0, 2, 0, 0]).await.unwrap();
+        let error = accept(server_config, server_io).await.err().unwrap();
+        assert_eq!(error.kind(), io::ErrorKind::InvalidData);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn finished_request_and_close_notify_in_one_flight_are_all_read() {
+    bounded(async {
+        let (server_config, client_config) = configs(&[]);
+        let (mut client_io, server_io) = tokio::io::duplex(64 * 1024);
+        let server = tokio::spawn(async move {
+            let mut server = accept(server_config, server_io).await.unwrap();
+            let mut request = Vec::new();
+            server.read_to_end(&mut request).await.unwrap();
+            request
+        });
+        // rustls' client driven by hand, so that its last flight is one write.
+        let name = ServerName::try_from("localhost").unwrap();
+        let mut client = rustls::ClientConnection::new(client_config, name).unwrap();
+        let mut out = Vec::new();
+        client.write_tls(&mut out).unwrap();
+        client_io.write_all(&out).await.unwrap();
+        let mut buf = vec![0; 16 * 1024];
+        while client.is_handshaking() {
+            let n = client_io.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the server closed during the handshake");
+            client.read_tls(&mut &buf[..n]).unwrap();
+            client.process_new_packets().unwrap();
+        }
+        std::io::Write::write_all(&mut client.writer(), b"GET / HTTP/1.1\r\n\r\n").unwrap();
+        client.send_close_notify();
+        let mut flight = Vec::new();
+        while client.wants_write() {
+            client.write_tls(&mut flight).unwrap();
+        }
+        client_io.write_all(&flight).await.unwrap();
+        assert_eq!(server.await.unwrap(), b"GET / HTTP/1.1\r\n\r\n");
+    })
+    .await;
+}
