@@ -1,6 +1,8 @@
 //! The edge: accept, TLS, and serving each connection with the protocol it chose.
 //!
 //! - [`accept`]: listeners, connection permits, refusals over the cap, the shutdown drain.
+//! - [`threads`]: `[listen] serving_threads`, each accepting and serving on a runtime of its
+//!   own.
 //! - [`tls`]: the HTTPS listener's certificate (reloadable) and ALPN.
 //! - [`connection`]: one connection, on the HTTP/1.1 fast path ([`h1`]) or hyper.
 //! - [`rewind`], [`idle`], [`write_timeout`]: IO wrappers: bytes read before hyper took over,
@@ -32,6 +34,7 @@ pub mod h1;
 pub mod idle;
 pub mod rewind;
 mod stall;
+pub mod threads;
 pub mod tls;
 mod write_through;
 pub mod write_timeout;
