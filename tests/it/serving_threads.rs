@@ -109,3 +109,38 @@ async fn the_connection_cap_is_shared_by_the_serving_threads() {
     }
     drop(held);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_http2_origin_gets_one_shared_connection_per_serving_thread() {
+    let pair = sse_edge::tools::demo::certs::localhost().expect("origin certificate");
+    let origin = FakeOrigin::start_tls(&pair.cert_pem, &pair.key_pem).await;
+    let proxy = start_proxy(
+        &origin,
+        Options {
+            upstream_ca: Some(pair.cert_pem.clone()),
+            listen_extra: "serving_threads = 2",
+            ..Options::default()
+        },
+    )
+    .await;
+    for _ in 0..4 {
+        for proto in PROTOS {
+            let (status, _, body) = proxy
+                .client
+                .get_json(proto, "/api/v2/stream/status", &[])
+                .await;
+            assert_eq!(status, 200, "{proto:?}");
+            assert_eq!(body["max_connections"], 10);
+        }
+    }
+    let mut stream = proxy
+        .client
+        .stream(Proto::H2Tls, "/api/v2/stream", &[])
+        .await;
+    assert_eq!(stream.next(WAIT).await.json(), json!({"requests": 1}));
+    assert!(
+        (1..=2).contains(&origin.connections()),
+        "one HTTP/2 origin connection (ALPN h2) per serving thread: {}",
+        origin.connections()
+    );
+}
