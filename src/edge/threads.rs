@@ -97,13 +97,14 @@ pub fn spawn(
             .spawn(move || {
                 serve(runtime, handover, app, config, shutdown, permits);
                 // Sent once the runtime, and every task left on it, is gone.
-                drop(done);
+                let _ = done.send(());
             })?;
         stopped.push(finished);
     }
     Ok(async move {
         for finished in stopped {
-            // An error is a thread that ended without sending: stopped all the same.
+            // An error is a thread that ended without sending (it panicked): stopped all the
+            // same.
             let _ = finished.await;
         }
     })
