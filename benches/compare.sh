@@ -25,9 +25,10 @@
 # PASSTHROUGH_ONLY=1 runs only the passthrough part, sse-edge and nginx alternating, ROUNDS
 # times (no Pushpin, no fan-out), and prints each round's ratio. SSE_EDGE_BIN=path runs that
 # sse-edge binary instead of building one (to measure an earlier build in the same way).
+# SERVING_THREADS=N runs sse-edge with `[listen] serving_threads = N` (default: the config's 0).
 #
 #   benches/compare.sh [SUBSCRIBERS=10000] [ROUNDS=2]  (env: HOLD=10 TICK_MS=50 PUSHPIN_RATE=250
-#                      PASSTHROUGH_ONLY=0 SSE_EDGE_BIN=)
+#                      PASSTHROUGH_ONLY=0 SSE_EDGE_BIN= SERVING_THREADS=)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . benches/nginx.sh
@@ -72,7 +73,12 @@ trap cleanup EXIT
 budget=$(( rounds * (3 * (hold + 60) + pushpin_open_s + 120) + 60 ))
 
 # sse-edge in front of the demo origin (origin on 19000, proxy on 18080).
-RUST_LOG=warn DASHBOARD_API_KEY=bench $bin demo --config benches/compare.toml \
+edge_config=benches/compare.toml
+if [ -n "${SERVING_THREADS:-}" ]; then
+  edge_config=$work/compare.toml
+  sed "s/^\[listen\]\$/[listen]\nserving_threads = $SERVING_THREADS/" benches/compare.toml > "$edge_config"
+fi
+RUST_LOG=warn DASHBOARD_API_KEY=bench $bin demo --config "$edge_config" \
   --tick-ms "$tick_ms" --cold-start-ms 0 >/dev/null &
 edge=$!; pids+=("$edge")
 

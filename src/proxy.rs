@@ -4,9 +4,11 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
+use crate::edge::threads::ThreadsError;
 use crate::edge::tls::ReloadableCert;
 use crate::edge::{self, BindError, Listeners};
 use crate::ops::metrics::Metrics;
@@ -37,6 +39,9 @@ pub enum StartError {
     /// The Redis client refused `[cluster] redis`.
     #[error(transparent)]
     Cluster(#[from] ClusterError),
+    /// `[listen] serving_threads` could not be started.
+    #[error(transparent)]
+    Threads(#[from] ThreadsError),
 }
 
 /// A running proxy.
@@ -66,22 +71,28 @@ impl Proxy {
             _ => None,
         };
         let tls = cert.clone().map(edge::tls::server_config).transpose()?;
+        // Serving threads each bind their own copy of the listeners.
+        let reuse_port = config.listen.serving_threads > 0;
         let (https, https_addr) = match (config.listen.https, tls) {
             (Some(addr), Some(tls_config)) => {
-                let (listener, bound) = edge::bind(addr)?;
+                let (listener, bound) = edge::bind(addr, reuse_port)?;
                 (Some((listener, tls_config)), Some(bound))
             }
             _ => (None, None),
         };
         let (http, http_addr) = match config.listen.http {
             Some(addr) => {
-                let (listener, bound) = edge::bind(addr)?;
+                let (listener, bound) = edge::bind(addr, reuse_port)?;
                 (Some(listener), Some(bound))
             }
             None => (None, None),
         };
 
-        let admin = config.listen.admin.map(edge::bind).transpose()?;
+        let admin = config
+            .listen
+            .admin
+            .map(|addr| edge::bind(addr, false))
+            .transpose()?;
         let admin_addr = admin.as_ref().map(|(_, addr)| *addr);
         let (shutdown, shutdown_rx) = Shutdown::new();
         let metrics = Arc::new(Metrics::default());
@@ -134,12 +145,26 @@ impl Proxy {
                 shutdown_rx.clone(),
             ));
         }
-        let serving = tokio::spawn(edge::serve(
-            Listeners { https, http },
-            app.clone(),
-            config.listen.clone(),
-            shutdown_rx,
-        ));
+        let listeners = Listeners { https, http };
+        // One set of `max_connections` slots, whichever thread accepts.
+        let permits = Arc::new(Semaphore::new(config.listen.max_connections));
+        let serving = match config.listen.serving_threads {
+            0 => tokio::spawn(edge::serve(
+                listeners,
+                app.clone(),
+                config.listen.clone(),
+                shutdown_rx,
+                permits,
+            )),
+            count => tokio::spawn(edge::threads::spawn(
+                count,
+                listeners,
+                &app,
+                &config.listen,
+                &shutdown_rx,
+                &permits,
+            )?),
+        };
         let shown = |addr: Option<SocketAddr>| addr.map_or("off".to_owned(), |a| a.to_string());
         tracing::info!(
             https = %shown(https_addr),

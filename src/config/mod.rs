@@ -138,6 +138,10 @@ pub struct ListenConfig {
     pub write_timeout: Duration,
     /// How long in-flight passthrough requests may take to finish on shutdown.
     pub shutdown_grace: Duration,
+    /// Threads that each accept and serve connections start to end on a single-threaded
+    /// runtime of their own (nginx's worker model: no work stealing, no cross-thread wake-ups
+    /// within a request); 0 serves them on the shared multi-threaded runtime.
+    pub serving_threads: usize,
     /// HTTP/2 streams (requests of any kind) open at once on one connection, advertised in
     /// SETTINGS; beyond it a stream is refused (`REFUSED_STREAM`), so one connection cannot
     /// take the whole stream pool.

@@ -78,6 +78,8 @@ pub(super) struct RawListen {
     pub(super) trusted_proxies: Vec<Spanned<String>>,
     #[serde(default)]
     pub(super) keep_server_header: bool,
+    #[serde(default = "defaults::serving_threads")]
+    pub(super) serving_threads: Spanned<u64>,
 }
 
 #[derive(Deserialize)]
@@ -260,6 +262,9 @@ pub(super) mod defaults {
     }
     pub fn shutdown_grace_s() -> Spanned<u64> {
         at0(10)
+    }
+    pub fn serving_threads() -> Spanned<u64> {
+        at0(0)
     }
     pub fn connect_timeout_ms() -> Spanned<u64> {
         at0(3_000)

@@ -18,6 +18,8 @@ const MAX_TTL_S: u64 = 7 * 24 * 3600;
 
 /// Most `[listen] trusted_proxies` ranges: each request's peer is checked against all of them.
 const MAX_TRUSTED_PROXIES: usize = 256;
+/// Most `[listen] serving_threads`: beyond the cores a machine has, more threads only share them.
+const MAX_SERVING_THREADS: u64 = 256;
 mod browser;
 mod cluster;
 
@@ -233,6 +235,7 @@ impl Resolver<'_> {
                 self.positive(&raw.write_timeout_ms, "listen.write_timeout_ms")?,
             ),
             shutdown_grace: Duration::from_secs(*raw.shutdown_grace_s.get_ref()),
+            serving_threads: self.serving_threads(&raw.serving_threads)?,
             max_streams_per_connection: self.positive_u32(
                 &raw.max_streams_per_connection,
                 "listen.max_streams_per_connection",
@@ -244,6 +247,18 @@ impl Resolver<'_> {
             trusted_proxies: self.trusted_proxies(&raw.trusted_proxies)?,
             keep_server_header: raw.keep_server_header,
         })
+    }
+
+    /// `[listen] serving_threads`: 0 (the shared runtime), or at most [`MAX_SERVING_THREADS`].
+    fn serving_threads(&self, value: &Spanned<u64>) -> Result<usize, ConfigError> {
+        match *value.get_ref() {
+            n if n > MAX_SERVING_THREADS => Err(self.error(
+                value.span(),
+                "listen.serving_threads",
+                format!("must be at most {MAX_SERVING_THREADS} (one per core is the point)"),
+            )),
+            n => Ok(n as usize),
+        }
     }
 
     /// A positive value that fits the 32 bits HTTP/2 settings and frame counters use.

@@ -39,7 +39,9 @@ pub struct BindError {
 }
 
 /// Binds a TCP listener with a deep backlog; returns it with the address actually bound.
-pub fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), BindError> {
+/// `reuse_port` (`SO_REUSEPORT`) lets each serving thread bind its own listener to the same
+/// address, the kernel spreading new connections over them.
+pub fn bind(addr: SocketAddr, reuse_port: bool) -> Result<(TcpListener, SocketAddr), BindError> {
     let wrap = |source| BindError { addr, source };
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()
@@ -48,6 +50,9 @@ pub fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), BindError> {
     }
     .map_err(wrap)?;
     socket.set_reuseaddr(true).map_err(wrap)?;
+    if reuse_port {
+        socket.set_reuseport(true).map_err(wrap)?;
+    }
     socket.bind(addr).map_err(wrap)?;
     let listener = socket.listen(BACKLOG).map_err(wrap)?;
     let bound = listener.local_addr().map_err(wrap)?;
@@ -55,14 +60,15 @@ pub fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), BindError> {
 }
 
 /// Accepts and serves until `shutdown` fires, then drains connections for at most `grace`.
+/// `permits` holds `max_connections` slots, shared by every serving thread's listeners.
 pub async fn serve(
     listeners: Listeners,
     app: Arc<App>,
     config: ListenConfig,
     mut shutdown: ShutdownSignal,
+    permits: Arc<Semaphore>,
 ) {
     let builders = Arc::new(Builders::new(&config));
-    let permits = Arc::new(Semaphore::new(config.max_connections));
     let graceful = GracefulShutdown::new();
     let (https, tls_config) = match listeners.https {
         Some((listener, tls_config)) => (Some(listener), Some(tls_config)),
@@ -71,26 +77,6 @@ pub async fn serve(
     let http = listeners.http;
     let refusals = Arc::new(Semaphore::new(MAX_REFUSALS));
     loop {
-        let permit = match permits.clone().try_acquire_owned() {
-            Ok(permit) => permit,
-            // Over the cap: wait for a free slot, and meanwhile answer newcomers clearly
-            // instead of leaving them in the backlog.
-            Err(_) => tokio::select! {
-                permit = permits.clone().acquire_owned() => match permit {
-                    Ok(permit) => permit,
-                    Err(_) => break,
-                },
-                accepted = accept(https.as_ref()) => {
-                    refuse(accepted, true, &refusals, &app.metrics).await;
-                    continue;
-                }
-                accepted = accept(http.as_ref()) => {
-                    refuse(accepted, false, &refusals, &app.metrics).await;
-                    continue;
-                }
-                _ = shutdown.fired() => break,
-            },
-        };
         let (accepted, tls) = tokio::select! {
             accepted = accept(https.as_ref()) => (accepted, true),
             accepted = accept(http.as_ref()) => (accepted, false),
@@ -105,6 +91,14 @@ pub async fn serve(
                 tokio::time::sleep(ACCEPT_BACKOFF).await;
                 continue;
             }
+        };
+        // The slot is taken once a connection is in hand, not before accepting: serving
+        // threads share the slots, and one waiting in `accept` must not hold one that a
+        // connection on another thread needs.
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            // Over the cap: answer clearly instead of leaving the client in the backlog.
+            refuse(stream, tls, &refusals, &app.metrics);
+            continue;
         };
         let _ = stream.set_nodelay(true);
         let stream = WriteTimeout::new(stream, config.write_timeout);
@@ -179,22 +173,8 @@ const MAX_REFUSALS: usize = 64;
 const OVER_CAPACITY: &str = "{\"detail\":\"the proxy is at its connection limit; retry shortly\",\"error\":\"too_many_connections\"}\n";
 
 /// Answers a connection over the cap: a plaintext one gets a 503, a TLS one (which would need
-/// a handshake first) is closed. Either way its file descriptor is released at once. A failed
-/// accept (out of file descriptors) backs off instead of spinning on the same error.
-async fn refuse(
-    accepted: std::io::Result<(TcpStream, SocketAddr)>,
-    tls: bool,
-    refusals: &Arc<Semaphore>,
-    metrics: &Metrics,
-) {
-    let (mut stream, _) = match accepted {
-        Ok(pair) => pair,
-        Err(error) => {
-            tracing::warn!(%error, "accept failed");
-            tokio::time::sleep(ACCEPT_BACKOFF).await;
-            return;
-        }
-    };
+/// a handshake first) is closed. Either way its file descriptor is released at once.
+fn refuse(mut stream: TcpStream, tls: bool, refusals: &Arc<Semaphore>, metrics: &Metrics) {
     metrics.limited(Limit::MaxConnections);
     let Ok(refusal) = refusals.clone().try_acquire_owned() else {
         return;

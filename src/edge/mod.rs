@@ -1,6 +1,8 @@
 //! The edge: accept, TLS, and serving each connection with the protocol it chose.
 //!
 //! - [`accept`]: listeners, connection permits, refusals over the cap, the shutdown drain.
+//! - [`threads`]: `[listen] serving_threads`, each accepting and serving on a runtime of its
+//!   own.
 //! - [`tls`]: the HTTPS listener's certificate (reloadable), ALPN, and the TLS stream, which
 //!   frees its buffers while a connection is idle.
 //! - [`connection`]: one connection, on the HTTP/1.1 fast path ([`h1`]) or hyper.
@@ -33,6 +35,7 @@ pub mod h1;
 pub mod idle;
 pub mod rewind;
 mod stall;
+pub mod threads;
 pub mod tls;
 mod write_through;
 pub mod write_timeout;

@@ -9,13 +9,20 @@
 //!
 //! An HTTP/2 connection (`h2` by ALPN on an HTTPS origin) is multiplexed, so it runs in its own
 //! task and every request to that origin shares it.
+//!
+//! On a serving thread (`[listen] serving_threads`, [`keep_connections_on_this_thread`]) the
+//! idle lists are that thread's own: a connection is registered with the reactor of the
+//! runtime that opened it, and used from another thread every readiness event would cross
+//! threads.
 
+use std::cell::Cell;
 use std::collections::{HashMap, VecDeque};
 use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll};
+use std::thread::ThreadId;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -38,6 +45,18 @@ pub enum SendError {
     /// The connection failed while the request was sent or the answer's head read.
     #[error("the exchange with the origin failed")]
     Http(#[source] hyper::Error),
+}
+
+thread_local! {
+    /// The serving thread this thread is, if it is one: its requests use origin connections
+    /// of its own.
+    static OWN_CONNECTIONS: Cell<Option<ThreadId>> = const { Cell::new(None) };
+}
+
+/// Makes the calling thread's requests use origin connections of their own, opened and kept
+/// on this thread (a serving thread with a single-threaded runtime calls it once).
+pub fn keep_connections_on_this_thread() {
+    OWN_CONNECTIONS.with(|own| own.set(Some(std::thread::current().id())));
 }
 
 /// How many idle connections are kept, and for how long.
@@ -73,6 +92,8 @@ struct Key {
     https: bool,
     /// Host and port, as in the URI.
     authority: Authority,
+    /// The serving thread whose connections these are; `None` on the shared runtime.
+    thread: Option<ThreadId>,
 }
 
 /// An origin's connections not in use.
@@ -154,7 +175,11 @@ impl Pool {
         authority: Authority,
         mut request: Request<ClientBody>,
     ) -> Result<Response<UpstreamBody>, SendError> {
-        let key = Key { https, authority };
+        let key = Key {
+            https,
+            authority,
+            thread: OWN_CONNECTIONS.with(Cell::get),
+        };
         let mut fresh = false;
         loop {
             let (checkout, reused) = self.shared.checkout(&key, fresh).await?;
@@ -215,6 +240,7 @@ impl Pool {
         let key = Key {
             https: false,
             authority: authority.clone(),
+            thread: None,
         };
         self.shared.lock().get(&key).map_or(0, |idle| idle.h1.len())
     }

@@ -24,6 +24,7 @@ mod trace;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 use http::{HeaderValue, Method, Request, Response, header, request};
 
@@ -93,8 +94,9 @@ impl App {
         routed: Result<Route, RouteError>,
         conn: ConnInfo,
     ) -> Response<ProxyBody> {
+        let started = Instant::now();
         let request_id = trace::admit(request.headers_mut());
-        let log = AccessLog::of(&request, conn, &request_id);
+        let log = access::wanted().then(|| AccessLog::of(&request, conn, &request_id, started));
         let browser = Browser::of(&request);
         let stream_route = !matches!(routed, Ok(Route::Passthrough));
         let (kind, result) = match routed {
@@ -120,7 +122,13 @@ impl App {
             }
         };
         let event_stream = stream_route && browser.event_stream;
-        let mut response = self.finish(log, kind, result, request_id, event_stream);
+        let answer = Answer {
+            kind,
+            request_id,
+            started,
+            event_stream,
+        };
+        let mut response = self.finish(log, answer, result);
         if let (true, Some(cors)) = (stream_route, &self.cors) {
             cors.apply(browser.origin.as_ref(), response.headers_mut());
         }
@@ -165,15 +173,19 @@ impl App {
     }
 
     /// Counts the request, turns an error into its JSON answer, returns the request id, and
-    /// hands the access log line to the body, which writes it when it ends.
+    /// hands the access log line, if one is written, to the body, which writes it when it ends.
     fn finish(
         &self,
-        mut log: AccessLog,
-        kind: &'static str,
+        log: Option<AccessLog>,
+        answer: Answer,
         result: Result<Response<ProxyBody>, ProxyError>,
-        request_id: HeaderValue,
-        event_stream: bool,
     ) -> Response<ProxyBody> {
+        let Answer {
+            kind,
+            request_id,
+            started,
+            event_stream,
+        } = answer;
         Metrics::inc(match kind {
             "stream" => &self.metrics.requests_stream,
             "passthrough" => &self.metrics.requests_passthrough,
@@ -184,7 +196,7 @@ impl App {
             Err(error) => {
                 tracing::info!(
                     target: "access",
-                    request_id = log.request_id(),
+                    request_id = request_id.to_str().unwrap_or("-"),
                     blame = error.blame().as_str(),
                     error = error.code(),
                     detail = %error,
@@ -201,12 +213,31 @@ impl App {
         };
         let (mut parts, body) = response.into_parts();
         trace::answer(&mut parts.headers, request_id);
-        let took = log.answered(kind, parts.status.as_u16());
+        let took = started.elapsed();
         if kind == "passthrough" {
             self.metrics.passthrough(parts.status.as_u16(), took);
         }
-        Response::from_parts(parts, body.logged(log))
+        let body = match log {
+            Some(mut log) => {
+                log.answered(kind, parts.status.as_u16(), took);
+                body.logged(log)
+            }
+            None => body,
+        };
+        Response::from_parts(parts, body)
     }
+}
+
+/// What [`App::finish`] needs to know about a request besides its result and access record.
+struct Answer {
+    /// `stream`, `passthrough` or `rejected`.
+    kind: &'static str,
+    /// The request's id, returned to the client.
+    request_id: HeaderValue,
+    /// When the request's head had been read (for the passthrough latency histogram).
+    started: Instant,
+    /// Whether refusals are answered as an event stream (an `EventSource` on a stream route).
+    event_stream: bool,
 }
 
 /// What a browser's request says about the answer it can use, read before the request is

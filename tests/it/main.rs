@@ -25,4 +25,5 @@ mod properties;
 mod refusals;
 mod resume;
 mod scenarios;
+mod serving_threads;
 mod streams;

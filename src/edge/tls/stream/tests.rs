@@ -298,3 +298,43 @@ async fn finished_request_and_close_notify_in_one_flight_are_all_read() {
     })
     .await;
 }
+
+/// A real ClientHello from rustls' client, as the start of hostile inputs.
+fn client_hello() -> Vec<u8> {
+    let (_, client_config) = configs(&[b"h2"]);
+    let name = ServerName::try_from("localhost").unwrap();
+    let mut client = rustls::ClientConnection::new(client_config, name).unwrap();
+    let mut hello = Vec::new();
+    client.write_tls(&mut hello).unwrap();
+    hello
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(200))]
+
+    /// A ClientHello with bytes changed, cut anywhere, with anything after it: the handshake
+    /// ends with an answer (or an error), never a panic or a hang.
+    #[test]
+    fn any_bytes_from_a_client_end_the_handshake_cleanly(
+        flips in proptest::collection::vec((0usize..4096, 1u8..=255), 0..4),
+        cut in 0usize..4096,
+        tail in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300),
+    ) {
+        let mut input = client_hello();
+        for (at, bits) in flips {
+            let len = input.len();
+            input[at % len] ^= bits;
+        }
+        input.truncate(cut.min(input.len()));
+        input.extend_from_slice(&tail);
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(bounded(async move {
+            let (server_config, _) = configs(&[]);
+            let (mut client_io, server_io) = tokio::io::duplex(64 * 1024);
+            client_io.write_all(&input).await.unwrap();
+            // The client reads nothing and leaves: the server sees the end after the input.
+            client_io.shutdown().await.unwrap();
+            let _ = accept(server_config, server_io).await;
+        }));
+    }
+}
