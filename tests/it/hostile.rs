@@ -246,15 +246,7 @@ async fn over_the_connection_cap_newcomers_get_503_and_admin_stays_up() {
         },
     )
     .await;
-    let mut held = Vec::new();
-    for _ in 0..2 {
-        let mut stream = proxy
-            .client
-            .stream(Proto::H1Plain, "/api/v2/stream", &[])
-            .await;
-        stream.next(WAIT).await;
-        held.push(stream);
-    }
+    let mut held = proxy.client.hold_streams("/api/v2/stream", 2).await;
     let mut newcomer = TcpStream::connect(proxy.proxy.http_addr().expect("http"))
         .await
         .expect("connect");

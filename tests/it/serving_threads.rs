@@ -85,15 +85,7 @@ async fn the_connection_cap_is_shared_by_the_serving_threads() {
         },
     )
     .await;
-    let mut held = Vec::new();
-    for _ in 0..2 {
-        let mut stream = proxy
-            .client
-            .stream(Proto::H1Plain, "/api/v2/stream", &[])
-            .await;
-        stream.next(WAIT).await;
-        held.push(stream);
-    }
+    let held = proxy.client.hold_streams("/api/v2/stream", 2).await;
     // Whichever thread the kernel gives them to, newcomers are over the one cap.
     for _ in 0..4 {
         let mut newcomer = TcpStream::connect(proxy.proxy.http_addr().expect("http"))

@@ -229,6 +229,18 @@ impl Client {
         json_response(self.get(proto, path, headers).await).await
     }
 
+    /// Opens `count` plaintext HTTP/1.1 streams on `path`, each seen to deliver its first
+    /// event: connections the proxy holds until they are dropped.
+    pub async fn hold_streams(&self, path: &str, count: usize) -> Vec<SseStream> {
+        let mut held = Vec::with_capacity(count);
+        for _ in 0..count {
+            let mut stream = self.stream(Proto::H1Plain, path, &[]).await;
+            stream.next(super::WAIT).await;
+            held.push(stream);
+        }
+        held
+    }
+
     /// Opens an event stream (or whatever the proxy answers instead).
     pub async fn stream(&self, proto: Proto, path: &str, headers: &[(&str, &str)]) -> SseStream {
         let response =
