@@ -173,10 +173,12 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsStream<IO> {
                     return Err(invalid(error));
                 }
             };
-            let mut reached = None;
-            match state {
+            // Every failure below still applies the discard and ends the session, as rustls'
+            // contract asks, so none returns early.
+            let outcome: io::Result<Option<Reached>> = match state {
                 ConnectionState::ReadTraffic(mut traffic) => {
                     let mut delivered = 0;
+                    let mut failure = None;
                     while let Some(len) = traffic.peek_len() {
                         let room = match &want {
                             Want::Read(buf) => buf.remaining(),
@@ -187,10 +189,14 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsStream<IO> {
                         if room < len.get() && delivered > 0 {
                             break;
                         }
-                        let Some(record) = traffic.next_record() else {
-                            break;
+                        let payload = match traffic.next_record() {
+                            Some(Ok(record)) => record.payload,
+                            Some(Err(error)) => {
+                                failure = Some(invalid(error));
+                                break;
+                            }
+                            None => break,
                         };
-                        let payload = record.map_err(invalid)?.payload;
                         let now = room.min(payload.len());
                         if let Want::Read(buf) = &mut want {
                             buf.put_slice(&payload[..now]);
@@ -198,54 +204,59 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> TlsStream<IO> {
                         self.plain.extend_from_slice(&payload[now..]);
                         delivered += now;
                     }
-                    if delivered > 0 {
-                        reached = Some(Reached::Done(delivered));
+                    match failure {
+                        Some(error) => Err(error),
+                        None => Ok((delivered > 0).then_some(Reached::Done(delivered))),
                     }
                 }
                 ConnectionState::EncodeTlsData(mut encode) => {
-                    encode_into(&mut self.outgoing, &mut encode)?;
+                    encode_into(&mut self.outgoing, &mut encode).map(|()| None)
                 }
                 // What was encoded is in `outgoing`, which is sent before anything written
                 // after it: to rustls it is as good as transmitted.
-                ConnectionState::TransmitTlsData(transmit) => transmit.done(),
-                ConnectionState::BlockedHandshake => reached = Some(Reached::NeedsData),
+                ConnectionState::TransmitTlsData(transmit) => {
+                    transmit.done();
+                    Ok(None)
+                }
+                ConnectionState::BlockedHandshake => Ok(Some(Reached::NeedsData)),
                 ConnectionState::PeerClosed => {
                     self.read_closed = true;
-                    if !matches!(want, Want::Write(_) | Want::Close) {
-                        reached = Some(Reached::PeerClosed);
+                    let writing = matches!(want, Want::Write(_) | Want::Close);
+                    Ok((!writing).then_some(Reached::PeerClosed))
+                }
+                ConnectionState::Closed => Ok(Some(Reached::Closed)),
+                ConnectionState::WriteTraffic(mut traffic) => match &want {
+                    Want::Progress => Ok(Some(Reached::Done(0))),
+                    Want::Read(_) => Ok(Some(Reached::NeedsData)),
+                    Want::Write(data) => {
+                        let data = &data[..data.len().min(MAX_WRITE)];
+                        seal(&mut self.outgoing, data.len(), |out| {
+                            traffic.encrypt(data, out)
+                        })
+                        .map(|()| Some(Reached::Done(data.len())))
                     }
-                }
-                ConnectionState::Closed => reached = Some(Reached::Closed),
-                ConnectionState::WriteTraffic(mut traffic) => {
-                    reached = Some(match &want {
-                        Want::Progress => Reached::Done(0),
-                        Want::Read(_) => Reached::NeedsData,
-                        Want::Write(data) => {
-                            let data = &data[..data.len().min(MAX_WRITE)];
-                            seal(&mut self.outgoing, data.len(), |out| {
-                                traffic.encrypt(data, out)
-                            })?;
-                            Reached::Done(data.len())
-                        }
-                        Want::Close => {
-                            seal(&mut self.outgoing, 2, |out| traffic.queue_close_notify(out))?;
-                            self.close_queued = true;
-                            Reached::Done(0)
-                        }
-                    });
-                }
+                    Want::Close => {
+                        let sealed =
+                            seal(&mut self.outgoing, 2, |out| traffic.queue_close_notify(out));
+                        self.close_queued = sealed.is_ok();
+                        sealed.map(|()| Some(Reached::Done(0)))
+                    }
+                },
                 // Early data is never accepted (`max_early_data_size` is 0), and rustls adds
                 // states only for features we do not turn on.
-                _ => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        "unexpected TLS state",
-                    ));
-                }
-            }
+                _ => Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "unexpected TLS state",
+                )),
+            };
             self.discard(discard);
-            if let Some(reached) = reached {
-                return Ok(reached);
+            match outcome {
+                Ok(Some(reached)) => return Ok(reached),
+                Ok(None) => {}
+                Err(error) => {
+                    self.fail();
+                    return Err(error);
+                }
             }
         }
     }
