@@ -6,12 +6,13 @@
 //! unbuffered API instead, where the caller owns the buffers: ciphertext read from the socket
 //! is kept only while it holds an incomplete record, ciphertext to send only until the socket
 //! took it, and decrypted bytes only until the reader took them. Each is freed as soon as it
-//! is empty, so an idle stream holds rustls' session state alone (BENCHMARKS.md, "TLS memory
-//! per stream").
+//! is empty, so an idle stream holds rustls' session state alone (BENCHMARKS.md, "TLS streams
+//! on rustls' unbuffered API").
 //!
 //! Bounds: at most one encrypted record of ours waits for the socket (a write first sends what
 //! is pending), incoming ciphertext is capped at [`MAX_INCOMING`], and decrypted bytes waiting
-//! for the reader never exceed what one read of the socket brought.
+//! for the reader never exceed the ciphertext they came from (the socket is read only when
+//! the reader asks and nothing decrypted is left).
 
 use std::io;
 use std::mem::MaybeUninit;
