@@ -156,14 +156,17 @@ impl Proxy {
                 shutdown_rx,
                 permits,
             )),
-            count => tokio::spawn(edge::threads::spawn(
-                count,
-                listeners,
-                &app,
-                &config.listen,
-                &shutdown_rx,
-                &permits,
-            )?),
+            count => tokio::spawn(
+                edge::threads::spawn(
+                    count,
+                    listeners,
+                    &app,
+                    &config.listen,
+                    &shutdown_rx,
+                    &permits,
+                )
+                .await?,
+            ),
         };
         let shown = |addr: Option<SocketAddr>| addr.map_or("off".to_owned(), |a| a.to_string());
         tracing::info!(

@@ -4,9 +4,9 @@
 //! connections (kept per thread: [`keep_connections_on_this_thread`]) stay on the thread that
 //! accepted it: no work stealing and no wake-up that crosses threads within a request.
 //!
-//! Everything else (the admin listener, the hub's pollers started at startup, cluster links)
-//! stays on the shared runtime; a stream's poller runs on the runtime of the request that
-//! opened its channel. Each thread drains its own connections on shutdown, as
+//! Everything else (the admin listener, every channel's supervisor with its pollers and
+//! heartbeats, cluster links) stays on the shared runtime, so a stream opened from one thread
+//! and followed from others never depends on that thread's runtime. Each thread drains its own connections on shutdown, as
 //! [`super::accept::serve`] does; the proxy's shutdown ends when every thread has.
 
 use std::future::Future;
@@ -15,7 +15,6 @@ use std::sync::Arc;
 
 use rustls::ServerConfig;
 use tokio::net::TcpListener;
-use tokio::runtime::Runtime;
 use tokio::sync::{Semaphore, oneshot};
 
 use super::accept::{self, BindError, Listeners};
@@ -45,10 +44,10 @@ struct Handover {
 }
 
 /// Starts `count` serving threads on `listeners` (bound with `SO_REUSEPORT`): the first takes
-/// them, each other binds its own copies. The future returned ends when every thread has
-/// stopped serving (after `shutdown` fired and its connections drained) and dropped its
-/// runtime.
-pub fn spawn(
+/// them, each other binds its own copies. Once every thread has started, returns a future
+/// that ends when every thread has stopped serving (after `shutdown` fired and its
+/// connections drained) and dropped its runtime.
+pub async fn spawn(
     count: usize,
     listeners: Listeners,
     app: &Arc<App>,
@@ -85,9 +84,7 @@ pub fn spawn(
     }
     let mut stopped = Vec::with_capacity(count);
     for (index, handover) in handovers.into_iter().enumerate() {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
+        let (ready, started) = oneshot::channel::<std::io::Result<()>>();
         let (done, finished) = oneshot::channel::<()>();
         let (app, config, shutdown, permits) = (
             app.clone(),
@@ -98,31 +95,54 @@ pub fn spawn(
         std::thread::Builder::new()
             .name(format!("sse-edge-serve-{index}"))
             .spawn(move || {
-                serve(runtime, handover, app, config, shutdown, permits);
+                serve(handover, app, config, shutdown, permits, ready);
                 // Sent once the runtime, and every task left on it, is gone.
                 let _ = done.send(());
             })?;
-        stopped.push(finished);
+        // Started means its runtime runs and its listeners are registered with it. A thread
+        // that cannot start fails the proxy's start; those already started stop with the
+        // shutdown signal, dropped with the half-built proxy.
+        match started.await {
+            Ok(Ok(())) => stopped.push(finished),
+            Ok(Err(error)) => return Err(error.into()),
+            Err(_) => {
+                return Err(std::io::Error::other("a serving thread died while starting").into());
+            }
+        }
     }
     Ok(async move {
         for finished in stopped {
-            // An error is a thread that ended without sending (it panicked): stopped all the
-            // same.
-            let _ = finished.await;
+            if finished.await.is_err() {
+                // It ended without saying so: it panicked. Its connections were dropped (their
+                // clients reconnect to the other threads); channels live on the shared runtime.
+                tracing::error!("a serving thread panicked; its connections were closed");
+            }
         }
     })
 }
 
-/// A serving thread's life: its listeners on its own runtime, served until shutdown.
+/// A serving thread's life: its own runtime, made here so that nothing of it is ever dropped
+/// on the thread that starts the proxy; its listeners registered with it; served until
+/// shutdown. `ready` says whether it started.
 fn serve(
-    runtime: Runtime,
     handover: Handover,
     app: Arc<App>,
     config: ListenConfig,
     shutdown: ShutdownSignal,
     permits: Arc<Semaphore>,
+    ready: oneshot::Sender<std::io::Result<()>>,
 ) {
     keep_connections_on_this_thread();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            let _ = ready.send(Err(error));
+            return;
+        }
+    };
     runtime.block_on(async move {
         let registered = (|| {
             let https = handover
@@ -135,8 +155,13 @@ fn serve(
             Ok::<_, std::io::Error>(Listeners { https, http })
         })();
         match registered {
-            Ok(listeners) => accept::serve(listeners, app, config, shutdown, permits).await,
-            Err(error) => tracing::error!(%error, "a serving thread cannot take its listeners"),
+            Ok(listeners) => {
+                let _ = ready.send(Ok(()));
+                accept::serve(listeners, app, config, shutdown, permits).await;
+            }
+            Err(error) => {
+                let _ = ready.send(Err(error));
+            }
         }
     });
 }

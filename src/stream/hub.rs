@@ -55,6 +55,11 @@ pub struct HubShared {
     closing: OnceLock<Bytes>,
     /// Redis shared with other instances (`[cluster]`): keys are polled by one of them.
     cluster: Option<Arc<Cluster>>,
+    /// The runtime the hub was made on (the process' shared one), where every channel's
+    /// supervisor runs: a channel opened by a request on a serving thread (`[listen]
+    /// serving_threads`) outlives that thread's runtime, and its pollers, heartbeats and
+    /// cluster lease must not stop or hop threads with it.
+    runtime: tokio::runtime::Handle,
 }
 
 /// Creates, shares and retires channels.
@@ -99,7 +104,7 @@ impl Drop for Subscription {
 }
 
 impl Hub {
-    /// A hub with no channels.
+    /// A hub with no channels; call it on the runtime its channels' supervisors should run on.
     pub fn new(
         routes: Vec<Arc<StreamConfig>>,
         upstream: Arc<Upstream>,
@@ -124,6 +129,7 @@ impl Hub {
                 metrics,
                 closing: OnceLock::new(),
                 cluster,
+                runtime: tokio::runtime::Handle::current(),
             }),
         }
     }
@@ -191,7 +197,8 @@ impl Hub {
         // Attach (with the credentials the pollers forward) before they start.
         let id = channel.attach(identity);
         channels.insert(key, channel.clone());
-        tokio::spawn(supervise(self.shared.clone(), channel.clone()));
+        let supervisor = supervise(self.shared.clone(), channel.clone());
+        self.shared.runtime.spawn(supervisor);
         Ok(Subscription { channel, id })
     }
 
