@@ -75,6 +75,9 @@ impl Proxy {
         let reuse_port = config.listen.serving_threads > 0;
         let (https, https_addr) = match (config.listen.https, tls) {
             (Some(addr), Some(tls_config)) => {
+                if reuse_port {
+                    edge::accept::check_unused(addr)?;
+                }
                 let (listener, bound) = edge::bind(addr, reuse_port)?;
                 (Some((listener, tls_config)), Some(bound))
             }
@@ -82,6 +85,9 @@ impl Proxy {
         };
         let (http, http_addr) = match config.listen.http {
             Some(addr) => {
+                if reuse_port {
+                    edge::accept::check_unused(addr)?;
+                }
                 let (listener, bound) = edge::bind(addr, reuse_port)?;
                 (Some(listener), Some(bound))
             }

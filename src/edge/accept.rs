@@ -38,6 +38,25 @@ pub struct BindError {
     pub source: std::io::Error,
 }
 
+/// Fails if a socket already listens on `addr`, even one that allows sharing it. Serving
+/// threads bind with `SO_REUSEPORT`, which would otherwise let them join the listeners of
+/// another process of the same user (a stale instance) and split its traffic silently.
+pub fn check_unused(addr: SocketAddr) -> Result<(), BindError> {
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    let wrap = |source| BindError { addr, source };
+    let probe = if addr.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(wrap)?;
+    // As our own listeners: connections left in TIME_WAIT do not count.
+    probe.set_reuseaddr(true).map_err(wrap)?;
+    probe.bind(addr).map_err(wrap)
+}
+
 /// Binds a TCP listener with a deep backlog; returns it with the address actually bound.
 /// `reuse_port` (`SO_REUSEPORT`) lets each serving thread bind its own listener to the same
 /// address, the kernel spreading new connections over them.

@@ -6,7 +6,7 @@
 use crate::common;
 use common::client::{Proto, ReadError};
 use common::origin::FakeOrigin;
-use common::{Options, WAIT, start_proxy};
+use common::{Options, WAIT, start_proxy, try_start_proxy};
 use serde_json::json;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
@@ -136,5 +136,25 @@ async fn an_https_http2_origin_gets_one_shared_connection_per_serving_thread() {
         (1..=3).contains(&origin.connections()),
         "one HTTP/2 origin connection (ALPN h2) per serving thread, one for the pollers: {}",
         origin.connections()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_instance_on_the_same_port_fails_instead_of_sharing_it() {
+    let origin = FakeOrigin::start().await;
+    let options = || Options {
+        listen_extra: "serving_threads = 2",
+        ..Options::default()
+    };
+    let first = start_proxy(&origin, options()).await;
+    let taken = first.proxy.http_addr().expect("http");
+    let second = try_start_proxy(&origin, options(), |text| {
+        text.replacen("http = \"127.0.0.1:0\"", &format!("http = \"{taken}\""), 1)
+    })
+    .await;
+    let error = second.err().expect("the port is taken").to_string();
+    assert!(
+        error.contains(&format!("cannot listen on {taken}")),
+        "{error}"
     );
 }

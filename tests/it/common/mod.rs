@@ -234,6 +234,18 @@ auth = true
 
 /// Starts the real proxy in front of `origin`.
 pub async fn start_proxy(origin: &FakeOrigin, options: Options) -> TestProxy {
+    try_start_proxy(origin, options, |text| text)
+        .await
+        .expect("proxy starts")
+}
+
+/// Starts the real proxy in front of `origin`, its config text first changed by `edit`; the
+/// start's error when it fails.
+pub async fn try_start_proxy(
+    origin: &FakeOrigin,
+    options: Options,
+    edit: impl FnOnce(String) -> String,
+) -> Result<TestProxy, sse_edge::proxy::StartError> {
     let dir = tempfile::tempdir().expect("temp dir");
     let pair = sse_edge::tools::demo::certs::localhost().expect("certificate");
     std::fs::write(dir.path().join("cert.pem"), &pair.cert_pem).expect("write cert");
@@ -241,20 +253,20 @@ pub async fn start_proxy(origin: &FakeOrigin, options: Options) -> TestProxy {
     if let Some(ca) = &options.upstream_ca {
         std::fs::write(dir.path().join("origin-ca.pem"), ca).expect("write ca");
     }
-    let text = config_text(&origin.url, dir.path(), &options);
+    let text = edit(config_text(&origin.url, dir.path(), &options));
     let config = Config::from_toml(&text, "test.toml", dir.path(), &|name| match name {
         "TEST_DASHBOARD_KEY" => Some("dashboard-key".to_owned()),
         "TEST_CLIENT_SECRET" => Some("s3cret".to_owned()),
         _ => None,
     })
     .expect("test config");
-    let proxy = Proxy::start(config).await.expect("proxy starts");
+    let proxy = Proxy::start(config).await?;
     let client = Client::new(proxy.https_addr(), proxy.http_addr(), &pair.cert_pem);
-    TestProxy {
+    Ok(TestProxy {
         proxy,
         client,
         _dir: dir,
-    }
+    })
 }
 
 impl TestProxy {
