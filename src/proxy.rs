@@ -62,6 +62,9 @@ pub struct Proxy {
     serving: JoinHandle<()>,
 }
 
+/// Longest wait on shutdown for the cluster leases to be given back.
+const LEASE_RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 impl Proxy {
     /// Loads certificates, binds the listeners and starts serving in the background.
     pub async fn start(config: Config) -> Result<Proxy, StartError> {
@@ -234,6 +237,11 @@ impl Proxy {
         self.shutdown.fire();
         if let Err(error) = self.serving.await {
             tracing::error!(%error, "the accept loop failed");
+        }
+        // The streams have ended and their channels retired: their cluster leases are given
+        // back before the process exits, so the other instances poll those keys at once.
+        if let Some(cluster) = self.app.streams.hub.cluster() {
+            cluster.settled(LEASE_RELEASE_WAIT).await;
         }
     }
 }

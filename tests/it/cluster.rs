@@ -55,6 +55,11 @@ impl Setup {
     /// Writes the config for proxies in front of `origin`, polling every `every_ms`, sharing
     /// `redis`.
     fn new(origin: &FakeOrigin, redis: &RedisServer, every_ms: u64) -> Setup {
+        Setup::lingering(origin, redis, every_ms, Options::default().linger_ms)
+    }
+
+    /// As [`Setup::new`], with channels kept `linger_ms` after their last client left.
+    fn lingering(origin: &FakeOrigin, redis: &RedisServer, every_ms: u64, linger_ms: u64) -> Setup {
         let dir = tempfile::tempdir().expect("temp dir");
         let pair = sse_edge::tools::demo::certs::localhost().expect("certificate");
         std::fs::write(dir.path().join("cert.pem"), &pair.cert_pem).expect("cert");
@@ -62,6 +67,7 @@ impl Setup {
         let options = Options {
             cluster: Some(redis.url()),
             every_ms,
+            linger_ms,
             max_streams: 1_000,
             max_streams_per_user: 1_000,
             ..Options::default()
@@ -244,6 +250,45 @@ async fn a_client_resumes_exactly_on_another_instance_and_after_every_instance_r
             .await,
         0.0
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_instance_gives_its_leases_back_before_it_exits() {
+    let redis = RedisServer::start();
+    let origin = FakeOrigin::start().await;
+    origin.add_token("tok-alice", "alice");
+    for key in ["cfg1", "cfg2"] {
+        origin.set_configuration(key, "alice", tickers(&[("AAPL", 0.1)]));
+    }
+    // Channels linger long after their clients left, and keep their leases meanwhile.
+    let setup = Setup::lingering(&origin, &redis, 50, 60_000);
+    let node = setup.node();
+    let mut streams = Vec::new();
+    for key in ["cfg1", "cfg2"] {
+        let mut stream = node
+            .client
+            .stream(Proto::H1Plain, &stream_path(key), &[ALICE])
+            .await;
+        next_update(&mut stream).await;
+        streams.push(stream);
+    }
+    wait_total(std::slice::from_ref(&node), "sse_edge_cluster_leases", 2.0).await;
+    let lease_keys = || {
+        let mut con = redis::Client::open(redis.url())
+            .and_then(|client| client.get_connection())
+            .expect("redis");
+        redis::cmd("KEYS")
+            .arg("*:lease")
+            .query::<Vec<String>>(&mut con)
+            .expect("KEYS")
+    };
+    assert_eq!(lease_keys().len(), 2, "one lease per key while polling");
+    // No connection left to drain: the process would exit at once, before an aborted
+    // role's release had been sent, and the others would wait for the lease to expire.
+    drop(streams);
+    wait_total(std::slice::from_ref(&node), "sse_edge_streams_open", 0.0).await;
+    node.stop().await;
+    assert_eq!(lease_keys(), Vec::<String>::new(), "released before exit");
 }
 
 /// Reads `n` sentiment events (or resyncs), then whatever follows within a moment.

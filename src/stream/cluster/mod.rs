@@ -30,10 +30,11 @@ pub mod snapshot;
 pub mod wire;
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio::sync::Notify;
 
 use crate::config::{ClusterConfig, SseConfig};
 use crate::ops::metrics::{ClusterStats, Metrics};
@@ -57,6 +58,16 @@ struct Control {
     /// When the last attempt to make it failed: the next one waits [`RECONNECT`], so that
     /// while Redis is down every channel learns it at once instead of queueing to connect.
     failed_at: Option<Instant>,
+}
+
+/// A release in flight, counted until it is answered or its task is dropped.
+pub(super) struct Releasing(Arc<Cluster>);
+
+impl Drop for Releasing {
+    fn drop(&mut self) {
+        self.0.releasing.fetch_sub(1, Ordering::AcqRel);
+        self.0.settled.notify_waiters();
+    }
 }
 
 /// Least time between two attempts to make the command connection.
@@ -83,6 +94,10 @@ pub struct Cluster {
     ttl: Duration,
     /// Counters; `metrics.cluster` is this module's.
     metrics: Arc<Metrics>,
+    /// Releases sent from a task (by a lease dropped with its role) and not yet answered.
+    releasing: AtomicUsize,
+    /// Told when a lease is dropped or a release is answered, for [`Cluster::settled`].
+    settled: Notify,
 }
 
 impl Cluster {
@@ -108,6 +123,8 @@ impl Cluster {
             history_bytes: sse.history_bytes,
             ttl: sse.resume_window,
             metrics,
+            releasing: AtomicUsize::new(0),
+            settled: Notify::new(),
         });
         // Says whether Redis is up before any stream asks (for /readyz and the metrics).
         let first = cluster.clone();
@@ -138,6 +155,38 @@ impl Cluster {
     /// The lease duration.
     pub fn lease(&self) -> Duration {
         self.config.lease
+    }
+
+    /// Waits, at most `limit`, until this instance holds no lease and every release it sent
+    /// was answered: on shutdown, so the other instances take its keys over at once instead
+    /// of after the lease expires.
+    pub async fn settled(&self, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            // Made before the check: `notify_waiters` reaches it from here on.
+            let told = self.settled.notified();
+            if self.leases() == 0 && self.releasing.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, told).await.is_err() {
+                tracing::warn!(
+                    leases = self.leases(),
+                    "cluster leases still held at exit; other instances take them when they expire"
+                );
+                return;
+            }
+        }
+    }
+
+    /// A release sent from a task begins; the guard ends it, answered or dropped.
+    pub(super) fn releasing(self: &Arc<Self>) -> Releasing {
+        self.releasing.fetch_add(1, Ordering::AcqRel);
+        Releasing(self.clone())
+    }
+
+    /// A lease was dropped: [`Cluster::settled`] looks again.
+    pub(super) fn lease_dropped(&self) {
+        self.settled.notify_waiters();
     }
 
     /// The command connection, made now if it is not yet.

@@ -75,19 +75,24 @@ impl Drop for Held {
             .stats()
             .leases_held
             .fetch_sub(1, Ordering::Relaxed);
-        if self.token.is_empty() {
-            return;
+        if !self.token.is_empty() {
+            // The channel retired mid-role (the task was aborted, as on shutdown): release
+            // from a task, since drop cannot wait, counted until answered so that shutdown
+            // can wait for it; without a runtime the lease expires within `lease_ms`.
+            let (cluster, names, token) = (
+                self.cluster.clone(),
+                self.names.clone(),
+                std::mem::take(&mut self.token),
+            );
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                let releasing = cluster.releasing();
+                runtime.spawn(async move {
+                    let _releasing = releasing;
+                    cluster.release(&names, &token).await;
+                });
+            }
         }
-        // The channel retired mid-role (the task was aborted): release from a task, since
-        // drop cannot wait; without a runtime the lease expires within `lease_ms`.
-        let (cluster, names, token) = (
-            self.cluster.clone(),
-            self.names.clone(),
-            std::mem::take(&mut self.token),
-        );
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move { cluster.release(&names, &token).await });
-        }
+        self.cluster.lease_dropped();
     }
 }
 
