@@ -46,15 +46,7 @@ pub fn check_unused(addr: SocketAddr) -> Result<(), BindError> {
         return Ok(());
     }
     let wrap = |source| BindError { addr, source };
-    let probe = if addr.is_ipv4() {
-        TcpSocket::new_v4()
-    } else {
-        TcpSocket::new_v6()
-    }
-    .map_err(wrap)?;
-    // As our own listeners: connections left in TIME_WAIT do not count.
-    probe.set_reuseaddr(true).map_err(wrap)?;
-    probe.bind(addr).map_err(wrap)
+    bound_socket(addr, false).map(drop).map_err(wrap)
 }
 
 /// Binds a TCP listener with a deep backlog; returns it with the address actually bound.
@@ -62,20 +54,27 @@ pub fn check_unused(addr: SocketAddr) -> Result<(), BindError> {
 /// address, the kernel spreading new connections over them.
 pub fn bind(addr: SocketAddr, reuse_port: bool) -> Result<(TcpListener, SocketAddr), BindError> {
     let wrap = |source| BindError { addr, source };
+    let listener = bound_socket(addr, reuse_port)
+        .and_then(|socket| socket.listen(BACKLOG))
+        .map_err(wrap)?;
+    let bound = listener.local_addr().map_err(wrap)?;
+    Ok((listener, bound))
+}
+
+/// A socket bound to `addr` with `SO_REUSEADDR` (connections left in TIME_WAIT do not keep a
+/// restart from binding), and `SO_REUSEPORT` when asked.
+fn bound_socket(addr: SocketAddr, reuse_port: bool) -> std::io::Result<TcpSocket> {
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()
     } else {
         TcpSocket::new_v6()
-    }
-    .map_err(wrap)?;
-    socket.set_reuseaddr(true).map_err(wrap)?;
+    }?;
+    socket.set_reuseaddr(true)?;
     if reuse_port {
-        socket.set_reuseport(true).map_err(wrap)?;
+        socket.set_reuseport(true)?;
     }
-    socket.bind(addr).map_err(wrap)?;
-    let listener = socket.listen(BACKLOG).map_err(wrap)?;
-    let bound = listener.local_addr().map_err(wrap)?;
-    Ok((listener, bound))
+    socket.bind(addr)?;
+    Ok(socket)
 }
 
 /// Accepts and serves until `shutdown` fires, then drains connections for at most `grace`.
