@@ -74,24 +74,25 @@ impl Proxy {
             _ => None,
         };
         let tls = cert.clone().map(edge::tls::server_config).transpose()?;
-        // Serving threads each bind their own copy of the listeners.
+        // Serving threads each bind their own copy of the listeners (`SO_REUSEPORT`), once
+        // the port is known to be free of other processes.
         let reuse_port = config.listen.serving_threads > 0;
+        let listen = |addr| {
+            if reuse_port {
+                edge::accept::check_unused(addr)?;
+            }
+            edge::bind(addr, reuse_port)
+        };
         let (https, https_addr) = match (config.listen.https, tls) {
             (Some(addr), Some(tls_config)) => {
-                if reuse_port {
-                    edge::accept::check_unused(addr)?;
-                }
-                let (listener, bound) = edge::bind(addr, reuse_port)?;
+                let (listener, bound) = listen(addr)?;
                 (Some((listener, tls_config)), Some(bound))
             }
             _ => (None, None),
         };
         let (http, http_addr) = match config.listen.http {
             Some(addr) => {
-                if reuse_port {
-                    edge::accept::check_unused(addr)?;
-                }
-                let (listener, bound) = edge::bind(addr, reuse_port)?;
+                let (listener, bound) = listen(addr)?;
                 (Some(listener), Some(bound))
             }
             None => (None, None),
