@@ -1,4 +1,26 @@
-# Sourced by the bench scripts that drive one proxy: its admin endpoint and process figures.
+# Sourced by the bench scripts: the binary under test, a scratch folder cleaned up on exit,
+# and, for the scripts that drive one proxy on the default ports, its admin endpoint and
+# process figures.
+
+# Prints the sse-edge binary to measure: SSE_EDGE_BIN when set (an earlier build, measured
+# the same way), else a release build made now in CARGO_TARGET_DIR (default ./target).
+sse_edge_bin() {
+  if [ -n "${SSE_EDGE_BIN:-}" ]; then
+    echo "$SSE_EDGE_BIN"
+  else
+    cargo build --release --quiet >&2
+    echo "${CARGO_TARGET_DIR:-$PWD/target}/release/sse-edge"
+  fi
+}
+
+# Makes $work (a scratch folder) and $pids (processes to stop); on exit every process in
+# $pids is stopped and $work removed.
+bench_workspace() {
+  work=$(mktemp -d)
+  pids=()
+  trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"' EXIT
+}
+
 admin=http://127.0.0.1:19901
 
 # Waits (at most 10 s) until the proxy answers its health check.

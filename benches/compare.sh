@@ -31,6 +31,7 @@
 #                      PASSTHROUGH_ONLY=0 SSE_EDGE_BIN= SERVING_THREADS=)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. benches/common.sh
 . benches/nginx.sh
 subs=${1:-10000}
 rounds=${2:-2}
@@ -59,16 +60,8 @@ for port in 5560 5561 5562 5563 18070 19100; do
     exit 1
   fi
 done
-if [ -n "${SSE_EDGE_BIN:-}" ]; then
-  bin=$SSE_EDGE_BIN
-else
-  cargo build --release --quiet
-  bin=${CARGO_TARGET_DIR:-$PWD/target}/release/sse-edge
-fi
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
+bin=$(sse_edge_bin)
+bench_workspace
 # An upper bound on the whole run, for the helper server that stops by itself too.
 budget=$(( rounds * (3 * (hold + 60) + pushpin_open_s + 120) + 60 ))
 

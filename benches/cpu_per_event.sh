@@ -21,13 +21,14 @@
 # Nchan on 18190 and 18191), so that this runs beside the other benches. Installs nginx and
 # libnginx-mod-nchan from Debian when missing. Everything on 127.0.0.1; bounded in time; every
 # process it starts is stopped on exit. The binary is built in CARGO_TARGET_DIR (default
-# ./target).
+# ./target), or SSE_EDGE_BIN=path measures that one.
 #
 #   benches/cpu_per_event.sh [ROUNDS=2]
 #     (env: DEMANDS="1000x20 10000x100" WINDOW=8 H2_STREAMS=100 TRANSPORTS="h1 h2c" PORT_SHIFT=100
 #      MAX_RSS_MIB=4096: a measure whose peer passes it is stopped and not counted)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. benches/common.sh
 . benches/nginx.sh
 rounds=${1:-2}
 demands=${DEMANDS:-1000x20 10000x100}
@@ -50,12 +51,8 @@ for port in $edge_port $edge_admin $origin_port $demo_port $demo_admin $nchan_po
     exit 1
   fi
 done
-cargo build --release --quiet
-bin=${CARGO_TARGET_DIR:-$PWD/target}/release/sse-edge
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
+bin=$(sse_edge_bin)
+bench_workspace
 
 # The proxy's configuration, and the demo origin's (its idle proxy on two other ports).
 sed -e "s/127.0.0.1:18080/127.0.0.1:$edge_port/" -e "s/127.0.0.1:19901/127.0.0.1:$edge_admin/" \

@@ -11,12 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . benches/common.sh
 streams=${1:-10000}
-if [ -n "${SSE_EDGE_BIN:-}" ]; then
-  bin=$SSE_EDGE_BIN
-else
-  cargo build --release --quiet
-  bin=${CARGO_TARGET_DIR:-target}/release/sse-edge
-fi
+bin=$(sse_edge_bin)
 export RUST_LOG=warn
 proxy=
 start_proxy() { # a fresh process per case, so no case reuses memory another one freed
