@@ -7,11 +7,10 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use http::Response;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -28,7 +27,6 @@ use crate::config::ListenConfig;
 use crate::ops::metrics::Metrics;
 use crate::ops::shutdown::ShutdownSignal;
 use crate::origin::ClientBody;
-use crate::request::body::ProxyBody;
 use crate::request::{App, ConnInfo};
 
 /// Largest HTTP/1.1 read buffer: bounds the request line and headers (431 beyond).
@@ -153,7 +151,7 @@ impl Serving {
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         if !h1 {
-            return self.serve_hyper(io, builders, false, None).await;
+            return self.serve_hyper(io, builders, false).await;
         }
         let outcome = super::h1::serve(
             io,
@@ -165,17 +163,13 @@ impl Serving {
         .await;
         match outcome {
             Outcome::Closed => {}
-            Outcome::Handoff(io, answer) => {
-                let answer = answer.map(|answer| *answer);
-                self.serve_hyper(io, builders, true, answer).await
-            }
+            Outcome::Handoff(io) => self.serve_hyper(io, builders, true).await,
         }
     }
 
     /// Serves a connection with hyper, closing it once it has been idle (no response in
     /// flight, nothing arriving) for `idle_limit` ([`super::idle`]), or once all its HTTP/2
-    /// streams stalled ([`super::stall`]). `answer` is the answer to the first request, when
-    /// the fast path has already handled it.
+    /// streams stalled ([`super::stall`]).
     ///
     /// Boxed: hyper's connection state is large, and connections that never reach hyper (the
     /// fast path's event streams) must not carry room for it in their task.
@@ -184,7 +178,6 @@ impl Serving {
         io: I,
         builders: Arc<Builders>,
         h1: bool,
-        answer: Option<Response<ProxyBody>>,
     ) -> Pin<Box<dyn Future<Output = ()> + Send>>
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -205,22 +198,17 @@ impl Serving {
             let io = Coalesce::new(io);
             let activity = Activity::new();
             let requests = activity.clone();
-            let answer = Arc::new(Mutex::new(answer));
             let service = service_fn(move |request| {
                 let busy = requests.begin();
                 let app = app.clone();
-                let answer = answer.lock().unwrap_or_else(PoisonError::into_inner).take();
                 async move {
                     // Polled in the stream's own task: on HTTP/2, the stall watch is found here.
                     let watch = Watch::current();
-                    let response = match answer {
-                        Some(answer) => answer,
-                        // Boxed: the request phases' future (authentication, validators) is
-                        // large and lives only until the response head, while hyper keeps an
-                        // HTTP/2 stream's task, sized for its largest state, for the stream's
-                        // whole life.
-                        None => Box::pin(app.handle(request.map(ClientBody::Streamed), conn)).await,
-                    };
+                    // Boxed: the request phases' future (authentication, validators) is large
+                    // and lives only until the response head, while hyper keeps an HTTP/2
+                    // stream's task, sized for its largest state, for the stream's whole life.
+                    let response =
+                        Box::pin(app.handle(request.map(ClientBody::Streamed), conn)).await;
                     let response = response.map(|body| Tracked { body, busy, watch });
                     Ok::<_, std::convert::Infallible>(response)
                 }

@@ -29,4 +29,9 @@ impl ShutdownSignal {
         // future stays `Send`.
         let _ = self.0.wait_for(|fired| *fired).await;
     }
+
+    /// Whether shutdown has begun.
+    pub fn has_fired(&self) -> bool {
+        *self.0.borrow()
+    }
 }

@@ -11,6 +11,7 @@ mod cluster;
 mod demo;
 mod edge_http;
 mod fast_path_parser;
+mod fast_path_passthrough;
 mod h1_fast_path;
 mod h2_limits;
 mod hostile;

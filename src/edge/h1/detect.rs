@@ -1,7 +1,6 @@
-//! Detecting what the HTTP/1.1 fast path serves: reading a request head with `httparse` into
-//! a buffer that lives only until the head is parsed ([`parse_head`]), and routing it once:
-//! a `GET` of a stream route is served here, anything else is handed to hyper with the bytes
-//! read.
+//! Detecting what the HTTP/1.1 fast path serves: reading a request head with `httparse`
+//! ([`parse_head`]) and routing it once: a `GET` with no body is served here, whatever its
+//! route, and anything else is handed to hyper with the bytes read.
 
 use std::io;
 
@@ -22,8 +21,8 @@ const MAX_HEADERS: usize = 64;
 
 /// What reading a request head gave.
 pub(super) enum Step {
-    /// A request for a stream route (or one the router refused), to answer here, with the
-    /// router's decision (boxed: it is much larger than the other answers).
+    /// A request to answer here, with the router's decision (boxed: it is much larger than
+    /// the other answers).
     Serve(Box<Head>, Result<Route, RouteError>),
     /// Something for hyper.
     NotOurs,
@@ -40,6 +39,8 @@ pub struct Head {
     pub request: Request<()>,
     /// Length of the head in the bytes parsed; what follows is the next request.
     pub len: usize,
+    /// The client asked to close the connection after the answer (`Connection: close`).
+    pub close: bool,
 }
 
 /// What the bytes read so far are, to the fast path.
@@ -47,7 +48,7 @@ pub struct Head {
 pub enum Parsed {
     /// Not a whole head yet.
     Partial,
-    /// A request the fast path can serve, if it is for a stream route.
+    /// A request the fast path can serve.
     Head(Box<Head>),
     /// Anything else, including what hyper would reject: hyper answers it.
     NotOurs,
@@ -65,10 +66,8 @@ pub(super) async fn read_head<I: AsyncRead + Unpin>(
                 Parsed::Partial => {}
                 Parsed::NotOurs => return Ok(Step::NotOurs),
                 Parsed::Head(head) => {
-                    return Ok(match router.route(&head.request) {
-                        Ok(Route::Passthrough) => Step::NotOurs,
-                        routed => Step::Serve(head, routed),
-                    });
+                    let routed = router.route(&head.request);
+                    return Ok(Step::Serve(head, routed));
                 }
             }
         }
@@ -102,6 +101,7 @@ pub fn parse_head(buf: &[u8]) -> Parsed {
         return Parsed::NotOurs;
     };
     let mut map = HeaderMap::with_capacity(request.headers.len());
+    let mut close = false;
     for header in request.headers.iter() {
         let (Ok(name), Ok(value)) = (
             HeaderName::from_bytes(header.name.as_bytes()),
@@ -115,6 +115,7 @@ pub fn parse_head(buf: &[u8]) -> Parsed {
             header::CONTENT_LENGTH if value != "0" || map.contains_key(&name) => {
                 return Parsed::NotOurs;
             }
+            header::CONNECTION => close |= names_close(&value),
             _ => {}
         }
         map.append(name, value);
@@ -124,7 +125,19 @@ pub fn parse_head(buf: &[u8]) -> Parsed {
     *out.uri_mut() = uri;
     *out.version_mut() = Version::HTTP_11;
     *out.headers_mut() = map;
-    Parsed::Head(Box::new(Head { request: out, len }))
+    Parsed::Head(Box::new(Head {
+        request: out,
+        len,
+        close,
+    }))
+}
+
+/// Whether a `Connection` value lists the `close` option (RFC 9112 §9.6), in any case.
+fn names_close(value: &HeaderValue) -> bool {
+    value
+        .as_bytes()
+        .split(|&b| b == b',')
+        .any(|option| option.trim_ascii().eq_ignore_ascii_case(b"close"))
 }
 
 #[cfg(test)]
@@ -191,13 +204,34 @@ mod tests {
         assert!(
             step("GET /api/v2/stream HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n").is_some()
         );
+        // Passthrough GETs too: the fast path writes their answers as well.
+        assert!(matches!(
+            step("GET /api/v2/stream/status HTTP/1.1\r\nHost: x\r\n\r\n"),
+            Some(Ok(Route::Passthrough))
+        ));
+    }
+
+    #[test]
+    fn connection_close_is_seen_in_any_case_and_position() {
+        let close = |value: &str| {
+            let text = format!("GET / HTTP/1.1\r\nHost: x\r\nConnection: {value}\r\n\r\n");
+            match parse_head(text.as_bytes()) {
+                Parsed::Head(head) => head.close,
+                other => panic!("{other:?}"),
+            }
+        };
+        assert!(close("close"));
+        assert!(close("keep-alive, Close"));
+        assert!(close(" CLOSE "));
+        assert!(!close("keep-alive"));
+        assert!(!close("closed"));
+        assert!(!close("x-close"));
     }
 
     #[test]
     fn everything_else_goes_to_hyper() {
         for text in [
             "POST /api/v2/stream HTTP/1.1\r\nHost: x\r\n\r\n",
-            "GET /api/v2/stream/status HTTP/1.1\r\nHost: x\r\n\r\n",
             "GET /api/v2/stream HTTP/1.0\r\n\r\n",
             "GET /api/v2/stream HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello",
             "GET /api/v2/stream HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n",

@@ -1,25 +1,28 @@
-//! The HTTP/1.1 fast path for event streams: no per-connection buffers.
+//! The HTTP/1.1 fast path: bodiless `GET`s answered without hyper, and event streams held
+//! with no per-connection buffers.
 //!
 //! An event stream holds its HTTP/1.1 connection for hours, and hyper keeps a read buffer and
 //! a write buffer of 8 KiB or more for a connection's whole life: two thirds of what an idle
-//! stream cost (BENCHMARKS.md). So an HTTP/1.1 connection (plaintext, or TLS with ALPN
-//! `http/1.1`) starts here. This phase reads the request head itself (with `httparse`, as hyper
-//! does) into a buffer that lives only until the head is parsed, and routes it once. When the
-//! request is a plain `GET` of a stream route, the request phases answer it; if the answer is
-//! an event stream, it is written here: the response head once, together with the first
-//! frame, then every frame the hub shares as one chunk straight from its `Bytes` (one vectored
-//! write, no copy), and nothing is kept per connection but the stream's cursor.
+//! stream cost (BENCHMARKS.md). And a passthrough `GET` (a dashboard's status JSON) costs
+//! hyper's server dispatch on top of the proxy's own work (BENCHMARKS.md, passthrough against
+//! nginx). So an HTTP/1.1 connection (plaintext, or TLS with ALPN `http/1.1`) starts here.
+//! This phase reads each request head itself (with `httparse`, as hyper does), routes it
+//! once, and when it is a `GET` with no body the request phases answer it and the answer is
+//! written here: the head together with the first frame, then every frame as it comes (one
+//! vectored write, no copy; an event stream's frames are shared by all its subscribers). An
+//! event stream keeps nothing per connection but the stream's cursor; after any other answer
+//! the connection waits for its next request with no read buffer.
 //!
 //! Anything else is handed to hyper together with the bytes read so far ([`Rewind`]), so
-//! hyper serves it exactly as if it had read them itself, errors included: another route, a
-//! request body, an upgrade, `Expect`, h2c, HTTP/1.0, a malformed or large head. So is an
-//! answer that is not an event stream (a 401, a 429...): hyper reads the same head again and
-//! writes that answer as it writes every other, keeping the connection for the next request.
+//! hyper serves it, and the rest of the connection, exactly as if it had read them itself,
+//! errors included: another method, a request body, an upgrade, `Expect`, h2c, HTTP/1.0, a
+//! malformed or large head.
 
 mod detect;
 mod writer;
 
 use std::future::Future;
+use std::io;
 use std::pin::Pin;
 use std::time::Duration;
 
@@ -35,7 +38,7 @@ use crate::request::router::{Route, RouteError};
 use crate::request::{App, ConnInfo};
 pub use detect::{Head, Parsed, parse_head};
 use detect::{Step, read_head};
-use writer::{Pump, encode_head};
+use writer::{Framing, Pump, encode_head};
 
 /// How long closing a connection (TLS `close_notify`, FIN) may take.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -44,63 +47,80 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 pub enum Outcome<I> {
     /// It was served and is closed.
     Closed,
-    /// Hyper serves it from here, starting with the bytes already read. With an answer, the
-    /// first request hyper reads has been through the request phases already: hyper writes
-    /// this answer for it instead of handling it again (boxed: a response is large, and most
-    /// hand-offs carry none).
-    Handoff(Rewind<I>, Option<Box<Response<ProxyBody>>>),
+    /// Hyper serves it from here, starting with the bytes already read.
+    Handoff(Rewind<I>),
 }
 
-/// Serves a stream request on an HTTP/1.1 connection, or hands the connection to hyper.
-/// `header_timeout` bounds the request head; `shutdown` closes a connection that is waiting
-/// for one.
+/// Serves requests on an HTTP/1.1 connection until it closes, holds an event stream, or
+/// sends something for hyper, to which it is then handed. `idle_limit` bounds the wait for
+/// each request head; `shutdown` closes a connection that is waiting for one.
 pub async fn serve<I>(
     mut io: I,
     app: &App,
     conn: ConnInfo,
-    header_timeout: Duration,
+    idle_limit: Duration,
     shutdown: &mut ShutdownSignal,
 ) -> Outcome<I>
 where
     I: AsyncRead + AsyncWrite + Unpin,
 {
     let mut buf = BytesMut::new();
-    let step = tokio::select! {
-        step = tokio::time::timeout(header_timeout, read_head(&mut io, &mut buf, &app.router)) => step,
-        _ = shutdown.fired() => return Outcome::Closed,
-    };
-    let (head, routed) = match step {
-        Ok(Ok(Step::Serve(head, routed))) => (head, routed),
-        Ok(Ok(Step::NotOurs)) => return Outcome::Handoff(Rewind::new(buf.freeze(), io), None),
-        Ok(Ok(Step::Eof)) => return Outcome::Closed,
-        Ok(Err(error)) => {
-            tracing::debug!(peer = %conn.peer, %error, "reading a request head failed");
+    loop {
+        let step = tokio::select! {
+            // Shutdown first: a pipelined request already read is not started.
+            biased;
+            _ = shutdown.fired() => return Outcome::Closed,
+            step = tokio::time::timeout(idle_limit, read_head(&mut io, &mut buf, &app.router)) => step,
+        };
+        let (head, routed) = match step {
+            Ok(Ok(Step::Serve(head, routed))) => (head, routed),
+            Ok(Ok(Step::NotOurs)) => return Outcome::Handoff(Rewind::new(buf.freeze(), io)),
+            Ok(Ok(Step::Eof)) => return Outcome::Closed,
+            Ok(Err(error)) => {
+                tracing::debug!(peer = %conn.peer, %error, "reading a request head failed");
+                return Outcome::Closed;
+            }
+            Err(_) => {
+                tracing::debug!(peer = %conn.peer, "no complete request head in time; closed");
+                return Outcome::Closed;
+            }
+        };
+        let Head {
+            request,
+            len,
+            close,
+        } = *head;
+        let response = respond(app, request.map(|()| ClientBody::Empty), routed, conn).await;
+        let stream = response.body().is_stream();
+        // An event stream ends only when the proxy ends it, so nothing after it is answered.
+        let close = close || stream || shutdown.has_fired();
+        let _ = buf.split_to(len);
+        if close || buf.is_empty() {
+            // An idle connection (or an event stream's) keeps no read buffer.
+            buf = BytesMut::new();
+        }
+        if let Err(error) = write_answer(&mut io, response, close).await {
+            tracing::debug!(peer = %conn.peer, %error, "connection ended");
             return Outcome::Closed;
         }
-        Err(_) => {
-            tracing::debug!(peer = %conn.peer, "no complete request head in time; closed");
+        if close {
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, io.shutdown()).await;
             return Outcome::Closed;
         }
-    };
-    let request = head.request.map(|()| ClientBody::Empty);
-    let response = respond(app, request, routed, conn).await;
-    if !response.body().is_stream() {
-        // Hyper reads this head again from the start and writes the answer.
-        return Outcome::Handoff(Rewind::new(buf.freeze(), io), Some(Box::new(response)));
     }
+}
+
+/// Writes an answer, and for an event stream every frame until the stream ends.
+async fn write_answer<I>(io: &mut I, response: Response<ProxyBody>, close: bool) -> io::Result<()>
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
     let (parts, body) = response.into_parts();
-    // A stream ends only when the proxy ends it (shutdown); nothing after it is answered, so
-    // its connection keeps no read buffer.
-    drop(buf);
-    let head_bytes = encode_head(&parts);
+    let framing = Framing::of(parts.status, &body);
+    let head = encode_head(&parts, framing, close);
     drop(parts);
-    let mut pump = Pump::new(&mut io, body, head_bytes);
-    if let Err(error) = std::future::poll_fn(|cx| pump.poll(cx)).await {
-        tracing::debug!(peer = %conn.peer, %error, "connection ended");
-        return Outcome::Closed;
-    }
-    let _ = tokio::time::timeout(CLOSE_TIMEOUT, io.shutdown()).await;
-    Outcome::Closed
+    let mut pump = Pump::new(io, body, head, framing);
+    std::future::poll_fn(|cx| pump.poll(cx)).await
 }
 
 /// The request phases for a parsed and routed head, boxed: authentication's future is large

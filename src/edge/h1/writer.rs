@@ -1,8 +1,9 @@
-//! Writing an event stream on the HTTP/1.1 fast path, the one answer it writes itself: the
-//! head once, together with the first frame, then every frame the hub shares as one chunk
-//! straight from its `Bytes` (one vectored write, no copy), up to [`BATCH`] ready frames per
-//! system call. While the stream is open the read side is watched, so a client that closes is
-//! released at once.
+//! Writing answers on the HTTP/1.1 fast path: the head once, together with the first frame,
+//! then every frame as it comes straight from its `Bytes` (one vectored write, no copy), up
+//! to [`BATCH`] ready frames per system call. An event stream's frames, shared by every
+//! subscriber, go out as chunks, and while it is open the read side is watched, so a client
+//! that closes is released at once. Other answers (passthrough, refusals) are framed by their
+//! length when it is known, else chunked.
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;
@@ -10,8 +11,7 @@ use std::task::{Context, Poll, ready};
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use http::header;
-use http::response;
+use http::{StatusCode, header, response};
 use http_body::Body;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
@@ -23,9 +23,33 @@ const MAX_DISCARDED: usize = 16 * 1024;
 /// The chunked encoding's last chunk.
 const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
 
-/// The event stream's status line and headers: framed by chunks, and the connection closed
-/// after it (a stream ends only when the proxy ends it, and nothing is read behind it).
-pub(super) fn encode_head(parts: &response::Parts) -> Bytes {
+/// How an answer's body is framed on the wire, which this writer states itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Framing {
+    /// No body: a 204 or 304 answer (RFC 9112 §6.3).
+    Empty,
+    /// Exactly this many bytes, announced by `content-length`.
+    Length(u64),
+    /// Chunks as they come: an event stream, or a body of unknown length.
+    Chunked,
+}
+
+impl Framing {
+    /// The framing for an answer with this status and body.
+    pub(super) fn of(status: StatusCode, body: &ProxyBody) -> Framing {
+        if status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+            return Framing::Empty;
+        }
+        match body.size_hint().exact() {
+            Some(len) if !body.is_stream() => Framing::Length(len),
+            _ => Framing::Chunked,
+        }
+    }
+}
+
+/// An answer's status line and headers, with its framing and, when `close`, the connection
+/// closed after it.
+pub(super) fn encode_head(parts: &response::Parts, framing: Framing, close: bool) -> Bytes {
     let mut out = Vec::with_capacity(256);
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(parts.status.as_str().as_bytes());
@@ -53,33 +77,52 @@ pub(super) fn encode_head(parts: &response::Parts) -> Bytes {
             httpdate::fmt_http_date(SystemTime::now()).as_bytes(),
         );
     }
-    line(b"transfer-encoding", b"chunked");
-    line(b"connection", b"close");
+    match framing {
+        Framing::Empty => {}
+        Framing::Length(len) => line(b"content-length", len.to_string().as_bytes()),
+        Framing::Chunked => line(b"transfer-encoding", b"chunked"),
+    }
+    if close {
+        line(b"connection", b"close");
+    }
     out.extend_from_slice(b"\r\n");
     Bytes::from(out)
 }
 
-/// Writes one event stream: its head, then its frames as chunks as they come.
+/// Writes one answer: its head, then its body's frames as they come (as chunks when
+/// chunked).
 pub(super) struct Pump<'a, I> {
     /// The client's connection.
     io: &'a mut I,
-    /// The stream's frames (a [`ProxyBody::Stream`]).
+    /// The answer's frames.
     body: ProxyBody,
+    /// How they are framed.
+    framing: Framing,
+    /// Body bytes queued so far, held to a `content-length`.
+    sent: u64,
     /// What is queued for the socket.
     out: Out,
     /// The body has ended (and the last chunk is queued).
     ended: bool,
+    /// Whether the client's side is read (and what it sends dropped) while the answer is
+    /// written: for an event stream, so a client that leaves is seen at once. Not for other
+    /// answers: what follows them on the connection is the client's next request.
+    watch_client: bool,
     /// Bytes the client sent while its stream is open, read and dropped.
     discarded: usize,
 }
 
 impl<'a, I: AsyncRead + AsyncWrite + Unpin> Pump<'a, I> {
-    pub(super) fn new(io: &'a mut I, body: ProxyBody, head: Bytes) -> Self {
+    /// A writer of an event stream (chunked, the client watched) or of another answer.
+    pub(super) fn new(io: &'a mut I, body: ProxyBody, head: Bytes, framing: Framing) -> Self {
         Pump {
             io,
+            watch_client: body.is_stream(),
             body,
+            framing,
+            sent: 0,
             out: Out::head(head),
-            ended: false,
+            ended: framing == Framing::Empty,
             discarded: 0,
         }
     }
@@ -87,13 +130,15 @@ impl<'a, I: AsyncRead + AsyncWrite + Unpin> Pump<'a, I> {
     /// Ready once the whole response is written and flushed; an error if the connection
     /// failed or the client closed it.
     pub(super) fn poll(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.poll_client(cx)?;
+        if self.watch_client {
+            self.poll_client(cx)?;
+        }
         loop {
             if !self.ended && self.out.takes_frame() {
                 match Pin::new(&mut self.body).poll_frame(cx) {
                     Poll::Ready(Some(Ok(frame))) => {
                         if let Ok(data) = frame.into_data() {
-                            self.out.frame(data, true);
+                            self.queue(data)?;
                         }
                         continue;
                     }
@@ -101,8 +146,7 @@ impl<'a, I: AsyncRead + AsyncWrite + Unpin> Pump<'a, I> {
                         return Poll::Ready(Err(io::Error::other(error)));
                     }
                     Poll::Ready(None) => {
-                        self.ended = true;
-                        self.out.frame(Bytes::from_static(LAST_CHUNK), false);
+                        self.end()?;
                         continue;
                     }
                     Poll::Pending => {}
@@ -127,6 +171,37 @@ impl<'a, I: AsyncRead + AsyncWrite + Unpin> Pump<'a, I> {
                 Poll::Pending
             };
         }
+    }
+
+    /// Queues a frame of the body, refusing one that goes past the announced length.
+    fn queue(&mut self, data: Bytes) -> io::Result<()> {
+        self.sent += data.len() as u64;
+        match self.framing {
+            Framing::Length(len) if self.sent > len => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the body is longer than its content-length",
+            )),
+            framing => {
+                self.out.frame(data, framing == Framing::Chunked);
+                Ok(())
+            }
+        }
+    }
+
+    /// Ends the body: the last chunk, or a check that all the announced bytes came.
+    fn end(&mut self) -> io::Result<()> {
+        self.ended = true;
+        match self.framing {
+            Framing::Chunked => self.out.frame(Bytes::from_static(LAST_CHUNK), false),
+            Framing::Length(len) if self.sent < len => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the body ended before its content-length",
+                ));
+            }
+            Framing::Length(_) | Framing::Empty => {}
+        }
+        Ok(())
     }
 
     /// Reads and drops what the client sends while its stream is open, so that its closing

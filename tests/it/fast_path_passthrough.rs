@@ -1,0 +1,245 @@
+//! Passthrough `GET`s answered on the HTTP/1.1 fast path (`src/edge/h1/`), seen from the
+//! wire: every framing an origin may use reaches the client whole (or, cut short, visibly
+//! cut), keep-alive and pipelining carry several answers on one connection, a request hyper
+//! must serve (a POST) still follows them, and `Connection: close` is honoured.
+
+use std::net::SocketAddr;
+
+use http_body_util::BodyExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::common;
+use common::client::Proto;
+use common::origin::FakeOrigin;
+use common::{Options, TestProxy, WAIT, start_proxy, try_start_proxy};
+
+/// An origin written byte by byte, for the framings a hyper origin never chooses: each path
+/// gets its canned answer, and the answers that end by closing close.
+async fn raw_origin() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        match stream.read(&mut buf).await {
+                            Ok(n) if n > 0 => seen.extend_from_slice(&buf[..n]),
+                            _ => return,
+                        }
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&seen[..end]).into_owned();
+                    seen.drain(..end + 4);
+                    let path = head.split(' ').nth(1).unwrap_or("/").to_owned();
+                    let (answer, close): (&[u8], bool) = match path.as_str() {
+                        "/chunked" => (
+                            b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\
+                              transfer-encoding: chunked\r\n\r\n\
+                              5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\n\r\n",
+                            false,
+                        ),
+                        "/empty" => (b"HTTP/1.1 204 No Content\r\nx-kind: empty\r\n\r\n", false),
+                        "/short" => (b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhello", true),
+                        "/until-close" => (
+                            b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\nall of it",
+                            true,
+                        ),
+                        _ => (b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok", false),
+                    };
+                    if stream.write_all(answer).await.is_err() || close {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// The proxy in front of [`raw_origin`] (a fake origin still serves nothing else).
+async fn proxy_to_raw_origin(fake: &FakeOrigin) -> TestProxy {
+    let raw = format!("http://{}", raw_origin().await);
+    try_start_proxy(fake, Options::default(), |text| {
+        text.replace(&fake.url, &raw)
+    })
+    .await
+    .expect("proxy starts")
+}
+
+/// Reads until the peer closes (bounded by [`WAIT`]); returns everything read.
+async fn read_to_close(tcp: &mut TcpStream) -> String {
+    let mut all = Vec::new();
+    tokio::time::timeout(WAIT, tcp.read_to_end(&mut all))
+        .await
+        .expect("closed in time")
+        .expect("read");
+    String::from_utf8_lossy(&all).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_origin_framing_reaches_the_client_whole() {
+    let fake = FakeOrigin::start().await;
+    let proxy = proxy_to_raw_origin(&fake).await;
+    // HTTP/1.1 plaintext and TLS take the fast path; HTTP/2 takes hyper's, for comparison.
+    for proto in [Proto::H2Plain, Proto::H1Plain, Proto::H1Tls] {
+        let mut conn = proxy.client.keep_alive(proto).await;
+        for (path, status, body) in [
+            ("/chunked", 200, "hello world"),
+            ("/empty", 204, ""),
+            ("/until-close", 200, "all of it"),
+            // The same connection still works after each of them.
+            ("/plain", 200, "ok"),
+        ] {
+            let response = conn.get(path, &[]).await;
+            assert_eq!(response.status(), status, "{proto:?} {path}");
+            if path == "/empty" {
+                assert_eq!(response.headers()["x-kind"], "empty", "{proto:?}");
+            }
+            let bytes = tokio::time::timeout(WAIT, response.into_body().collect())
+                .await
+                .expect("body in time")
+                .unwrap_or_else(|e| panic!("{proto:?} {path}: {e}"))
+                .to_bytes();
+            assert_eq!(bytes, body.as_bytes(), "{proto:?} {path}");
+        }
+        // A body the origin cuts short is cut short for the client too, never padded or
+        // passed off as whole.
+        let response = conn.get("/short", &[]).await;
+        assert_eq!(response.status(), 200, "{proto:?}");
+        let body = tokio::time::timeout(WAIT, response.into_body().collect())
+            .await
+            .expect("ends in time");
+        assert!(body.is_err(), "{proto:?}: a short body must fail");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_are_framed_by_length_when_known_else_chunked() {
+    let fake = FakeOrigin::start().await;
+    let proxy = proxy_to_raw_origin(&fake).await;
+    let addr = proxy.proxy.http_addr().expect("http");
+    let mut tcp = TcpStream::connect(addr).await.expect("connect");
+    tcp.write_all(
+        b"GET /plain HTTP/1.1\r\nhost: x\r\n\r\n\
+          GET /chunked HTTP/1.1\r\nhost: x\r\n\r\n\
+          GET /empty HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+    )
+    .await
+    .expect("write");
+    let text = read_to_close(&mut tcp).await.to_ascii_lowercase();
+    let heads: Vec<&str> = text.split("http/1.1 ").skip(1).collect();
+    assert_eq!(heads.len(), 3, "{text}");
+    assert!(
+        heads[0].contains("\r\ncontent-length: 2\r\n"),
+        "{}",
+        heads[0]
+    );
+    assert!(heads[0].ends_with("\r\n\r\nok"), "{}", heads[0]);
+    assert!(
+        heads[1].contains("\r\ntransfer-encoding: chunked\r\n"),
+        "{}",
+        heads[1]
+    );
+    assert!(!heads[1].contains("content-length"), "{}", heads[1]);
+    assert!(heads[1].ends_with("\r\n0\r\n\r\n"), "{}", heads[1]);
+    assert!(heads[2].starts_with("204 no content\r\n"), "{}", heads[2]);
+    assert!(
+        heads[2].contains("\r\nconnection: close\r\n"),
+        "{}",
+        heads[2]
+    );
+    assert!(
+        !heads[2].contains("content-length") && !heads[2].contains("transfer-encoding"),
+        "a 204 has no body framing: {}",
+        heads[2]
+    );
+    assert!(heads[2].ends_with("\r\n\r\n"), "{}", heads[2]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_gets_then_a_post_share_one_connection() {
+    let origin = FakeOrigin::start().await;
+    let proxy = start_proxy(&origin, Options::default()).await;
+    let addr = proxy.proxy.http_addr().expect("http");
+    let mut tcp = TcpStream::connect(addr).await.expect("connect");
+    // Two GETs answered on the fast path, then a POST with a body, which hyper serves from
+    // the bytes the fast path had already read, then the connection is closed by request.
+    tcp.write_all(
+        b"GET /api/v2/stream/status HTTP/1.1\r\nhost: x\r\n\r\n\
+          GET /api/v2/stream/status HTTP/1.1\r\nhost: x\r\n\r\n\
+          POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\nconnection: close\r\n\r\nhello",
+    )
+    .await
+    .expect("write");
+    let text = read_to_close(&mut tcp).await;
+    assert_eq!(text.matches("HTTP/1.1 200 OK\r\n").count(), 3, "{text}");
+    let echo = text.rfind("HTTP/1.1 200").expect("the echo last");
+    assert!(text[echo..].contains("hello"), "{text}");
+    assert_eq!(
+        text[..echo].matches("\"max_connections\"").count(),
+        2,
+        "both status answers come first, whole: {text}"
+    );
+    assert_eq!(origin.count("/api/v2/stream/status"), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_close_ends_the_connection_after_the_answer() {
+    let origin = FakeOrigin::start().await;
+    let proxy = start_proxy(&origin, Options::default()).await;
+    let addr = proxy.proxy.http_addr().expect("http");
+    let mut tcp = TcpStream::connect(addr).await.expect("connect");
+    // The second request is never answered: the first asked to close.
+    tcp.write_all(
+        b"GET /api/v2/stream/status HTTP/1.1\r\nhost: x\r\nConnection: Close\r\n\r\n\
+          GET /api/v2/stream/status HTTP/1.1\r\nhost: x\r\n\r\n",
+    )
+    .await
+    .expect("write");
+    let text = read_to_close(&mut tcp).await.to_ascii_lowercase();
+    assert_eq!(text.matches("http/1.1 200 ok\r\n").count(), 1, "{text}");
+    assert!(text.contains("\r\nconnection: close\r\n"), "{text}");
+    assert!(text.contains("\"max_connections\""), "{text}");
+    assert_eq!(origin.count("/api/v2/stream/status"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_closes_a_connection_idle_between_requests() {
+    let origin = FakeOrigin::start().await;
+    // Idle connections and the drain may both last longer than the test waits: shutdown has
+    // to close this connection itself.
+    let proxy = try_start_proxy(&origin, Options::default(), |text| {
+        text.replace(
+            "header_read_timeout_ms = 2000",
+            "header_read_timeout_ms = 60000",
+        )
+        .replace("shutdown_grace_s = 2", "shutdown_grace_s = 30")
+    })
+    .await
+    .expect("proxy starts");
+    let addr = proxy.proxy.http_addr().expect("http");
+    let mut tcp = TcpStream::connect(addr).await.expect("connect");
+    tcp.write_all(b"GET /api/v2/stream/status HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !String::from_utf8_lossy(&answer).contains("\"max_connections\"") {
+        let n = tokio::time::timeout(WAIT, tcp.read(&mut buf))
+            .await
+            .expect("answer in time")
+            .expect("read");
+        assert!(n > 0, "closed before the answer");
+        answer.extend_from_slice(&buf[..n]);
+    }
+    // The connection now waits for its next request; shutdown must not wait for it.
+    tokio::time::timeout(WAIT, proxy.proxy.shutdown())
+        .await
+        .expect("shutdown does not wait for an idle keep-alive connection");
+    let rest = read_to_close(&mut tcp).await;
+    assert!(rest.is_empty(), "nothing more is sent: {rest}");
+}
