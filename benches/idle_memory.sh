@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Proxy memory per idle stream and stream open rate, plaintext HTTP/1.1 and TLS (HTTP/1.1 and
-# HTTP/2), measured on the release binary in front of the demo origin. Loopback only; every
-# run is bounded in streams and time.
+# HTTP/2), and per idle keep-alive connection (one passthrough GET each, then idle;
+# benches/keepalive_idle.py), measured on the release binary in front of the demo origin.
+# Loopback only; every run is bounded in streams and time.
 #
 #   benches/idle_memory.sh [STREAMS]      (default 10000; at most ~19000 on this machine)
 #
@@ -54,3 +55,6 @@ measure "TLS HTTP/1.1" "https://localhost:18443/api/v2/stream" -k
 measure "TLS HTTP/2 (100/conn)" "https://localhost:18443/api/v2/stream" -k --http2 --connections $((streams / 100))
 # h2c reaches hyper through the fast path's detection, with the bytes it read (`rewind`).
 measure "plaintext h2c (1/conn)" "http://127.0.0.1:18080/api/v2/stream" --http2 --connections "$streams"
+# Keep-alive connections idle between requests (a dashboard's fetches), half as many.
+start_proxy
+python3 benches/keepalive_idle.py 18080 "$proxy" $((streams / 2))

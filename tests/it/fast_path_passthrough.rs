@@ -118,6 +118,35 @@ async fn every_origin_framing_reaches_the_client_whole() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_origin_connection_ended_by_its_answer_is_not_reused() {
+    let fake = FakeOrigin::start().await;
+    let proxy = proxy_to_raw_origin(&fake).await;
+    // A body read until the origin closes leaves nothing to reuse: the next request, with a
+    // body (hyper's exchange) or without (ours), must go on a new connection.
+    for method in ["GET", "POST", "GET"] {
+        for (path, body) in [("/until-close", "all of it"), ("/plain", "ok")] {
+            let response = proxy
+                .client
+                .send(
+                    Proto::H1Plain,
+                    method,
+                    path,
+                    &[],
+                    bytes::Bytes::from_static(b"x"),
+                )
+                .await;
+            assert_eq!(response.status(), 200, "{method} {path}");
+            let got = tokio::time::timeout(WAIT, response.into_body().collect())
+                .await
+                .expect("body in time")
+                .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+                .to_bytes();
+            assert_eq!(got, body.as_bytes(), "{method} {path}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answers_are_framed_by_length_when_known_else_chunked() {
     let fake = FakeOrigin::start().await;
     let proxy = proxy_to_raw_origin(&fake).await;
