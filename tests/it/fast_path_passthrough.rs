@@ -107,13 +107,14 @@ async fn every_origin_framing_reaches_the_client_whole() {
             assert_eq!(bytes, body.as_bytes(), "{proto:?} {path}");
         }
         // A body the origin cuts short is cut short for the client too, never padded or
-        // passed off as whole.
-        let response = conn.get("/short", &[]).await;
-        assert_eq!(response.status(), 200, "{proto:?}");
-        let body = tokio::time::timeout(WAIT, response.into_body().collect())
-            .await
-            .expect("ends in time");
-        assert!(body.is_err(), "{proto:?}: a short body must fail");
+        // passed off as whole (on HTTP/2 the stream may be reset before its head is sent).
+        if let Ok(response) = conn.try_get("/short", &[]).await {
+            assert_eq!(response.status(), 200, "{proto:?}");
+            let body = tokio::time::timeout(WAIT, response.into_body().collect())
+                .await
+                .expect("ends in time");
+            assert!(body.is_err(), "{proto:?}: a short body must fail");
+        }
     }
 }
 

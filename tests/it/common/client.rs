@@ -51,9 +51,17 @@ enum Sender {
 
 impl Sender {
     async fn send(&mut self, request: Request<Full<Bytes>>) -> Response<Incoming> {
+        self.try_send(request).await.expect("response head")
+    }
+
+    /// [`Sender::send`], with the error when no response head came.
+    async fn try_send(
+        &mut self,
+        request: Request<Full<Bytes>>,
+    ) -> Result<Response<Incoming>, hyper::Error> {
         // Wait until the connection can take a request (on a kept-alive HTTP/1.1 connection,
         // until the previous response has been fully read).
-        let response = match self {
+        match self {
             Sender::H1(s) => match s.ready().await {
                 Ok(()) => s.send_request(request).await,
                 Err(error) => Err(error),
@@ -62,8 +70,7 @@ impl Sender {
                 Ok(()) => s.send_request(request).await,
                 Err(error) => Err(error),
             },
-        };
-        response.expect("response head")
+        }
     }
 }
 
@@ -78,6 +85,15 @@ pub struct KeepAlive {
 impl KeepAlive {
     /// Sends a GET on this connection; fails if the connection was closed.
     pub async fn get(&mut self, path: &str, headers: &[(&str, &str)]) -> Response<Incoming> {
+        self.try_get(path, headers).await.expect("response head")
+    }
+
+    /// [`KeepAlive::get`], with the error when no response head came.
+    pub async fn try_get(
+        &mut self,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Response<Incoming>, hyper::Error> {
         let request = build(
             self.proto,
             self.addr,
@@ -87,7 +103,7 @@ impl KeepAlive {
             headers,
             Bytes::new(),
         );
-        tokio::time::timeout(Duration::from_secs(10), self.sender.send(request))
+        tokio::time::timeout(Duration::from_secs(10), self.sender.try_send(request))
             .await
             .expect("response head within 10 s")
     }
