@@ -5,7 +5,8 @@
 //! - [`config`]: `proxy.toml`, parsed, `${ENV}`-expanded and validated.
 //! - [`edge`]: accept (a permit per connection), TLS with ALPN, and serving each connection as
 //!   HTTP/1.1 or HTTP/2. HTTP/1.1 connections start on the fast path ([`edge::h1`]), which
-//!   serves event streams without per-connection buffers and hands everything else to hyper.
+//!   answers bodiless `GET`s itself (event streams without per-connection buffers, passthrough
+//!   without hyper's dispatch) and hands everything else to hyper.
 //! - [`request`]: the request phases: route → authenticate → stream or passthrough → access
 //!   log; the only layer that turns errors into HTTP answers ([`request::error`]: JSON, or
 //!   a retryable event stream for an `EventSource`), and CORS on stream routes

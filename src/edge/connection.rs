@@ -1,6 +1,5 @@
-//! Serving one accepted connection: HTTP/1.1 ones start on the event-stream fast path
-//! ([`super::h1`]) and go to hyper at the first request it does not serve; HTTP/2 ones go to
-//! hyper at once. A connection idle with nothing in flight gives its slot back.
+//! Serving one accepted connection: HTTP/1.1 ones start on the fast path ([`super::h1`])
+//! and go to hyper at the first request it does not serve; HTTP/2 ones go to hyper at once. A connection idle with nothing in flight gives its slot back.
 //!
 //! Connections hyper serves are read through `ControlFrames` (a bound on HTTP/2 control
 //! frames) and run their HTTP/2 streams under a stall watch (`stall`).
@@ -144,8 +143,8 @@ pub(super) struct Serving {
 
 impl Serving {
     /// Serves a connection: HTTP/1.1 ones (`h1`, or plaintext that may turn out to be h2c)
-    /// start on the event-stream fast path ([`super::h1`]) and go to hyper at the
-    /// first request it does not serve; HTTP/2 ones go to hyper at once.
+    /// start on the fast path ([`super::h1`]) and go to hyper at the first request it does
+    /// not serve; HTTP/2 ones go to hyper at once.
     pub(super) async fn serve<I>(mut self, io: I, builders: Arc<Builders>, h1: bool)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
