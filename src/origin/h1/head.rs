@@ -2,6 +2,7 @@
 //! answer's head we parse (with `httparse`, bounded in size and header count).
 
 use std::io::{self, Write};
+use std::mem::MaybeUninit;
 
 use bytes::{Buf, BytesMut};
 use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
@@ -85,9 +86,17 @@ struct Field {
 /// are slices of it (no copy). `Ok(None)`: the head is not complete yet.
 pub(super) fn parse_response(buf: &mut BytesMut) -> io::Result<Option<Response<()>>> {
     loop {
-        let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut parsed = httparse::Response::new(&mut fields);
-        let length = match parsed.parse(buf) {
+        if buf.is_empty() {
+            return Ok(None);
+        }
+        // Left uninitialised: httparse fills only the fields it finds.
+        let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut parsed = httparse::Response::new(&mut []);
+        let length = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut parsed,
+            buf,
+            &mut fields,
+        ) {
             Ok(httparse::Status::Complete(length)) => length,
             Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => {
                 return Err(invalid("the answer's head is larger than 64 KiB"));
