@@ -14,6 +14,9 @@ use crate::origin::ClientBody;
 pub(super) const MAX_HEAD: usize = 64 * 1024;
 /// The most header fields an answer head may have.
 pub(super) const MAX_HEADERS: usize = 100;
+/// Room in an answer's header map for the fields the proxy adds before passing it on (request
+/// id, CORS), so adding them does not grow (reallocate) the map.
+const ADDED_HEADERS: usize = 4;
 
 /// The `Content-Length` a request without a streamed body carries: its length for a body,
 /// 0 for a bodiless POST, PUT or PATCH (their servers expect a length) or when the caller set
@@ -139,7 +142,7 @@ pub(super) fn parse_response(buf: &mut BytesMut) -> io::Result<Option<Response<(
             };
         }
         let head = buf.split_to(length).freeze();
-        let mut headers = HeaderMap::with_capacity(count);
+        let mut headers = HeaderMap::with_capacity(count + ADDED_HEADERS);
         for field in &found[..count] {
             let name =
                 HeaderName::from_bytes(&head[field.name.0..field.name.1]).map_err(invalid)?;
