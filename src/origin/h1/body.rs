@@ -131,6 +131,7 @@ pub(in crate::origin) struct Decoder {
     state: State,
 }
 
+/// Where a decoder is in the body.
 #[derive(Debug)]
 enum State {
     /// This many bytes are left.
@@ -145,6 +146,7 @@ enum State {
     Failed,
 }
 
+/// Where a chunked decoder is in the chunk framing.
 #[derive(Debug)]
 enum Chunk {
     /// Next is a chunk-size line.

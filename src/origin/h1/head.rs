@@ -68,6 +68,7 @@ pub(super) fn encode_request(
     out.extend_from_slice(b"\r\n");
 }
 
+/// Writes one `name: value` line.
 fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
