@@ -21,10 +21,11 @@ use hyper::body::Incoming;
 use crate::config::UpstreamConfig;
 
 pub mod connect;
+mod h1;
 pub mod pool;
 pub mod tls;
 use connect::Connector;
-pub use pool::UpstreamBody;
+pub use pool::{BodyError, UpstreamBody};
 use pool::{Limits, Pool, SendError};
 use tls::{TlsError, origin_roots, provider};
 

@@ -1,11 +1,14 @@
-//! Our own pool of origin connections, built on hyper's `client::conn`.
+//! Our own pool of origin connections. Requests without a streamed body go through our own
+//! HTTP/1.1 exchange ([`super::h1`]); requests with one (a client's POST) through hyper's
+//! `client::conn`, which writes the body while it arrives. The two kinds of connection are
+//! kept in separate idle lists.
 //!
-//! An HTTP/1.1 connection has no task of its own: the task that sends a request polls the
-//! connection while it waits for the answer, and the answer's body polls it while the body
-//! is read. When the body has ended the connection goes back to the idle list of its origin
-//! (newest first out, at most `max_idle_per_origin`, none older than `idle_timeout`). So a
-//! proxied request costs no hop between tasks or worker threads, where hyper-util's pooled
-//! client drove each connection in a task of its own and woke it twice per request.
+//! An HTTP/1.1 connection has no task of its own: the task that sends a request uses the
+//! connection while it waits for the answer, and the answer's body reads from it while the
+//! body is read. When the body has ended the connection goes back to the idle list of its
+//! origin (newest first out, at most `max_idle_per_origin`, none older than `idle_timeout`).
+//! So a proxied request costs no hop between tasks or worker threads, where hyper-util's
+//! pooled client drove each connection in a task of its own and woke it twice per request.
 //!
 //! An HTTP/2 connection (`h2` by ALPN on an HTTPS origin) is multiplexed, so it runs in its own
 //! task and every request to that origin shares it.
@@ -35,6 +38,10 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 
 use super::ClientBody;
 use super::connect::{Connector, OriginStream, Protocol};
+use super::h1::{Connection, Decoder, Failure};
+
+/// The error of an answer's body: hyper's, or our exchange's `io::Error`.
+pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Why a request got no answer from the origin.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +52,10 @@ pub enum SendError {
     /// The connection failed while the request was sent or the answer's head read.
     #[error("the exchange with the origin failed")]
     Http(#[source] hyper::Error),
+    /// Our own HTTP/1.1 exchange failed while the request was sent or the answer's head read
+    /// (`InvalidData`: the answer is malformed).
+    #[error("the exchange with the origin failed")]
+    Exchange(#[source] io::Error),
 }
 
 thread_local! {
@@ -99,8 +110,11 @@ struct Key {
 /// An origin's connections not in use.
 #[derive(Default)]
 struct Idle {
-    /// Idle HTTP/1.1 connections, oldest first, with the time each became idle.
+    /// Idle HTTP/1.1 connections driven by hyper (for streamed request bodies), oldest
+    /// first, with the time each became idle.
     h1: VecDeque<(Instant, Box<H1>)>,
+    /// Idle HTTP/1.1 connections we speak ourselves (bodiless requests), the same way.
+    own: VecDeque<(Instant, Box<Own>)>,
     /// The origin's shared HTTP/2 connection, once it has shown it speaks HTTP/2.
     h2: Option<http2::SendRequest<ClientBody>>,
 }
@@ -143,10 +157,22 @@ impl H1 {
     }
 }
 
+/// An HTTP/1.1 connection on which we speak ourselves, and where it goes back to.
+struct Own {
+    /// The connection and its buffers.
+    conn: Connection,
+    /// Where it goes back to.
+    key: Key,
+    /// `Host` for its requests, made once per connection.
+    host: Option<HeaderValue>,
+}
+
 /// A connection taken out for one request.
 enum Checkout {
-    /// HTTP/1.1, driven by the request.
+    /// HTTP/1.1 through hyper, driven by the request.
     H1(Box<H1>),
+    /// HTTP/1.1 we speak ourselves.
+    Own(Box<Own>),
     /// A handle on a shared HTTP/2 connection.
     H2(http2::SendRequest<ClientBody>),
 }
@@ -167,8 +193,9 @@ impl Pool {
     }
 
     /// Sends `request` (absolute URI) to the origin `authority` and waits for the answer's
-    /// head. A request that a reused connection gave back unsent (it closed meanwhile) is
-    /// sent once more on a new connection.
+    /// head. A request that failed on a reused connection before any answer came (the origin
+    /// closed it meanwhile) is sent once more on a new connection: always when hyper gave it
+    /// back unsent, and when idempotent on our own exchange (the origin may have seen it).
     pub async fn send(
         &self,
         https: bool,
@@ -180,10 +207,23 @@ impl Pool {
             authority,
             thread: OWN_CONNECTIONS.with(Cell::get),
         };
+        let own = bodiless(&mut request);
         let mut fresh = false;
         loop {
-            let (checkout, reused) = self.shared.checkout(&key, fresh).await?;
+            let (checkout, reused) = self.shared.checkout(&key, fresh, own).await?;
             let error = match checkout {
+                Checkout::Own(conn) => match self.send_own(conn, &request).await {
+                    Ok(response) => return Ok(response),
+                    Err(failure)
+                        if failure.unanswered && reused && request.method().is_idempotent() =>
+                    {
+                        let error = &failure.error;
+                        tracing::debug!(%error, "a reused origin connection failed; sending again");
+                        fresh = true;
+                        continue;
+                    }
+                    Err(failure) => return Err(SendError::Exchange(failure.error)),
+                },
                 Checkout::H1(h1) => {
                     to_origin_form(&mut request, h1.host.as_ref());
                     match self.send_h1(h1, request).await {
@@ -210,6 +250,24 @@ impl Pool {
         }
     }
 
+    /// Sends on a connection we speak HTTP/1.1 on ourselves; the answer's body reads from it
+    /// and gives it back when it ends.
+    async fn send_own(
+        &self,
+        mut own: Box<Own>,
+        request: &Request<ClientBody>,
+    ) -> Result<Response<UpstreamBody>, Failure> {
+        let Own { conn, host, .. } = &mut *own;
+        let answer = conn.exchange(request, host.as_ref()).await?;
+        let body = OwnLease {
+            own: Some(own),
+            decoder: answer.decoder,
+            keep_alive: answer.keep_alive,
+            pool: Arc::downgrade(&self.shared),
+        };
+        Ok(answer.response.map(|()| UpstreamBody(Kind::Own(body))))
+    }
+
     /// Sends on an HTTP/1.1 connection, polling it in this task until the answer's head is
     /// in; the body then carries the connection and gives it back when it ends.
     async fn send_h1(
@@ -224,25 +282,43 @@ impl Pool {
         })
         .await?;
         let pool = Arc::downgrade(&self.shared);
-        Ok(response.map(|incoming| UpstreamBody {
-            incoming,
-            lease: Some(Lease {
-                h1,
-                pool,
-                ended: false,
-            }),
+        Ok(response.map(|incoming| {
+            UpstreamBody(Kind::Hyper {
+                incoming,
+                lease: Some(Lease {
+                    h1,
+                    pool,
+                    ended: false,
+                }),
+            })
         }))
     }
 
-    /// Idle HTTP/1.1 connections kept for `authority` (plaintext), for tests.
+    /// Idle HTTP/1.1 connections (of both kinds) kept for `authority` (plaintext), for tests.
     #[cfg(test)]
-    fn idle_count(&self, authority: &Authority) -> usize {
+    pub(super) fn idle_count(&self, authority: &Authority) -> usize {
         let key = Key {
             https: false,
             authority: authority.clone(),
             thread: None,
         };
-        self.shared.lock().get(&key).map_or(0, |idle| idle.h1.len())
+        self.shared
+            .lock()
+            .get(&key)
+            .map_or(0, |idle| idle.h1.len() + idle.own.len())
+    }
+}
+
+/// Whether `request` goes through our own exchange: its body is known whole (an empty
+/// streamed body, as a client's `GET` has, is made `Empty`).
+fn bodiless(request: &mut Request<ClientBody>) -> bool {
+    match request.body() {
+        ClientBody::Empty | ClientBody::Full(_) => true,
+        ClientBody::Streamed(incoming) if incoming.is_end_stream() => {
+            *request.body_mut() = ClientBody::Empty;
+            true
+        }
+        ClientBody::Streamed(_) => false,
     }
 }
 
@@ -305,9 +381,15 @@ impl Shared {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// An idle connection that is still open (newest first), the origin's HTTP/2
-    /// connection, or a new one (always new when `fresh`). Says whether it was reused.
-    async fn checkout(&self, key: &Key, fresh: bool) -> Result<(Checkout, bool), SendError> {
+    /// An idle connection that is still open (newest first; one we speak ourselves when
+    /// `own`, else one of hyper's), the origin's HTTP/2 connection, or a new one (always new
+    /// when `fresh`). Says whether it was reused.
+    async fn checkout(
+        &self,
+        key: &Key,
+        fresh: bool,
+        own: bool,
+    ) -> Result<(Checkout, bool), SendError> {
         if !fresh {
             loop {
                 let candidate = {
@@ -321,30 +403,53 @@ impl Shared {
                         }
                         idle.h2 = None;
                     }
-                    idle.h1.pop_back()
+                    if own {
+                        idle.own
+                            .pop_back()
+                            .map(|(since, c)| (since, Checkout::Own(c)))
+                    } else {
+                        idle.h1
+                            .pop_back()
+                            .map(|(since, c)| (since, Checkout::H1(c)))
+                    }
                 };
-                let Some((since, mut h1)) = candidate else {
+                let Some((since, mut candidate)) = candidate else {
                     break;
                 };
                 if since.elapsed() < self.limits.idle_timeout
-                    && poll_fn(|cx| Poll::Ready(h1.reusable(cx))).await
+                    && poll_fn(|cx| {
+                        Poll::Ready(match &mut candidate {
+                            Checkout::H1(h1) => h1.reusable(cx),
+                            Checkout::Own(own) => own.conn.poll_idle(cx),
+                            Checkout::H2(_) => false,
+                        })
+                    })
+                    .await
                 {
-                    return Ok((Checkout::H1(h1), true));
+                    return Ok((candidate, true));
                 }
             }
         }
         // Boxed: opening is rare (the pool reuses), and its future is large; inline, it would
         // make every request's future, which the edge boxes per request, that much larger.
-        Ok((Box::pin(self.open(key)).await?, false))
+        Ok((Box::pin(self.open(key, own)).await?, false))
     }
 
-    /// Opens a new connection to the origin and sets it up for HTTP/1.1 or HTTP/2.
-    async fn open(&self, key: &Key) -> Result<Checkout, SendError> {
+    /// Opens a new connection to the origin and sets it up for HTTP/1.1 (ours when `own`,
+    /// else hyper's) or HTTP/2.
+    async fn open(&self, key: &Key, own: bool) -> Result<Checkout, SendError> {
         let (stream, protocol) = self
             .connector
             .connect(key.https, &key.authority)
             .await
             .map_err(SendError::Connect)?;
+        if own && protocol == Protocol::Http1 {
+            return Ok(Checkout::Own(Box::new(Own {
+                conn: Connection::new(stream),
+                key: key.clone(),
+                host: host_header(key.https, &key.authority),
+            })));
+        }
         let io = TokioIo::new(stream);
         Ok(match protocol {
             Protocol::Http1 => {
@@ -371,26 +476,46 @@ impl Shared {
         })
     }
 
-    /// Takes back a connection whose exchange ended; closes the oldest beyond the limit.
+    /// Takes back a hyper connection whose exchange ended; closes the oldest beyond the limit.
     fn checkin(&self, h1: Box<H1>) {
         if h1.conn.is_none() || h1.sender.is_closed() {
             return;
         }
-        let evicted = {
-            let mut origins = self.lock();
-            let idle = match origins.get_mut(&h1.key) {
-                Some(idle) => idle,
-                None => origins.entry(h1.key.clone()).or_default(),
-            };
-            idle.h1.push_back((Instant::now(), h1));
-            if idle.h1.len() > self.limits.max_idle_per_origin {
-                idle.h1.pop_front()
-            } else {
-                None
-            }
-        };
+        let key = h1.key.clone();
+        let evicted = self.idle_push(&key, |idle| &mut idle.h1, h1);
         // Closed outside the lock.
         drop(evicted);
+    }
+
+    /// Takes back a connection of ours whose body ended cleanly; closes the oldest beyond
+    /// the limit.
+    fn checkin_own(&self, own: Box<Own>) {
+        let key = own.key.clone();
+        let evicted = self.idle_push(&key, |idle| &mut idle.own, own);
+        // Closed outside the lock.
+        drop(evicted);
+    }
+
+    /// Puts `conn` at the new end of one of `key`'s idle lists; gives back the oldest if
+    /// the list is then over the limit.
+    fn idle_push<T>(
+        &self,
+        key: &Key,
+        list: impl FnOnce(&mut Idle) -> &mut VecDeque<(Instant, T)>,
+        conn: T,
+    ) -> Option<(Instant, T)> {
+        let mut origins = self.lock();
+        let idle = match origins.get_mut(key) {
+            Some(idle) => idle,
+            None => origins.entry(key.clone()).or_default(),
+        };
+        let list = list(idle);
+        list.push_back((Instant::now(), conn));
+        if list.len() > self.limits.max_idle_per_origin {
+            list.pop_front()
+        } else {
+            None
+        }
     }
 
     /// Forgets an origin's HTTP/2 connection that refused a request.
@@ -401,22 +526,33 @@ impl Shared {
     }
 
     /// Takes out every idle connection older than the idle timeout.
-    fn expired(&self) -> Vec<(Instant, Box<H1>)> {
-        let mut expired = Vec::new();
+    fn expired(&self) -> (Aged<Box<H1>>, Aged<Box<Own>>) {
+        let (mut h1, mut own) = (Vec::new(), Vec::new());
+        let timeout = self.limits.idle_timeout;
         let mut origins = self.lock();
         for idle in origins.values_mut() {
-            while idle
-                .h1
-                .front()
-                .is_some_and(|(since, _)| since.elapsed() >= self.limits.idle_timeout)
-            {
-                expired.extend(idle.h1.pop_front());
-            }
+            take_expired(&mut idle.h1, timeout, &mut h1);
+            take_expired(&mut idle.own, timeout, &mut own);
         }
         origins.retain(|_, idle| {
-            !idle.h1.is_empty() || idle.h2.as_ref().is_some_and(|h2| !h2.is_closed())
+            !idle.h1.is_empty()
+                || !idle.own.is_empty()
+                || idle.h2.as_ref().is_some_and(|h2| !h2.is_closed())
         });
-        expired
+        (h1, own)
+    }
+}
+
+/// Connections with the time each became idle.
+type Aged<T> = Vec<(Instant, T)>;
+
+/// Moves the entries of an idle list (oldest first) that are `timeout` old into `out`.
+fn take_expired<T>(list: &mut VecDeque<(Instant, T)>, timeout: Duration, out: &mut Aged<T>) {
+    while list
+        .front()
+        .is_some_and(|(since, _)| since.elapsed() >= timeout)
+    {
+        out.extend(list.pop_front());
     }
 }
 
@@ -448,60 +584,114 @@ struct Lease {
     ended: bool,
 }
 
-/// The origin's answer body. On HTTP/1.1 it drives its connection and gives it back to the
-/// pool once read to the end; dropped before that, it closes the connection.
-pub struct UpstreamBody {
-    /// The body as hyper delivers it.
-    incoming: Incoming,
-    /// The HTTP/1.1 connection it arrives on (`None` on HTTP/2).
-    lease: Option<Lease>,
+/// The origin's answer body. On HTTP/1.1 it reads from its connection and gives it back to
+/// the pool once read to the end; dropped before that, it closes the connection.
+pub struct UpstreamBody(Kind);
+
+/// Where the body comes from.
+enum Kind {
+    /// Hyper's connection (HTTP/2, or HTTP/1.1 after a streamed request body).
+    Hyper {
+        /// The body as hyper delivers it.
+        incoming: Incoming,
+        /// The HTTP/1.1 connection it arrives on (`None` on HTTP/2).
+        lease: Option<Lease>,
+    },
+    /// A connection we speak HTTP/1.1 on ourselves.
+    Own(OwnLease),
+}
+
+/// A connection of ours lent to an answer's body.
+struct OwnLease {
+    /// The connection, read while the body is read; taken out when the body is dropped.
+    own: Option<Box<Own>>,
+    /// Where in the body it is.
+    decoder: Decoder,
+    /// The answer (and request) allow another request on the connection after this body.
+    keep_alive: bool,
+    /// Where it goes back to (weak: an idle connection must not keep the pool alive).
+    pool: Weak<Shared>,
 }
 
 impl UpstreamBody {
     /// A body on a shared HTTP/2 connection, which its own task drives.
     fn new(incoming: Incoming) -> UpstreamBody {
-        UpstreamBody {
+        UpstreamBody(Kind::Hyper {
             incoming,
             lease: None,
-        }
+        })
     }
 }
 
 impl Body for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let this = self.get_mut();
-        if let Some(lease) = &mut this.lease {
-            lease.h1.drive(cx);
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match &mut self.get_mut().0 {
+            Kind::Hyper { incoming, lease } => {
+                if let Some(lease) = lease {
+                    lease.h1.drive(cx);
+                }
+                let polled = Pin::new(incoming).poll_frame(cx);
+                if let (Poll::Ready(None), Some(lease)) = (&polled, lease) {
+                    lease.ended = true;
+                }
+                polled.map_err(BodyError::from)
+            }
+            Kind::Own(lease) => match &mut lease.own {
+                Some(own) => own
+                    .conn
+                    .poll_body(&mut lease.decoder, cx)
+                    .map_ok(Frame::data)
+                    .map_err(BodyError::from),
+                None => Poll::Ready(None),
+            },
         }
-        let polled = Pin::new(&mut this.incoming).poll_frame(cx);
-        if let (Poll::Ready(None), Some(lease)) = (&polled, &mut this.lease) {
-            lease.ended = true;
-        }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.incoming.is_end_stream()
+        match &self.0 {
+            Kind::Hyper { incoming, .. } => incoming.is_end_stream(),
+            Kind::Own(lease) => lease.decoder.is_done(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.incoming.size_hint()
+        match &self.0 {
+            Kind::Hyper { incoming, .. } => incoming.size_hint(),
+            Kind::Own(lease) => lease
+                .decoder
+                .remaining()
+                .map_or_else(SizeHint::default, SizeHint::with_exact),
+        }
     }
 }
 
 impl Drop for UpstreamBody {
     fn drop(&mut self) {
-        if let Some(lease) = self.lease.take()
-            && (lease.ended || self.incoming.is_end_stream())
-            && let Some(pool) = lease.pool.upgrade()
-        {
-            pool.checkin(lease.h1);
+        match &mut self.0 {
+            Kind::Hyper { incoming, lease } => {
+                if let Some(lease) = lease.take()
+                    && (lease.ended || incoming.is_end_stream())
+                    && let Some(pool) = lease.pool.upgrade()
+                {
+                    pool.checkin(lease.h1);
+                }
+            }
+            Kind::Own(lease) => {
+                if lease.keep_alive
+                    && lease.decoder.is_done()
+                    && let Some(own) = lease.own.take()
+                    && !own.conn.has_unread()
+                    && let Some(pool) = lease.pool.upgrade()
+                {
+                    pool.checkin_own(own);
+                }
+            }
         }
     }
 }
