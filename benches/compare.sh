@@ -25,7 +25,8 @@
 # (default ./target).
 #
 # PASSTHROUGH_ONLY=1 runs only the passthrough part, sse-edge and nginx alternating, ROUNDS
-# times (no Pushpin, no fan-out), and prints each round's ratio. SSE_EDGE_BIN=path runs that
+# times (no Pushpin, no fan-out), and prints each round's ratio and each proxy's CPU (user and
+# system) per request. SSE_EDGE_BIN=path runs that
 # sse-edge binary instead of building one (to measure an earlier build in the same way).
 # SERVING_THREADS=N runs sse-edge with `[listen] serving_threads = N` (default: the config's 0).
 #
@@ -110,16 +111,24 @@ cpu_ticks() { # user + system clock ticks of these processes, summed (one that i
   done
   echo "$total"
 }
+user_ticks() { # user clock ticks alone, the same way
+  local total=0 t
+  for p in "$@"; do
+    t=$(awk '{print $14}' "/proc/$p/stat" 2>/dev/null || echo 0)
+    total=$(( total + t ))
+  done
+  echo "$total"
+}
 passthrough() { # name url [proxy pids...]: requests/s, and the proxy's and the origin's CPU
-  local name=$1 url=$2 out rps requests proxy_before origin_before; shift 2
-  proxy_before=$(cpu_ticks "$@"); origin_before=$(cpu_ticks "$edge")
+  local name=$1 url=$2 out rps requests proxy_before user_before origin_before; shift 2
+  proxy_before=$(cpu_ticks "$@"); user_before=$(user_ticks "$@"); origin_before=$(cpu_ticks "$edge")
   out=$(wrk -t2 -c64 -d5s "$url")
   rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
   requests=$(awk '/requests in/ {print $1}' <<<"$out")
   printf '  %-8s passthrough %8.0f requests/s\n' "$name" "${rps:-0}"
   echo "$name ${rps:-0}" >> "$work/wrk.summary"
   if [ $# -gt 0 ]; then
-    echo "$name ${requests:-0} $(( $(cpu_ticks "$@") - proxy_before )) $(( $(cpu_ticks "$edge") - origin_before ))" >> "$work/cpu.summary"
+    echo "$name ${requests:-0} $(( $(cpu_ticks "$@") - proxy_before )) $(( $(cpu_ticks "$edge") - origin_before )) $(( $(user_ticks "$@") - user_before ))" >> "$work/cpu.summary"
   fi
 }
 
@@ -159,6 +168,9 @@ if edge and nginx:
           f"(origin {st.median(origin):.1f} us); sse-edge / nginx per round: "
           + " ".join(f"{e / n:.2f}x" for e, n in zip(edge, nginx))
           + f"; median {st.median(e / n for e, n in zip(edge, nginx)):.2f}x (lower is better)")
+    user = lambda name: st.median(per(r[4], r[1]) for r in rows if r[0] == name)
+    print(f"of which user time, median: sse-edge {user('sse-edge'):.1f} us, nginx {user('nginx'):.1f} us; "
+          f"system time: sse-edge {st.median(edge) - user('sse-edge'):.1f} us, nginx {st.median(nginx) - user('nginx'):.1f} us")
 PY
   exit 0
 fi
