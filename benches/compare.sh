@@ -103,22 +103,16 @@ CONF
 nginx -p "$work" -c "$work/nginx.conf" -g 'daemon off;' &
 nginx_master=$!; pids+=("$nginx_master")
 
-cpu_ticks() { # user + system clock ticks of these processes, summed (one that is gone: 0)
-  local total=0 t
+ticks() { # AWK_EXPR PID...: that sum of /proc/PID/stat fields over these processes (gone: 0)
+  local expr=$1 total=0 t; shift
   for p in "$@"; do
-    t=$(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)
+    t=$(awk "{print $expr}" "/proc/$p/stat" 2>/dev/null || echo 0)
     total=$(( total + t ))
   done
   echo "$total"
 }
-user_ticks() { # user clock ticks alone, the same way
-  local total=0 t
-  for p in "$@"; do
-    t=$(awk '{print $14}' "/proc/$p/stat" 2>/dev/null || echo 0)
-    total=$(( total + t ))
-  done
-  echo "$total"
-}
+cpu_ticks() { ticks '$14 + $15' "$@"; } # user + system clock ticks
+user_ticks() { ticks '$14' "$@"; }      # user clock ticks alone
 passthrough() { # name url [proxy pids...]: requests/s, and the proxy's and the origin's CPU
   local name=$1 url=$2 out rps requests proxy_before user_before origin_before; shift 2
   proxy_before=$(cpu_ticks "$@"); user_before=$(user_ticks "$@"); origin_before=$(cpu_ticks "$edge")

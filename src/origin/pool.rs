@@ -294,6 +294,24 @@ impl Pool {
         }))
     }
 
+    /// A pool for unit tests: no trusted roots, a 5 s connect bound, idle connections kept a
+    /// minute.
+    #[cfg(test)]
+    pub(super) fn for_tests(max_idle_per_origin: usize) -> Pool {
+        let tls = rustls::ClientConfig::builder_with_provider(super::tls::provider())
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        Pool::new(
+            Connector::new(tls, Duration::from_secs(5)),
+            Limits {
+                max_idle_per_origin,
+                idle_timeout: Duration::from_secs(60),
+            },
+        )
+    }
+
     /// Idle HTTP/1.1 connections (of both kinds) kept for `authority` (plaintext), for tests.
     #[cfg(test)]
     pub(super) fn idle_count(&self, authority: &Authority) -> usize {
@@ -745,21 +763,6 @@ mod tests {
         (authority, connections)
     }
 
-    fn pool(max_idle_per_origin: usize) -> Pool {
-        let tls = rustls::ClientConfig::builder_with_provider(super::super::tls::provider())
-            .with_safe_default_protocol_versions()
-            .expect("versions")
-            .with_root_certificates(rustls::RootCertStore::empty())
-            .with_no_client_auth();
-        Pool::new(
-            Connector::new(tls, Duration::from_secs(5)),
-            Limits {
-                max_idle_per_origin,
-                idle_timeout: Duration::from_secs(60),
-            },
-        )
-    }
-
     fn get(authority: &Authority) -> Request<ClientBody> {
         let mut request = Request::new(ClientBody::Empty);
         *request.uri_mut() = format!("http://{authority}/x").parse().expect("uri");
@@ -779,7 +782,7 @@ mod tests {
     #[tokio::test]
     async fn an_idle_connection_is_reused() {
         let (authority, connections) = origin(false).await;
-        let pool = pool(4);
+        let pool = Pool::for_tests(4);
         for _ in 0..5 {
             assert_eq!(fetch(&pool, &authority).await, "ok");
         }
@@ -790,7 +793,7 @@ mod tests {
     #[tokio::test]
     async fn a_connection_the_origin_closes_is_not_reused() {
         let (authority, connections) = origin(true).await;
-        let pool = pool(4);
+        let pool = Pool::for_tests(4);
         for _ in 0..3 {
             assert_eq!(fetch(&pool, &authority).await, "ok");
         }
@@ -801,7 +804,7 @@ mod tests {
     #[tokio::test]
     async fn the_idle_count_is_bounded() {
         let (authority, connections) = origin(false).await;
-        let pool = pool(2);
+        let pool = Pool::for_tests(2);
         // Four answers in flight at once need four connections.
         let mut answers = Vec::new();
         for _ in 0..4 {
@@ -836,7 +839,7 @@ mod tests {
     #[tokio::test]
     async fn a_body_dropped_unread_closes_its_connection() {
         let (authority, connections) = origin(false).await;
-        let pool = pool(4);
+        let pool = Pool::for_tests(4);
         let response = pool
             .send(false, authority.clone(), get(&authority))
             .await

@@ -5,7 +5,6 @@ use std::collections::VecDeque;
 use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::uri::Authority;
@@ -18,8 +17,7 @@ use tokio::sync::Notify;
 use super::body::{Step, framing};
 use super::head::parse_response;
 use crate::origin::ClientBody;
-use crate::origin::connect::Connector;
-use crate::origin::pool::{Limits, Pool, SendError, UpstreamBody};
+use crate::origin::pool::{Pool, SendError, UpstreamBody};
 
 /// One scripted answer: the bytes written back (none: no answer), then whether the origin
 /// closes the connection.
@@ -136,21 +134,6 @@ async fn serve(
     closed.notify_one();
 }
 
-fn pool() -> Pool {
-    let tls = rustls::ClientConfig::builder_with_provider(crate::origin::tls::provider())
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_root_certificates(rustls::RootCertStore::empty())
-        .with_no_client_auth();
-    Pool::new(
-        Connector::new(tls, Duration::from_secs(5)),
-        Limits {
-            max_idle_per_origin: 4,
-            idle_timeout: Duration::from_secs(60),
-        },
-    )
-}
-
 fn request(method: Method, origin: &Origin, body: ClientBody) -> Request<ClientBody> {
     let mut request = Request::new(body);
     *request.method_mut() = method;
@@ -217,7 +200,7 @@ async fn five_answers_of_each_framing_share_one_connection() {
         ),
     ])
     .await;
-    let pool = pool();
+    let pool = Pool::for_tests(4);
     for _ in 0..5 {
         assert_eq!(
             get(&pool, &origin).await,
@@ -236,7 +219,7 @@ async fn five_answers_of_each_framing_share_one_connection() {
 #[tokio::test]
 async fn requests_carry_their_headers_host_and_body_length() {
     let origin = Origin::start(vec![(OK, false), (OK, false), (OK, false)]).await;
-    let pool = pool();
+    let pool = Pool::for_tests(4);
     let mut form = request(
         Method::POST,
         &origin,
@@ -288,7 +271,7 @@ async fn a_close_delimited_body_is_read_to_the_end_and_not_reused() {
         ),
     ])
     .await;
-    let pool = pool();
+    let pool = Pool::for_tests(4);
     assert_eq!(get(&pool, &origin).await.1, "all of it");
     assert_eq!(pool.idle_count(&origin.authority), 0);
     assert_eq!(get(&pool, &origin).await.1, "raw");
@@ -311,7 +294,7 @@ async fn head_204_and_304_have_no_body_whatever_the_origin_says() {
         (OK, false),
     ])
     .await;
-    let pool = pool();
+    let pool = Pool::for_tests(4);
     let response = send(
         &pool,
         &origin,
@@ -337,7 +320,7 @@ async fn informational_answers_are_skipped() {
         false,
     )])
     .await;
-    let pool = pool();
+    let pool = Pool::for_tests(4);
     let response = send(
         &pool,
         &origin,
@@ -376,7 +359,7 @@ async fn malformed_heads_are_errors() {
     ];
     let count = answers.len();
     let origin = Origin::start(answers.into_iter().map(|a| (a, true)).collect()).await;
-    let pool = pool();
+    let pool = Pool::for_tests(4);
     for _ in 0..count {
         let sent = send(
             &pool,
@@ -399,7 +382,7 @@ async fn transfer_encoding_wins_over_content_length_and_the_connection_is_not_re
         (OK, false),
     ])
     .await;
-    let pool = pool();
+    let pool = Pool::for_tests(4);
     assert_eq!(get(&pool, &origin).await.1, "ok");
     assert_eq!(pool.idle_count(&origin.authority), 0);
     assert_eq!(get(&pool, &origin).await.1, "ok");
@@ -420,7 +403,7 @@ async fn a_body_cut_short_is_an_error() {
         ),
     ])
     .await;
-    let pool = pool();
+    let pool = Pool::for_tests(4);
     for _ in 0..3 {
         let response = send(
             &pool,
@@ -458,7 +441,7 @@ async fn answers_that_close_are_not_reused() {
         (OK, false),
     ])
     .await;
-    let pool = pool();
+    let pool = Pool::for_tests(4);
     for _ in 0..3 {
         assert_eq!(get(&pool, &origin).await.1, "ok");
         assert_eq!(pool.idle_count(&origin.authority), 0);
@@ -477,7 +460,7 @@ async fn a_body_dropped_unread_closes_its_connection() {
         (OK, false),
     ])
     .await;
-    let pool = pool();
+    let pool = Pool::for_tests(4);
     let response = send(
         &pool,
         &origin,
@@ -495,7 +478,7 @@ async fn a_body_dropped_unread_closes_its_connection() {
 async fn an_idle_connection_the_origin_closed_is_not_used() {
     // Answered as if kept, then closed while idle.
     let origin = Origin::start(vec![(OK, true), (OK, false)]).await;
-    let pool = pool();
+    let pool = Pool::for_tests(4);
     assert_eq!(get(&pool, &origin).await.1, "ok");
     origin.closed.notified().await;
     // A POST is never sent twice: only the check at checkout can keep it off the closed
@@ -516,7 +499,7 @@ async fn an_idle_connection_the_origin_closed_is_not_used() {
 async fn a_get_the_origin_drops_on_a_reused_connection_is_sent_once_more() {
     // The second request is read on the kept connection and dropped unanswered.
     let origin = Origin::start(vec![(OK, false), (b"", true), (OK, false)]).await;
-    let pool = pool();
+    let pool = Pool::for_tests(4);
     assert_eq!(get(&pool, &origin).await.1, "ok");
     assert_eq!(get(&pool, &origin).await.1, "ok");
     assert_eq!(origin.connections(), 2);
@@ -526,7 +509,7 @@ async fn a_get_the_origin_drops_on_a_reused_connection_is_sent_once_more() {
 #[tokio::test]
 async fn a_post_the_origin_drops_is_not_sent_again() {
     let origin = Origin::start(vec![(OK, false), (b"", true), (OK, false)]).await;
-    let pool = pool();
+    let pool = Pool::for_tests(4);
     assert_eq!(get(&pool, &origin).await.1, "ok");
     let post = request(
         Method::POST,
@@ -542,7 +525,7 @@ async fn a_post_the_origin_drops_is_not_sent_again() {
 #[tokio::test]
 async fn a_fresh_connection_that_gets_no_answer_is_not_retried() {
     let origin = Origin::start(vec![(b"", true), (OK, false)]).await;
-    let pool = pool();
+    let pool = Pool::for_tests(4);
     let sent = send(
         &pool,
         &origin,
