@@ -1,5 +1,6 @@
 //! Serving one accepted connection: HTTP/1.1 ones start on the fast path ([`super::h1`])
-//! and go to hyper at the first request it does not serve; HTTP/2 ones go to hyper at once. A connection idle with nothing in flight gives its slot back.
+//! and go to hyper at the first request it does not serve; HTTP/2 ones go to hyper at once.
+//! A connection idle with nothing in flight gives its slot back.
 //!
 //! Connections hyper serves are read through `ControlFrames` (a bound on HTTP/2 control
 //! frames) and run their HTTP/2 streams under a stall watch (`stall`).
@@ -66,13 +67,11 @@ impl Builders {
         }
     }
 
-    /// A builder for one connection: plaintext (HTTP/1.1 or h2c by the preface), or TLS
-    /// with ALPN `http/1.1` (`h1`) or `h2`.
+    /// A builder for one connection, speaking the given versions.
     fn build(
         &self,
         streams: &Arc<ConnStreams>,
-        tls: bool,
-        h1: bool,
+        versions: Versions,
     ) -> auto::Builder<StreamExecutor> {
         let mut builder = auto::Builder::new(StreamExecutor(streams.clone()));
         builder
@@ -90,12 +89,24 @@ impl Builders {
             .max_local_error_reset_streams(MAX_H2_ERROR_RESETS)
             .keep_alive_interval(H2_PING_INTERVAL)
             .keep_alive_timeout(H2_PING_TIMEOUT);
-        match (tls, h1) {
-            (false, _) => builder,
-            (true, true) => builder.http1_only(),
-            (true, false) => builder.http2_only(),
+        match versions {
+            Versions::Detect => builder,
+            Versions::Http1 => builder.http1_only(),
+            Versions::Http2 => builder.http2_only(),
         }
     }
+}
+
+/// The HTTP versions hyper may speak on a connection.
+#[derive(Debug, Clone, Copy)]
+enum Versions {
+    /// Plaintext from its first byte: HTTP/1.1, or h2c by the preface.
+    Detect,
+    /// TLS with ALPN `http/1.1`, or a connection that has carried HTTP/1.1 already (prior
+    /// knowledge h2c is only allowed at the start of a connection, RFC 9113 §3.3).
+    Http1,
+    /// TLS with ALPN `h2`.
+    Http2,
 }
 
 /// Counts a connection in the open-connections gauge for as long as it lives.
@@ -133,7 +144,7 @@ pub(super) struct Serving {
     pub(super) watcher: Watcher,
     /// How long a connection may wait for a request head, or stay idle between requests.
     pub(super) idle_limit: Duration,
-    /// Closes a connection still waiting for its first request when shutdown begins.
+    /// Closes a connection waiting for a request on the fast path when shutdown begins.
     pub(super) shutdown: ShutdownSignal,
     /// Counts the connection as open while it lives.
     pub(super) _open: OpenConnection,
@@ -150,7 +161,7 @@ impl Serving {
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         if !h1 {
-            return self.serve_hyper(io, builders, false).await;
+            return self.serve_hyper(io, builders, Versions::Http2).await;
         }
         let outcome = super::h1::serve(
             io,
@@ -162,7 +173,14 @@ impl Serving {
         .await;
         match outcome {
             Outcome::Closed => {}
-            Outcome::Handoff(io) => self.serve_hyper(io, builders, true).await,
+            Outcome::Handoff(io, answered) => {
+                let versions = if self.conn.tls || answered {
+                    Versions::Http1
+                } else {
+                    Versions::Detect
+                };
+                self.serve_hyper(io, builders, versions).await
+            }
         }
     }
 
@@ -171,12 +189,13 @@ impl Serving {
     /// streams stalled ([`super::stall`]).
     ///
     /// Boxed: hyper's connection state is large, and connections that never reach hyper (the
-    /// fast path's event streams) must not carry room for it in their task.
+    /// fast path's event streams and keep-alive `GET`s) must not carry room for it in their
+    /// task.
     fn serve_hyper<I>(
         self,
         io: I,
         builders: Arc<Builders>,
-        h1: bool,
+        versions: Versions,
     ) -> Pin<Box<dyn Future<Output = ()> + Send>>
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -192,7 +211,7 @@ impl Serving {
                 ..
             } = self;
             let streams = ConnStreams::new(conn.peer, builders.write_timeout, app.metrics.clone());
-            let builder = builders.build(&streams, conn.tls, h1);
+            let builder = builders.build(&streams, versions);
             let io = ControlFrames::new(io, builders.max_control_frames_per_s, app.metrics.clone());
             let io = Coalesce::new(io);
             let activity = Activity::new();

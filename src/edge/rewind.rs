@@ -1,12 +1,13 @@
 //! IO that first replays bytes already read from it.
 //!
 //! The HTTP/1.1 fast path ([`super::h1`]) reads a request head before it knows whether
-//! it will serve the request itself; when it hands the connection to hyper, hyper must see the
-//! connection from its first byte. [`Rewind`] gives those bytes back, then reads on.
+//! it will serve the request itself; when it hands the connection to hyper, hyper must see
+//! every byte the fast path read and did not answer. [`Rewind`] gives those bytes back, then
+//! reads on.
 //!
 //! The prefix is a view into the fast path's whole read buffer, and `Bytes::advance` keeps
 //! that allocation alive; a connection handed to hyper lives on (h2c, keep-alive
-//! passthrough), so the buffer is dropped as soon as the last byte is handed out.
+//! requests with a body), so the buffer is dropped as soon as the last byte is handed out.
 
 use std::io;
 use std::pin::Pin;

@@ -4,10 +4,12 @@
 //! must serve (a POST) still follows them, and `Connection: close` is honoured.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
 
 use crate::common;
 use common::client::Proto;
@@ -15,12 +17,16 @@ use common::origin::FakeOrigin;
 use common::{Options, TestProxy, WAIT, start_proxy, try_start_proxy};
 
 /// An origin written byte by byte, for the framings a hyper origin never chooses: each path
-/// gets its canned answer, and the answers that end by closing close.
-async fn raw_origin() -> SocketAddr {
+/// gets its canned answer, and the answers that end by closing close. `/hang` is never
+/// answered; the returned `Notify` fires when the proxy closes such a connection.
+async fn raw_origin() -> (SocketAddr, Arc<Notify>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
+    let hung_up = Arc::new(Notify::new());
+    let notify = hung_up.clone();
     tokio::spawn(async move {
         while let Ok((mut stream, _)) = listener.accept().await {
+            let hung_up = hung_up.clone();
             tokio::spawn(async move {
                 let mut seen = Vec::new();
                 let mut buf = [0u8; 4096];
@@ -35,6 +41,11 @@ async fn raw_origin() -> SocketAddr {
                     let head = String::from_utf8_lossy(&seen[..end]).into_owned();
                     seen.drain(..end + 4);
                     let path = head.split(' ').nth(1).unwrap_or("/").to_owned();
+                    if path == "/hang" {
+                        while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {}
+                        hung_up.notify_one();
+                        return;
+                    }
                     let (answer, close): (&[u8], bool) = match path.as_str() {
                         "/chunked" => (
                             b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\
@@ -57,17 +68,23 @@ async fn raw_origin() -> SocketAddr {
             });
         }
     });
-    addr
+    (addr, notify)
 }
 
-/// The proxy in front of [`raw_origin`] (a fake origin still serves nothing else).
+/// The proxy, with `options`, in front of [`raw_origin`] (a fake origin still serves nothing
+/// else), and the origin's hang-up signal.
+async fn proxy_to_raw_origin_with(fake: &FakeOrigin, options: Options) -> (TestProxy, Arc<Notify>) {
+    let (addr, hung_up) = raw_origin().await;
+    let raw = format!("http://{addr}");
+    let proxy = try_start_proxy(fake, options, |text| text.replace(&fake.url, &raw))
+        .await
+        .expect("proxy starts");
+    (proxy, hung_up)
+}
+
+/// The proxy in front of [`raw_origin`].
 async fn proxy_to_raw_origin(fake: &FakeOrigin) -> TestProxy {
-    let raw = format!("http://{}", raw_origin().await);
-    try_start_proxy(fake, Options::default(), |text| {
-        text.replace(&fake.url, &raw)
-    })
-    .await
-    .expect("proxy starts")
+    proxy_to_raw_origin_with(fake, Options::default()).await.0
 }
 
 /// Reads until the peer closes (bounded by [`WAIT`]); returns everything read.
@@ -107,7 +124,8 @@ async fn every_origin_framing_reaches_the_client_whole() {
             assert_eq!(bytes, body.as_bytes(), "{proto:?} {path}");
         }
         // A body the origin cuts short is cut short for the client too, never padded or
-        // passed off as whole (on HTTP/2 the stream may be reset before its head is sent).
+        // passed off as whole: the answer fails, in its body or (when the origin's bytes all
+        // came at once, before any was written) before its head.
         if let Ok(response) = conn.try_get("/short", &[]).await {
             assert_eq!(response.status(), 200, "{proto:?}");
             let body = tokio::time::timeout(WAIT, response.into_body().collect())
@@ -258,7 +276,8 @@ async fn shutdown_closes_a_connection_idle_between_requests() {
         .expect("write");
     let mut answer = Vec::new();
     let mut buf = [0u8; 1024];
-    while !String::from_utf8_lossy(&answer).contains("\"max_connections\"") {
+    // The whole JSON body, which ends the answer.
+    while !String::from_utf8_lossy(&answer).ends_with('}') {
         let n = tokio::time::timeout(WAIT, tcp.read(&mut buf))
             .await
             .expect("answer in time")
@@ -272,4 +291,56 @@ async fn shutdown_closes_a_connection_idle_between_requests() {
         .expect("shutdown does not wait for an idle keep-alive connection");
     let rest = read_to_close(&mut tcp).await;
     assert!(rest.is_empty(), "nothing more is sent: {rest}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_preface_after_an_answered_get_is_not_taken_as_h2c() {
+    let origin = FakeOrigin::start().await;
+    let proxy = start_proxy(&origin, Options::default()).await;
+    let addr = proxy.proxy.http_addr().expect("http");
+    let mut tcp = TcpStream::connect(addr).await.expect("connect");
+    // Prior-knowledge h2c is allowed only at a connection's start (RFC 9113 §3.3): after the
+    // GET the fast path answered, the preface is an HTTP/1.1 request that hyper refuses.
+    tcp.write_all(
+        b"GET /api/v2/stream/status HTTP/1.1\r\nhost: x\r\n\r\n\
+          PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+    )
+    .await
+    .expect("write");
+    let text = read_to_close(&mut tcp).await;
+    let second = text[1..].find("HTTP/1.1 ").map(|at| at + 1);
+    let first = &text[..second.unwrap_or(text.len())];
+    assert!(first.starts_with("HTTP/1.1 200 OK\r\n"), "{text:?}");
+    assert!(first.ends_with('}'), "the status answer, whole: {text:?}");
+    if let Some(at) = second {
+        assert!(
+            !text[at..].starts_with("HTTP/1.1 2"),
+            "the preface is refused: {text:?}"
+        );
+    }
+    assert!(
+        !text.contains('\0'),
+        "no HTTP/2 frame (a SETTINGS frame starts with zero bytes) after HTTP/1.1: {text:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_before_its_answer_releases_the_origin_request() {
+    let fake = FakeOrigin::start().await;
+    // The origin's bound is far beyond the test's: only the client leaving can end it.
+    let options = Options {
+        timeout_ms: 60_000,
+        ..Options::default()
+    };
+    let (proxy, hung_up) = proxy_to_raw_origin_with(&fake, options).await;
+    let addr = proxy.proxy.http_addr().expect("http");
+    let mut tcp = TcpStream::connect(addr).await.expect("connect");
+    tcp.write_all(b"GET /hang HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let hang_up = hung_up.notified();
+    drop(tcp);
+    tokio::time::timeout(WAIT, hang_up)
+        .await
+        .expect("the proxy gives up the origin request when its client is gone");
 }

@@ -18,11 +18,14 @@ const MAX_HEAD: usize = 8 * 1024;
 const FIRST_READ: usize = 2 * 1024;
 /// Most request headers parsed here; more goes to hyper.
 const MAX_HEADERS: usize = 64;
+/// Headers the request phases may add to a request before it goes on: `X-Request-Id`,
+/// `X-Forwarded-For`, `Forwarded`, `X-Real-IP`, `X-Forwarded-Proto`, `X-Forwarded-Host`.
+const ADDED_HEADERS: usize = 6;
 
 /// What reading a request head gave.
 pub(super) enum Step {
     /// A request to answer here, with the router's decision (boxed: it is much larger than
-    /// the other answers).
+    /// the other variants).
     Serve(Box<Head>, Result<Route, RouteError>),
     /// Something for hyper.
     NotOurs,
@@ -100,7 +103,9 @@ pub fn parse_head(buf: &[u8]) -> Parsed {
     else {
         return Parsed::NotOurs;
     };
-    let mut map = HeaderMap::with_capacity(request.headers.len());
+    // Room for what the request phases add before forwarding (a request id, the forwarding
+    // headers), so adding them does not grow the map.
+    let mut map = HeaderMap::with_capacity(request.headers.len() + ADDED_HEADERS);
     let mut close = false;
     for header in request.headers.iter() {
         let (Ok(name), Ok(value)) = (
@@ -158,7 +163,8 @@ mod tests {
             .expect("runtime");
         match runtime.block_on(read_head(&mut io, &mut buf, &router())) {
             Ok(Step::Serve(_, routed)) => Some(routed),
-            Ok(Step::NotOurs | Step::Eof) => None,
+            Ok(Step::NotOurs) => None,
+            Ok(Step::Eof) => panic!("{text:?} ended before a verdict"),
             Err(error) => panic!("{error}"),
         }
     }
@@ -232,6 +238,7 @@ mod tests {
     fn everything_else_goes_to_hyper() {
         for text in [
             "POST /api/v2/stream HTTP/1.1\r\nHost: x\r\n\r\n",
+            "HEAD /api/v2/stream/status HTTP/1.1\r\nHost: x\r\n\r\n",
             "GET /api/v2/stream HTTP/1.0\r\n\r\n",
             "GET /api/v2/stream HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello",
             "GET /api/v2/stream HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n",

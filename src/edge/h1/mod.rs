@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use http::{Request, Response};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::rewind::Rewind;
 use crate::ops::shutdown::ShutdownSignal;
@@ -42,13 +42,18 @@ use writer::{Framing, Pump, encode_head};
 
 /// How long closing a connection (TLS `close_notify`, FIN) may take.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Bytes read ahead (pipelined requests) while a request is being answered; beyond them the
+/// client is not read until the answer is written.
+const MAX_PIPELINED: usize = 8 * 1024;
 
 /// How a connection left the fast path.
 pub enum Outcome<I> {
     /// It was served and is closed.
     Closed,
-    /// Hyper serves it from here, starting with the bytes already read.
-    Handoff(Rewind<I>),
+    /// Hyper serves it from here, starting with the bytes already read; `true` once the fast
+    /// path has answered a request on it (hyper then speaks HTTP/1.1 only: h2c by prior
+    /// knowledge is allowed only at a connection's start).
+    Handoff(Rewind<I>, bool),
 }
 
 /// Serves requests on an HTTP/1.1 connection until it closes, holds an event stream, or
@@ -65,47 +70,94 @@ where
     I: AsyncRead + AsyncWrite + Unpin,
 {
     let mut buf = BytesMut::new();
+    let mut answered = false;
     loop {
         let step = tokio::select! {
             // Shutdown first: a pipelined request already read is not started.
             biased;
-            _ = shutdown.fired() => return Outcome::Closed,
+            _ = shutdown.fired() => return close(io).await,
             step = tokio::time::timeout(idle_limit, read_head(&mut io, &mut buf, &app.router)) => step,
         };
         let (head, routed) = match step {
             Ok(Ok(Step::Serve(head, routed))) => (head, routed),
-            Ok(Ok(Step::NotOurs)) => return Outcome::Handoff(Rewind::new(buf.freeze(), io)),
-            Ok(Ok(Step::Eof)) => return Outcome::Closed,
+            Ok(Ok(Step::NotOurs)) => {
+                return Outcome::Handoff(Rewind::new(buf.freeze(), io), answered);
+            }
+            Ok(Ok(Step::Eof)) => return close(io).await,
             Ok(Err(error)) => {
                 tracing::debug!(peer = %conn.peer, %error, "reading a request head failed");
                 return Outcome::Closed;
             }
             Err(_) => {
                 tracing::debug!(peer = %conn.peer, "no complete request head in time; closed");
-                return Outcome::Closed;
+                return close(io).await;
             }
         };
         let Head {
             request,
             len,
-            close,
+            close: asked_close,
         } = *head;
-        let response = respond(app, request.map(|()| ClientBody::Empty), routed, conn).await;
+        let _ = buf.split_to(len);
+        let request = request.map(|()| ClientBody::Empty);
+        let Some(response) =
+            answer_unless_left(app, request, routed, conn, &mut io, &mut buf).await
+        else {
+            tracing::debug!(peer = %conn.peer, "the client left before its answer");
+            return Outcome::Closed;
+        };
+        answered = true;
         let stream = response.body().is_stream();
         // An event stream ends only when the proxy ends it, so nothing after it is answered.
-        let close = close || stream || shutdown.has_fired();
-        let _ = buf.split_to(len);
-        if close || buf.is_empty() {
+        let close_after = asked_close || stream || shutdown.has_fired();
+        if close_after || buf.is_empty() {
             // An idle connection (or an event stream's) keeps no read buffer.
             buf = BytesMut::new();
         }
-        if let Err(error) = write_answer(&mut io, response, close).await {
+        if let Err(error) = write_answer(&mut io, response, close_after).await {
             tracing::debug!(peer = %conn.peer, %error, "connection ended");
             return Outcome::Closed;
         }
-        if close {
-            let _ = tokio::time::timeout(CLOSE_TIMEOUT, io.shutdown()).await;
-            return Outcome::Closed;
+        if close_after {
+            return close(io).await;
+        }
+    }
+}
+
+/// Closes a connection cleanly (TLS `close_notify`, then FIN), within [`CLOSE_TIMEOUT`].
+async fn close<I: AsyncWrite + Unpin, O>(mut io: I) -> Outcome<O> {
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, io.shutdown()).await;
+    Outcome::Closed
+}
+
+/// The request phases' answer, or `None` if the client closed its connection first: then
+/// the phases (an origin request, a validation) are dropped at once, as hyper does, instead
+/// of holding an origin connection for a client that is gone. What the client sends
+/// meanwhile (a pipelined request) is kept in `buf`, up to [`MAX_PIPELINED`].
+async fn answer_unless_left<I: AsyncRead + Unpin>(
+    app: &App,
+    request: Request<ClientBody>,
+    routed: Result<Route, RouteError>,
+    conn: ConnInfo,
+    io: &mut I,
+    buf: &mut BytesMut,
+) -> Option<Response<ProxyBody>> {
+    let mut answer = respond(app, request, routed, conn);
+    loop {
+        let read_more = async {
+            if buf.len() >= MAX_PIPELINED {
+                // Enough read ahead: wait for the answer alone.
+                std::future::pending::<()>().await;
+            }
+            buf.reserve(1024);
+            io.read_buf(buf).await
+        };
+        tokio::select! {
+            response = &mut answer => return Some(response),
+            read = read_more => match read {
+                Ok(0) | Err(_) => return None,
+                Ok(_) => {}
+            },
         }
     }
 }

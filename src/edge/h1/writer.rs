@@ -10,7 +10,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::SystemTime;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::{StatusCode, header, response};
 use http_body::Body;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -50,10 +50,11 @@ impl Framing {
 /// An answer's status line and headers, with its framing and, when `close`, the connection
 /// closed after it.
 pub(super) fn encode_head(parts: &response::Parts, framing: Framing, close: bool) -> Bytes {
-    let mut out = Vec::with_capacity(256);
+    // Frozen whole into `Bytes` (no second allocation, as `Bytes::from(Vec)` may make).
+    let mut out = BytesMut::with_capacity(256);
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(parts.status.as_str().as_bytes());
-    out.push(b' ');
+    out.extend_from_slice(b" ");
     out.extend_from_slice(parts.status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
     let mut line = |name: &[u8], value: &[u8]| {
@@ -79,14 +80,30 @@ pub(super) fn encode_head(parts: &response::Parts, framing: Framing, close: bool
     }
     match framing {
         Framing::Empty => {}
-        Framing::Length(len) => line(b"content-length", len.to_string().as_bytes()),
+        Framing::Length(len) => {
+            let mut digits = [0u8; 20];
+            line(b"content-length", decimal(len, &mut digits));
+        }
         Framing::Chunked => line(b"transfer-encoding", b"chunked"),
     }
     if close {
         line(b"connection", b"close");
     }
     out.extend_from_slice(b"\r\n");
-    Bytes::from(out)
+    out.freeze()
+}
+
+/// `value` in decimal, written at the end of `out` (no allocation per answer).
+fn decimal(mut value: u64, out: &mut [u8; 20]) -> &[u8] {
+    let mut start = out.len();
+    loop {
+        start -= 1;
+        out[start] = b'0' + (value % 10) as u8;
+        value /= 10;
+        if value == 0 {
+            return &out[start..];
+        }
+    }
 }
 
 /// Writes one answer: its head, then its body's frames as they come (as chunks when
@@ -102,7 +119,7 @@ pub(super) struct Pump<'a, I> {
     sent: u64,
     /// What is queued for the socket.
     out: Out,
-    /// The body has ended (and the last chunk is queued).
+    /// The body has ended (and, when chunked, the last chunk is queued).
     ended: bool,
     /// Whether the client's side is read (and what it sends dropped) while the answer is
     /// written: for an event stream, so a client that leaves is seen at once. Not for other
@@ -357,6 +374,14 @@ fn chunk_size_line(len: usize, out: &mut [u8; 18]) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lengths_are_written_in_decimal() {
+        for value in [0, 7, 10, 55, 1_000_000, u64::MAX] {
+            let mut out = [0u8; 20];
+            assert_eq!(decimal(value, &mut out), value.to_string().as_bytes());
+        }
+    }
 
     #[test]
     fn chunk_size_lines_are_lowercase_hex() {
