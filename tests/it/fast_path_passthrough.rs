@@ -18,15 +18,15 @@ use common::{Options, TestProxy, WAIT, start_proxy, try_start_proxy};
 
 /// An origin written byte by byte, for the framings a hyper origin never chooses: each path
 /// gets its canned answer, and the answers that end by closing close. `/hang` is never
-/// answered; the returned `Notify` fires when the proxy closes such a connection.
-async fn raw_origin() -> (SocketAddr, Arc<Notify>) {
+/// answered; [`Hang`] says when such a request arrived and when the proxy closed it.
+async fn raw_origin() -> (SocketAddr, Hang) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let hung_up = Arc::new(Notify::new());
-    let notify = hung_up.clone();
+    let hang = Hang::default();
+    let signals = hang.clone();
     tokio::spawn(async move {
         while let Ok((mut stream, _)) = listener.accept().await {
-            let hung_up = hung_up.clone();
+            let hang = hang.clone();
             tokio::spawn(async move {
                 let mut seen = Vec::new();
                 let mut buf = [0u8; 4096];
@@ -42,8 +42,9 @@ async fn raw_origin() -> (SocketAddr, Arc<Notify>) {
                     seen.drain(..end + 4);
                     let path = head.split(' ').nth(1).unwrap_or("/").to_owned();
                     if path == "/hang" {
+                        hang.started.notify_one();
                         while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {}
-                        hung_up.notify_one();
+                        hang.hung_up.notify_one();
                         return;
                     }
                     let (answer, close): (&[u8], bool) = match path.as_str() {
@@ -68,18 +69,27 @@ async fn raw_origin() -> (SocketAddr, Arc<Notify>) {
             });
         }
     });
-    (addr, notify)
+    (addr, signals)
+}
+
+/// What [`raw_origin`] tells about its `/hang` requests.
+#[derive(Clone, Default)]
+struct Hang {
+    /// A `/hang` request arrived.
+    started: Arc<Notify>,
+    /// The proxy closed a `/hang` request's connection.
+    hung_up: Arc<Notify>,
 }
 
 /// The proxy, with `options`, in front of [`raw_origin`] (a fake origin still serves nothing
-/// else), and the origin's hang-up signal.
-async fn proxy_to_raw_origin_with(fake: &FakeOrigin, options: Options) -> (TestProxy, Arc<Notify>) {
-    let (addr, hung_up) = raw_origin().await;
+/// else), and the origin's `/hang` signals.
+async fn proxy_to_raw_origin_with(fake: &FakeOrigin, options: Options) -> (TestProxy, Hang) {
+    let (addr, hang) = raw_origin().await;
     let raw = format!("http://{addr}");
     let proxy = try_start_proxy(fake, options, |text| text.replace(&fake.url, &raw))
         .await
         .expect("proxy starts");
-    (proxy, hung_up)
+    (proxy, hang)
 }
 
 /// The proxy in front of [`raw_origin`].
@@ -332,15 +342,17 @@ async fn a_client_that_leaves_before_its_answer_releases_the_origin_request() {
         timeout_ms: 60_000,
         ..Options::default()
     };
-    let (proxy, hung_up) = proxy_to_raw_origin_with(&fake, options).await;
+    let (proxy, hang) = proxy_to_raw_origin_with(&fake, options).await;
     let addr = proxy.proxy.http_addr().expect("http");
     let mut tcp = TcpStream::connect(addr).await.expect("connect");
     tcp.write_all(b"GET /hang HTTP/1.1\r\nhost: x\r\n\r\n")
         .await
         .expect("write");
-    let hang_up = hung_up.notified();
+    tokio::time::timeout(WAIT, hang.started.notified())
+        .await
+        .expect("the request reaches the origin");
     drop(tcp);
-    tokio::time::timeout(WAIT, hang_up)
+    tokio::time::timeout(WAIT, hang.hung_up.notified())
         .await
         .expect("the proxy gives up the origin request when its client is gone");
 }
