@@ -97,6 +97,14 @@ async fn proxy_to_raw_origin(fake: &FakeOrigin) -> TestProxy {
     proxy_to_raw_origin_with(fake, Options::default()).await.0
 }
 
+/// A plaintext connection to the proxy on which `requests` have been sent, as written.
+async fn send_raw(proxy: &TestProxy, requests: &[u8]) -> TcpStream {
+    let addr = proxy.proxy.http_addr().expect("http");
+    let mut tcp = TcpStream::connect(addr).await.expect("connect");
+    tcp.write_all(requests).await.expect("write");
+    tcp
+}
+
 /// Reads until the peer closes (bounded by [`WAIT`]); returns everything read.
 async fn read_to_close(tcp: &mut TcpStream) -> String {
     let mut all = Vec::new();
@@ -179,15 +187,13 @@ async fn an_origin_connection_ended_by_its_answer_is_not_reused() {
 async fn answers_are_framed_by_length_when_known_else_chunked() {
     let fake = FakeOrigin::start().await;
     let proxy = proxy_to_raw_origin(&fake).await;
-    let addr = proxy.proxy.http_addr().expect("http");
-    let mut tcp = TcpStream::connect(addr).await.expect("connect");
-    tcp.write_all(
+    let mut tcp = send_raw(
+        &proxy,
         b"GET /plain HTTP/1.1\r\nhost: x\r\n\r\n\
           GET /chunked HTTP/1.1\r\nhost: x\r\n\r\n\
           GET /empty HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
     )
-    .await
-    .expect("write");
+    .await;
     let text = read_to_close(&mut tcp).await.to_ascii_lowercase();
     let heads: Vec<&str> = text.split("http/1.1 ").skip(1).collect();
     assert_eq!(heads.len(), 3, "{text}");
@@ -222,17 +228,15 @@ async fn answers_are_framed_by_length_when_known_else_chunked() {
 async fn pipelined_gets_then_a_post_share_one_connection() {
     let origin = FakeOrigin::start().await;
     let proxy = start_proxy(&origin, Options::default()).await;
-    let addr = proxy.proxy.http_addr().expect("http");
-    let mut tcp = TcpStream::connect(addr).await.expect("connect");
     // Two GETs answered on the fast path, then a POST with a body, which hyper serves from
     // the bytes the fast path had already read, then the connection is closed by request.
-    tcp.write_all(
+    let mut tcp = send_raw(
+        &proxy,
         b"GET /api/v2/stream/status HTTP/1.1\r\nhost: x\r\n\r\n\
           GET /api/v2/stream/status HTTP/1.1\r\nhost: x\r\n\r\n\
           POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\nconnection: close\r\n\r\nhello",
     )
-    .await
-    .expect("write");
+    .await;
     let text = read_to_close(&mut tcp).await;
     assert_eq!(text.matches("HTTP/1.1 200 OK\r\n").count(), 3, "{text}");
     let echo = text.rfind("HTTP/1.1 200").expect("the echo last");
@@ -249,15 +253,13 @@ async fn pipelined_gets_then_a_post_share_one_connection() {
 async fn connection_close_ends_the_connection_after_the_answer() {
     let origin = FakeOrigin::start().await;
     let proxy = start_proxy(&origin, Options::default()).await;
-    let addr = proxy.proxy.http_addr().expect("http");
-    let mut tcp = TcpStream::connect(addr).await.expect("connect");
     // The second request is never answered: the first asked to close.
-    tcp.write_all(
+    let mut tcp = send_raw(
+        &proxy,
         b"GET /api/v2/stream/status HTTP/1.1\r\nhost: x\r\nConnection: Close\r\n\r\n\
           GET /api/v2/stream/status HTTP/1.1\r\nhost: x\r\n\r\n",
     )
-    .await
-    .expect("write");
+    .await;
     let text = read_to_close(&mut tcp).await.to_ascii_lowercase();
     assert_eq!(text.matches("http/1.1 200 ok\r\n").count(), 1, "{text}");
     assert!(text.contains("\r\nconnection: close\r\n"), "{text}");
@@ -279,11 +281,11 @@ async fn shutdown_closes_a_connection_idle_between_requests() {
     })
     .await
     .expect("proxy starts");
-    let addr = proxy.proxy.http_addr().expect("http");
-    let mut tcp = TcpStream::connect(addr).await.expect("connect");
-    tcp.write_all(b"GET /api/v2/stream/status HTTP/1.1\r\nhost: x\r\n\r\n")
-        .await
-        .expect("write");
+    let mut tcp = send_raw(
+        &proxy,
+        b"GET /api/v2/stream/status HTTP/1.1\r\nhost: x\r\n\r\n",
+    )
+    .await;
     let mut answer = Vec::new();
     let mut buf = [0u8; 1024];
     // The whole JSON body, which ends the answer.
@@ -307,16 +309,14 @@ async fn shutdown_closes_a_connection_idle_between_requests() {
 async fn an_http2_preface_after_an_answered_get_is_not_taken_as_h2c() {
     let origin = FakeOrigin::start().await;
     let proxy = start_proxy(&origin, Options::default()).await;
-    let addr = proxy.proxy.http_addr().expect("http");
-    let mut tcp = TcpStream::connect(addr).await.expect("connect");
     // Prior-knowledge h2c is allowed only at a connection's start (RFC 9113 §3.3): after the
     // GET the fast path answered, the preface is an HTTP/1.1 request that hyper refuses.
-    tcp.write_all(
+    let mut tcp = send_raw(
+        &proxy,
         b"GET /api/v2/stream/status HTTP/1.1\r\nhost: x\r\n\r\n\
           PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
     )
-    .await
-    .expect("write");
+    .await;
     let text = read_to_close(&mut tcp).await;
     let second = text[1..].find("HTTP/1.1 ").map(|at| at + 1);
     let first = &text[..second.unwrap_or(text.len())];
@@ -343,11 +343,7 @@ async fn a_client_that_leaves_before_its_answer_releases_the_origin_request() {
         ..Options::default()
     };
     let (proxy, hang) = proxy_to_raw_origin_with(&fake, options).await;
-    let addr = proxy.proxy.http_addr().expect("http");
-    let mut tcp = TcpStream::connect(addr).await.expect("connect");
-    tcp.write_all(b"GET /hang HTTP/1.1\r\nhost: x\r\n\r\n")
-        .await
-        .expect("write");
+    let mut tcp = send_raw(&proxy, b"GET /hang HTTP/1.1\r\nhost: x\r\n\r\n").await;
     tokio::time::timeout(WAIT, hang.started.notified())
         .await
         .expect("the request reaches the origin");
