@@ -343,7 +343,7 @@ async fn a_client_that_leaves_before_its_answer_releases_the_origin_request() {
         ..Options::default()
     };
     let (proxy, hang) = proxy_to_raw_origin_with(&fake, options).await;
-    let mut tcp = send_raw(&proxy, b"GET /hang HTTP/1.1\r\nhost: x\r\n\r\n").await;
+    let tcp = send_raw(&proxy, b"GET /hang HTTP/1.1\r\nhost: x\r\n\r\n").await;
     tokio::time::timeout(WAIT, hang.started.notified())
         .await
         .expect("the request reaches the origin");
