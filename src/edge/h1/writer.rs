@@ -80,10 +80,10 @@ pub(super) fn encode_head(parts: &response::Parts, framing: Framing, close: bool
     }
     match framing {
         Framing::Empty => {}
-        Framing::Length(len) => {
-            let mut digits = [0u8; 20];
-            line(b"content-length", decimal(len, &mut digits));
-        }
+        Framing::Length(len) => line(
+            b"content-length",
+            itoa::Buffer::new().format(len).as_bytes(),
+        ),
         Framing::Chunked => line(b"transfer-encoding", b"chunked"),
     }
     if close {
@@ -91,19 +91,6 @@ pub(super) fn encode_head(parts: &response::Parts, framing: Framing, close: bool
     }
     out.extend_from_slice(b"\r\n");
     out.freeze()
-}
-
-/// `value` in decimal, written at the end of `out` (no allocation per answer).
-fn decimal(mut value: u64, out: &mut [u8; 20]) -> &[u8] {
-    let mut start = out.len();
-    loop {
-        start -= 1;
-        out[start] = b'0' + (value % 10) as u8;
-        value /= 10;
-        if value == 0 {
-            return &out[start..];
-        }
-    }
 }
 
 /// Writes one answer: its head, then its body's frames as they come (as chunks when
@@ -374,14 +361,6 @@ fn chunk_size_line(len: usize, out: &mut [u8; 18]) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn lengths_are_written_in_decimal() {
-        for value in [0, 7, 10, 55, 1_000_000, u64::MAX] {
-            let mut out = [0u8; 20];
-            assert_eq!(decimal(value, &mut out), value.to_string().as_bytes());
-        }
-    }
 
     #[test]
     fn chunk_size_lines_are_lowercase_hex() {
