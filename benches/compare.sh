@@ -24,9 +24,10 @@
 # time; every process it starts is stopped on exit. The binary is built in CARGO_TARGET_DIR
 # (default ./target).
 #
-# PASSTHROUGH_ONLY=1 runs only the passthrough part, sse-edge and nginx alternating, ROUNDS
-# times (no Pushpin, no fan-out), and prints each round's ratio and each proxy's CPU (user and
-# system) per request. SSE_EDGE_BIN=path runs that
+# PASSTHROUGH_ONLY=1 runs only the passthrough part, sse-edge, nginx and nginx-hdr (nginx set
+# up to do sse-edge's default header work: request id, forwarding headers, no banner)
+# alternating, ROUNDS times (no Pushpin, no fan-out), and prints each round's ratios and each
+# proxy's CPU (user and system) per request. SSE_EDGE_BIN=path runs that
 # sse-edge binary instead of building one (to measure an earlier build in the same way).
 # SERVING_THREADS=N runs sse-edge with `[listen] serving_threads = N` (default: the config's 0).
 #
@@ -99,6 +100,25 @@ nginx_conf "$work" <<CONF
       proxy_set_header Connection "";
     }
   }
+  # The same proxy_pass doing the header work sse-edge does on every passthrough request by
+  # default (a request id both ways, the forwarding headers, no version banner), measured
+  # beside the bare one above: what a like-for-like nginx front of an origin is configured with.
+  server {
+    listen 127.0.0.1:18091 backlog=4096;
+    server_tokens off;
+    location / {
+      proxy_pass http://origin;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header X-Request-Id \$request_id;
+      proxy_set_header X-Forwarded-For \$remote_addr;
+      proxy_set_header X-Real-IP \$remote_addr;
+      proxy_set_header X-Forwarded-Proto \$scheme;
+      proxy_set_header X-Forwarded-Host \$host;
+      proxy_set_header Forwarded "for=\$remote_addr;host=\$host;proto=\$scheme";
+      add_header X-Request-Id \$request_id always;
+    }
+  }
 CONF
 nginx -p "$work" -c "$work/nginx.conf" -g 'daemon off;' &
 nginx_master=$!; pids+=("$nginx_master")
@@ -140,31 +160,36 @@ if [ "$passthrough_only" = 1 ]; then
     passthrough sse-edge "http://127.0.0.1:18082/api/v2/stream/status" "$edge_pass"
     # shellcheck disable=SC2046
     passthrough nginx "http://127.0.0.1:18090/api/v2/stream/status" $(pgrep -P "$nginx_master")
+    # shellcheck disable=SC2046
+    passthrough nginx-hdr "http://127.0.0.1:18091/api/v2/stream/status" $(pgrep -P "$nginx_master")
   done
   # CPU per request of each proxy's own processes, and of the origin (the demo's process).
   python3 - "$work/wrk.summary" "$work/cpu.summary" "$(getconf CLK_TCK)" <<'PY'
 import sys, statistics as st
-ours, theirs = [], []
+rps = {}
 for line in open(sys.argv[1]):
-    name, rps = line.split()
-    (ours if name == "sse-edge" else theirs).append(float(rps))
-ratios = [a / b for a, b in zip(ours, theirs) if b > 0]
-print("passthrough sse-edge / nginx per round: " + " ".join(f"{r:.2f}x" for r in ratios)
-      + f"; median {st.median(ratios):.2f}x" if ratios else "no ratio")
+    name, value = line.split()
+    rps.setdefault(name, []).append(float(value))
 tick_us = 1e6 / float(sys.argv[3])
 rows = [line.split() for line in open(sys.argv[2])]
 per = lambda ticks, n: float(ticks) * tick_us / max(float(n), 1)  # CPU microseconds per request
-edge = [per(r[2], r[1]) for r in rows if r[0] == "sse-edge"]
-nginx = [per(r[2], r[1]) for r in rows if r[0] == "nginx"]
+cpu = lambda name: [per(r[2], r[1]) for r in rows if r[0] == name]
+user = lambda name: st.median(per(r[4], r[1]) for r in rows if r[0] == name)
 origin = [per(r[3], r[1]) for r in rows if r[0] == "nginx"]
-if edge and nginx:
-    print(f"CPU per request, median: sse-edge {st.median(edge):.1f} us, nginx {st.median(nginx):.1f} us "
-          f"(origin {st.median(origin):.1f} us); sse-edge / nginx per round: "
-          + " ".join(f"{e / n:.2f}x" for e, n in zip(edge, nginx))
-          + f"; median {st.median(e / n for e, n in zip(edge, nginx)):.2f}x (lower is better)")
-    user = lambda name: st.median(per(r[4], r[1]) for r in rows if r[0] == name)
-    print(f"of which user time, median: sse-edge {user('sse-edge'):.1f} us, nginx {user('nginx'):.1f} us; "
-          f"system time: sse-edge {st.median(edge) - user('sse-edge'):.1f} us, nginx {st.median(nginx) - user('nginx'):.1f} us")
+edge = cpu("sse-edge")
+for peer, what in (("nginx", "bare proxy_pass"), ("nginx-hdr", "proxy_pass with the same headers")):
+    ratios = [a / b for a, b in zip(rps.get("sse-edge", []), rps.get(peer, [])) if b > 0]
+    if not ratios:
+        continue
+    print(f"passthrough sse-edge / {peer} ({what}) per round: " + " ".join(f"{r:.2f}x" for r in ratios)
+          + f"; median {st.median(ratios):.2f}x")
+    theirs = cpu(peer)
+    print(f"  CPU per request, median: sse-edge {st.median(edge):.1f} us, {peer} {st.median(theirs):.1f} us "
+          f"(origin {st.median(origin):.1f} us); sse-edge / {peer} per round: "
+          + " ".join(f"{e / n:.2f}x" for e, n in zip(edge, theirs))
+          + f"; median {st.median(e / n for e, n in zip(edge, theirs)):.2f}x (lower is better)")
+    print(f"  of which user time, median: sse-edge {user('sse-edge'):.1f} us, {peer} {user(peer):.1f} us; "
+          f"system time: sse-edge {st.median(edge) - user('sse-edge'):.1f} us, {peer} {st.median(theirs) - user(peer):.1f} us")
 PY
   exit 0
 fi

@@ -37,7 +37,21 @@ pub fn valid_request_id(value: &[u8]) -> bool {
 
 /// A new request id: 32 lowercase hex digits (128 random bits, also usable as a trace id).
 pub fn new_request_id() -> String {
-    format!("{:032x}", nonzero_u128())
+    id_digits(nonzero_u128())
+        .iter()
+        .map(|&digit| char::from(digit))
+        .collect()
+}
+
+/// `bits` as 32 lowercase hex digits, written without the formatter and without allocating:
+/// every passthrough request without an id of its own gets a new one.
+fn id_digits(bits: u128) -> [u8; 32] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut digits = [0; 32];
+    for (i, digit) in digits.iter_mut().enumerate() {
+        *digit = HEX[(bits >> (4 * (31 - i)) & 0xf) as usize];
+    }
+    digits
 }
 
 /// The request's id: the client's `X-Request-Id` when [`valid_request_id`], else a new one,
@@ -49,8 +63,8 @@ pub fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
     {
         return id.clone();
     }
-    let id =
-        HeaderValue::from_str(&new_request_id()).unwrap_or_else(|_| HeaderValue::from_static("0"));
+    let id = HeaderValue::from_bytes(&id_digits(nonzero_u128()))
+        .unwrap_or_else(|_| HeaderValue::from_static("0"));
     headers.insert(REQUEST_ID, id.clone());
     id
 }
@@ -158,6 +172,14 @@ mod tests {
         assert_eq!(twice.get_all(REQUEST_ID).iter().count(), 1);
         assert_eq!(id.len(), 32);
         assert_ne!(new_request_id(), new_request_id());
+        let id = new_request_id();
+        assert!(
+            id.len() == 32
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()),
+            "{id}"
+        );
     }
 
     #[test]

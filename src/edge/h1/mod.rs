@@ -26,7 +26,7 @@ use std::io;
 use std::pin::Pin;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use http::{Request, Response};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -98,7 +98,7 @@ where
             len,
             close: asked_close,
         } = *head;
-        let _ = buf.split_to(len);
+        buf.advance(len);
         let request = request.map(|()| ClientBody::Empty);
         let Some(response) =
             answer_unless_left(app, request, routed, conn, &mut io, &mut buf).await

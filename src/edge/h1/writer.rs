@@ -10,7 +10,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::SystemTime;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::{StatusCode, header, response};
 use http_body::Body;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -49,9 +49,10 @@ impl Framing {
 
 /// An answer's status line and headers, with its framing and, when `close`, the connection
 /// closed after it.
-pub(super) fn encode_head(parts: &response::Parts, framing: Framing, close: bool) -> Bytes {
-    // Frozen whole into `Bytes` (no second allocation, as `Bytes::from(Vec)` may make).
-    let mut out = BytesMut::with_capacity(256);
+pub(super) fn encode_head(parts: &response::Parts, framing: Framing, close: bool) -> Vec<u8> {
+    // A plain vector, written from and dropped: freezing it into `Bytes` would allocate again
+    // (`Bytes::from(Vec)` with spare capacity does).
+    let mut out = Vec::with_capacity(256);
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(parts.status.as_str().as_bytes());
     out.extend_from_slice(b" ");
@@ -90,7 +91,7 @@ pub(super) fn encode_head(parts: &response::Parts, framing: Framing, close: bool
         line(b"connection", b"close");
     }
     out.extend_from_slice(b"\r\n");
-    out.freeze()
+    out
 }
 
 /// Writes one answer: its head, then its body's frames as they come (as chunks when
@@ -118,7 +119,7 @@ pub(super) struct Pump<'a, I> {
 
 impl<'a, I: AsyncRead + AsyncWrite + Unpin> Pump<'a, I> {
     /// A writer of an event stream (chunked, the client watched) or of another answer.
-    pub(super) fn new(io: &'a mut I, body: ProxyBody, head: Bytes, framing: Framing) -> Self {
+    pub(super) fn new(io: &'a mut I, body: ProxyBody, head: Vec<u8>, framing: Framing) -> Self {
         Pump {
             io,
             watch_client: body.is_stream(),
@@ -266,7 +267,9 @@ impl Chunk {
 
 /// Bytes queued for one vectored write: the response head (until written), then frames.
 struct Out {
-    head: Bytes,
+    /// The answer's head, emptied (and its memory released) once written.
+    head: Vec<u8>,
+    /// Frames queued behind it.
     chunks: [Chunk; BATCH],
     /// Chunks in use.
     len: usize,
@@ -275,7 +278,7 @@ struct Out {
 }
 
 impl Out {
-    fn head(head: Bytes) -> Out {
+    fn head(head: Vec<u8>) -> Out {
         Out {
             head,
             chunks: Default::default(),
@@ -336,7 +339,7 @@ impl Out {
     fn advance(&mut self, written: usize) {
         self.written += written;
         if self.remaining() == 0 {
-            self.head = Bytes::new();
+            self.head = Vec::new();
             for chunk in &mut self.chunks[..self.len] {
                 chunk.data = Bytes::new();
             }
@@ -380,7 +383,7 @@ mod tests {
 
     #[test]
     fn queued_bytes_survive_partial_writes() {
-        let mut out = Out::head(Bytes::from_static(b"HEAD"));
+        let mut out = Out::head(b"HEAD".to_vec());
         out.frame(Bytes::from_static(b"hello"), true);
         out.frame(Bytes::new(), true);
         out.frame(Bytes::from_static(b"0123456789abcdef"), true);
@@ -406,7 +409,7 @@ mod tests {
 
     #[test]
     fn a_batch_holds_at_most_batch_frames() {
-        let mut out = Out::head(Bytes::new());
+        let mut out = Out::head(Vec::new());
         for _ in 0..BATCH {
             assert!(out.takes_frame());
             out.frame(Bytes::from_static(b"ab"), true);
