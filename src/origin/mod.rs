@@ -190,13 +190,14 @@ impl Upstream {
         result
     }
 
-    /// Sends a request and waits (bounded) for the response headers; the body streams after.
+    /// Sends a request and waits (bounded) for the response headers; the body streams after,
+    /// and fails if the origin goes silent in its middle for as long as the headers may take.
     pub async fn send(
         &self,
         request: Request<ClientBody>,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
         let result = match tokio::time::timeout(self.timeout, self.request(request, "")).await {
-            Ok(Ok(response)) => Ok(response),
+            Ok(Ok(response)) => Ok(response.map(|body| body.quiet_limit(self.timeout))),
             Ok(Err(error)) => Err(error),
             Err(_) => Err(UpstreamError::Timeout(self.timeout.as_millis() as u64)),
         };

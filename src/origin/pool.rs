@@ -35,6 +35,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::{TrySendError, http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::time::Sleep;
 
 use super::ClientBody;
 use super::connect::{Connector, OriginStream, Protocol};
@@ -265,7 +266,7 @@ impl Pool {
             keep_alive: answer.keep_alive,
             pool: Arc::downgrade(&self.shared),
         };
-        Ok(answer.response.map(|()| UpstreamBody(Kind::Own(body))))
+        Ok(answer.response.map(|()| UpstreamBody::of(Kind::Own(body))))
     }
 
     /// Sends on an HTTP/1.1 connection, polling it in this task until the answer's head is
@@ -283,7 +284,7 @@ impl Pool {
         .await?;
         let pool = Arc::downgrade(&self.shared);
         Ok(response.map(|incoming| {
-            UpstreamBody(Kind::Hyper {
+            UpstreamBody::of(Kind::Hyper {
                 incoming,
                 lease: Some(Lease {
                     h1,
@@ -604,7 +605,22 @@ struct Lease {
 
 /// The origin's answer body. On HTTP/1.1 it reads from its connection and gives it back to
 /// the pool once read to the end; dropped before that, it closes the connection.
-pub struct UpstreamBody(Kind);
+pub struct UpstreamBody {
+    /// Where the body comes from.
+    kind: Kind,
+    /// How long the origin may stay silent mid-body ([`UpstreamBody::quiet_limit`]).
+    quiet: Option<Quiet>,
+}
+
+/// A bound on the origin's silence between two reads of a body, as nginx's
+/// `proxy_read_timeout`: an origin that sent a head and part of a body, then nothing, would
+/// otherwise hold the client's answer (and a connection on both sides) forever.
+struct Quiet {
+    /// The bound.
+    limit: Duration,
+    /// Armed while a read is pending; dropped at each frame, as the write timeout does.
+    timer: Option<Pin<Box<Sleep>>>,
+}
 
 /// Where the body comes from.
 enum Kind {
@@ -632,9 +648,19 @@ struct OwnLease {
 }
 
 impl UpstreamBody {
+    fn of(kind: Kind) -> UpstreamBody {
+        UpstreamBody { kind, quiet: None }
+    }
+
+    /// The body fails once the origin has sent nothing for `limit` while it is read.
+    pub(super) fn quiet_limit(mut self, limit: Duration) -> UpstreamBody {
+        self.quiet = Some(Quiet { limit, timer: None });
+        self
+    }
+
     /// A body on a shared HTTP/2 connection, which its own task drives.
     fn new(incoming: Incoming) -> UpstreamBody {
-        UpstreamBody(Kind::Hyper {
+        UpstreamBody::of(Kind::Hyper {
             incoming,
             lease: None,
         })
@@ -649,7 +675,56 @@ impl Body for UpstreamBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        match &mut self.get_mut().0 {
+        let this = self.get_mut();
+        let polled = this.kind.poll_frame(cx);
+        let Some(quiet) = &mut this.quiet else {
+            return polled;
+        };
+        if polled.is_ready() {
+            quiet.timer = None;
+            return polled;
+        }
+        let limit = quiet.limit;
+        let timer = quiet
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "the origin sent nothing for {} ms in the middle of a body",
+                    limit.as_millis()
+                ),
+            ))))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Hyper { incoming, .. } => incoming.is_end_stream(),
+            Kind::Own(lease) => lease.decoder.is_done(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Hyper { incoming, .. } => incoming.size_hint(),
+            Kind::Own(lease) => lease
+                .decoder
+                .remaining()
+                .map_or_else(SizeHint::default, SizeHint::with_exact),
+        }
+    }
+}
+
+impl Kind {
+    /// The next frame of the body, from wherever it comes.
+    fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match self {
             Kind::Hyper { incoming, lease } => {
                 if let Some(lease) = lease {
                     lease.h1.drive(cx);
@@ -670,28 +745,11 @@ impl Body for UpstreamBody {
             },
         }
     }
-
-    fn is_end_stream(&self) -> bool {
-        match &self.0 {
-            Kind::Hyper { incoming, .. } => incoming.is_end_stream(),
-            Kind::Own(lease) => lease.decoder.is_done(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match &self.0 {
-            Kind::Hyper { incoming, .. } => incoming.size_hint(),
-            Kind::Own(lease) => lease
-                .decoder
-                .remaining()
-                .map_or_else(SizeHint::default, SizeHint::with_exact),
-        }
-    }
 }
 
 impl Drop for UpstreamBody {
     fn drop(&mut self) {
-        match &mut self.0 {
+        match &mut self.kind {
             Kind::Hyper { incoming, lease } => {
                 if let Some(lease) = lease.take()
                     && (lease.ended || incoming.is_end_stream())

@@ -31,7 +31,7 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 /// Forwards one request and returns the origin's streaming answer. Any client-sent copy of
 /// `identity_header` is dropped: on polls that header is the proxy's statement of the
 /// validated user, and a client must not be able to make the same statement through
-/// passthrough.
+/// passthrough (nor, in `_` spelling, any other the proxy makes: [`remove_lookalikes`]).
 pub async fn forward(
     upstream: &Upstream,
     request: Request<ClientBody>,
@@ -47,7 +47,7 @@ pub async fn forward(
     let headers = &mut parts.headers;
     strip_hop_by_hop(headers);
     headers.remove(header::HOST);
-    remove_identity(headers, identity_header);
+    remove_lookalikes(headers, identity_header);
     join_cookies(headers);
     forwarding.request(headers, conn, client_host);
 
@@ -60,29 +60,52 @@ pub async fn forward(
     Ok(Response::from_parts(parts, ProxyBody::Upstream(body)))
 }
 
-/// Removes every client copy of the identity header, including spellings with `_` for `-`
-/// (`X_Edge_User`): CGI-style origins (WSGI, PHP, some nginx setups) read both as the same
-/// variable, so either would let a client name a user.
-fn remove_identity(headers: &mut HeaderMap, identity_header: &HeaderName) {
+/// Headers whose `_` spellings (`X_Real_IP`) are dropped from every client request besides
+/// the identity header's: what only the proxy states (the client's address, scheme and host,
+/// the request id) and what frames a message. CGI-style origins (WSGI, PHP, some nginx
+/// setups) read `X_Y` and `X-Y` as the same variable, so such a spelling would let a client
+/// state the proxy's facts, or frame its request for an origin that takes it as framing (the
+/// next client's request on the pooled connection then being read as this one's body).
+const GUARDED: [HeaderName; 10] = [
+    HeaderName::from_static("x-forwarded-for"),
+    HeaderName::from_static("x-forwarded-proto"),
+    HeaderName::from_static("x-forwarded-host"),
+    HeaderName::from_static("x-real-ip"),
+    HeaderName::from_static("x-request-id"),
+    header::CONTENT_LENGTH,
+    header::TRANSFER_ENCODING,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHORIZATION,
+];
+
+/// Removes every client copy of the identity header, and every spelling with `_` for `-` of
+/// it or of a [`GUARDED`] header (`X_Edge_User`, `Transfer_Encoding`).
+fn remove_lookalikes(headers: &mut HeaderMap, identity_header: &HeaderName) {
     headers.remove(identity_header);
     let lookalikes: Vec<HeaderName> = headers
         .keys()
         .filter(|name| {
-            let (name, identity) = (
-                name.as_str().as_bytes(),
-                identity_header.as_str().as_bytes(),
-            );
-            name.len() == identity.len()
-                && name
-                    .iter()
-                    .zip(identity)
-                    .all(|(&a, &b)| a == b || (a == b'_' && b == b'-'))
+            let name = name.as_str().as_bytes();
+            name.contains(&b'_')
+                && std::iter::once(identity_header)
+                    .chain(&GUARDED)
+                    .any(|guarded| same_but_underscores(name, guarded.as_str().as_bytes()))
         })
         .cloned()
         .collect();
     for name in lookalikes {
         headers.remove(name);
     }
+}
+
+/// Whether `name` is `guarded` with some `-` written as `_` (both lowercase).
+fn same_but_underscores(name: &[u8], guarded: &[u8]) -> bool {
+    name.len() == guarded.len()
+        && name
+            .iter()
+            .zip(guarded)
+            .all(|(&a, &b)| a == b || (a == b'_' && b == b'-'))
 }
 
 /// HTTP/2 clients send each cookie as its own field; an HTTP/1.1 origin expects one
@@ -118,6 +141,30 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn underscore_spellings_of_what_the_proxy_states_are_removed_and_others_kept() {
+        let identity = HeaderName::from_static("x-edge-user");
+        let mut headers = HeaderMap::new();
+        for name in [
+            "x-edge-user",
+            "x_edge_user",
+            "x-edge_user",
+            "x_real_ip",
+            "x_forwarded_for",
+            "transfer_encoding",
+            "content_length",
+            "x_custom_flag",
+            "x-real-ip",
+        ] {
+            headers.insert(HeaderName::from_static(name), HeaderValue::from_static("1"));
+        }
+        remove_lookalikes(&mut headers, &identity);
+        let mut left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        // The dash spelling of a forwarding header is `Forwarding`'s to replace.
+        assert_eq!(left, ["x-real-ip", "x_custom_flag"]);
+    }
 
     #[test]
     fn split_cookies_are_joined() {

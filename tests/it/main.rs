@@ -21,6 +21,7 @@ mod lifecycle;
 mod load;
 mod origin_faults;
 mod passthrough;
+mod passthrough_hardening;
 mod probe;
 mod properties;
 mod refusals;

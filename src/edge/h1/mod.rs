@@ -18,17 +18,19 @@
 //! errors included: another method, a request body, an upgrade, `Expect`, h2c, HTTP/1.0, a
 //! malformed or large head.
 
+mod ahead;
 mod detect;
 mod writer;
 
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use http::{Request, Response};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use super::rewind::Rewind;
 use crate::ops::shutdown::ShutdownSignal;
@@ -36,15 +38,13 @@ use crate::origin::ClientBody;
 use crate::request::body::ProxyBody;
 use crate::request::router::{Route, RouteError};
 use crate::request::{App, ConnInfo};
+use ahead::ReadAhead;
 pub use detect::{Head, Parsed, parse_head};
 use detect::{Step, read_head};
 use writer::{Framing, Pump, encode_head};
 
 /// How long closing a connection (TLS `close_notify`, FIN) may take.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
-/// Bytes read ahead (pipelined requests) while a request is being answered; beyond them the
-/// client is not read until the answer is written.
-const MAX_PIPELINED: usize = 8 * 1024;
 
 /// How a connection left the fast path.
 pub enum Outcome<I> {
@@ -69,19 +69,19 @@ pub async fn serve<I>(
 where
     I: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut buf = BytesMut::new();
+    let mut ahead = ReadAhead::default();
     let mut answered = false;
     loop {
         let step = tokio::select! {
             // Shutdown first: a pipelined request already read is not started.
             biased;
             _ = shutdown.fired() => return close(io).await,
-            step = tokio::time::timeout(idle_limit, read_head(&mut io, &mut buf, &app.router)) => step,
+            step = tokio::time::timeout(idle_limit, read_head(&mut io, &mut ahead.buf, &app.router)) => step,
         };
         let (head, routed) = match step {
             Ok(Ok(Step::Serve(head, routed))) => (head, routed),
             Ok(Ok(Step::NotOurs)) => {
-                return Outcome::Handoff(Rewind::new(buf.freeze(), io), answered);
+                return Outcome::Handoff(Rewind::new(ahead.buf.freeze(), io), answered);
             }
             Ok(Ok(Step::Eof)) => return close(io).await,
             Ok(Err(error)) => {
@@ -98,10 +98,10 @@ where
             len,
             close: asked_close,
         } = *head;
-        buf.advance(len);
+        ahead.buf.advance(len);
         let request = request.map(|()| ClientBody::Empty);
         let Some(response) =
-            answer_unless_left(app, request, routed, conn, &mut io, &mut buf).await
+            answer_unless_left(app, request, routed, conn, &mut io, &mut ahead).await
         else {
             tracing::debug!(peer = %conn.peer, "the client left before its answer");
             return Outcome::Closed;
@@ -110,11 +110,11 @@ where
         let stream = response.body().is_stream();
         // An event stream ends only when the proxy ends it, so nothing after it is answered.
         let close_after = asked_close || stream || shutdown.has_fired();
-        if close_after || buf.is_empty() {
+        if close_after || ahead.buf.is_empty() {
             // An idle connection (or an event stream's) keeps no read buffer.
-            buf = BytesMut::new();
+            ahead.buf = BytesMut::new();
         }
-        if let Err(error) = write_answer(&mut io, response, close_after).await {
+        if let Err(error) = write_answer(&mut io, response, close_after, &mut ahead).await {
             tracing::debug!(peer = %conn.peer, %error, "connection ended");
             return Outcome::Closed;
         }
@@ -130,40 +130,39 @@ async fn close<I: AsyncWrite + Unpin, O>(mut io: I) -> Outcome<O> {
     Outcome::Closed
 }
 
-/// The request phases' answer, or `None` if the client closed its connection first: then
-/// the phases (an origin request, a validation) are dropped at once, as hyper does, instead
-/// of holding an origin connection for a client that is gone. What the client sends
-/// meanwhile (a pipelined request) is kept in `buf`, up to [`MAX_PIPELINED`].
+/// The request phases' answer, or `None` if the client left first ([`ReadAhead`]): then the
+/// phases (an origin request, a validation) are dropped at once, as hyper does, instead of
+/// holding an origin connection for a client that is gone.
 async fn answer_unless_left<I: AsyncRead + Unpin>(
     app: &App,
     request: Request<ClientBody>,
     routed: Result<Route, RouteError>,
     conn: ConnInfo,
     io: &mut I,
-    buf: &mut BytesMut,
+    ahead: &mut ReadAhead,
 ) -> Option<Response<ProxyBody>> {
     let mut answer = respond(app, request, routed, conn);
-    loop {
-        let read_more = async {
-            if buf.len() >= MAX_PIPELINED {
-                // Enough read ahead: wait for the answer alone.
-                std::future::pending::<()>().await;
-            }
-            buf.reserve(1024);
-            io.read_buf(buf).await
-        };
-        tokio::select! {
-            response = &mut answer => return Some(response),
-            read = read_more => match read {
-                Ok(0) | Err(_) => return None,
-                Ok(_) => {}
-            },
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(response) = answer.as_mut().poll(cx) {
+            return Poll::Ready(Some(response));
         }
-    }
+        match ahead.poll_client(io, cx) {
+            Ok(()) => Poll::Pending,
+            Err(_) => Poll::Ready(None),
+        }
+    })
+    .await
 }
 
-/// Writes an answer, and for an event stream every frame until the stream ends.
-async fn write_answer<I>(io: &mut I, response: Response<ProxyBody>, close: bool) -> io::Result<()>
+/// Writes an answer, and for an event stream every frame until the stream ends. While it
+/// does, the client is watched: what it sends is kept in `ahead` (dropped for an event
+/// stream, which nothing follows), and its leaving ends the answer.
+async fn write_answer<I>(
+    io: &mut I,
+    response: Response<ProxyBody>,
+    close: bool,
+    ahead: &mut ReadAhead,
+) -> io::Result<()>
 where
     I: AsyncRead + AsyncWrite + Unpin,
 {
@@ -171,7 +170,7 @@ where
     let framing = Framing::of(parts.status, &body);
     let head = encode_head(&parts, framing, close);
     drop(parts);
-    let mut pump = Pump::new(io, body, head, framing);
+    let mut pump = Pump::new(io, body, head, framing, ahead);
     std::future::poll_fn(|cx| pump.poll(cx)).await
 }
 

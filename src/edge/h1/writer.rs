@@ -15,6 +15,7 @@ use http::{StatusCode, header, response};
 use http_body::Body;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use super::ahead::ReadAhead;
 use crate::request::body::ProxyBody;
 
 /// Bytes a client may send on a connection whose event stream is open before it is closed:
@@ -109,34 +110,51 @@ pub(super) struct Pump<'a, I> {
     out: Out,
     /// The body has ended (and, when chunked, the last chunk is queued).
     ended: bool,
-    /// Whether the client's side is read (and what it sends dropped) while the answer is
-    /// written: for an event stream, so a client that leaves is seen at once. Not for other
-    /// answers: what follows them on the connection is the client's next request.
-    watch_client: bool,
-    /// Bytes the client sent while its stream is open, read and dropped.
-    discarded: usize,
+    /// The client's side, read while the answer is written, so a client that leaves is seen
+    /// at once.
+    watch: Watch<'a>,
+}
+
+/// What is done with what the client sends while its answer is written.
+enum Watch<'a> {
+    /// An event stream ends only when the proxy ends it, so nothing sent on its connection
+    /// can be answered: it is read and dropped, this many bytes so far (bounded).
+    Discard(usize),
+    /// Any other answer: it is the client's next request, kept.
+    Keep(&'a mut ReadAhead),
 }
 
 impl<'a, I: AsyncRead + AsyncWrite + Unpin> Pump<'a, I> {
-    /// A writer of an event stream (chunked, the client watched) or of another answer.
-    pub(super) fn new(io: &'a mut I, body: ProxyBody, head: Vec<u8>, framing: Framing) -> Self {
+    /// A writer of an event stream or of another answer, whose client's next requests go
+    /// to `ahead`.
+    pub(super) fn new(
+        io: &'a mut I,
+        body: ProxyBody,
+        head: Vec<u8>,
+        framing: Framing,
+        ahead: &'a mut ReadAhead,
+    ) -> Self {
         Pump {
             io,
-            watch_client: body.is_stream(),
+            watch: if body.is_stream() {
+                Watch::Discard(0)
+            } else {
+                Watch::Keep(ahead)
+            },
             body,
             framing,
             sent: 0,
             out: Out::head(head),
             ended: framing == Framing::Empty,
-            discarded: 0,
         }
     }
 
     /// Ready once the whole response is written and flushed; an error if the connection
     /// failed or the client closed it.
     pub(super) fn poll(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if self.watch_client {
-            self.poll_client(cx)?;
+        match &mut self.watch {
+            Watch::Discard(discarded) => discard_client(&mut *self.io, discarded, cx)?,
+            Watch::Keep(ahead) => ahead.poll_client(&mut *self.io, cx)?,
         }
         loop {
             if !self.ended && self.out.takes_frame() {
@@ -208,29 +226,33 @@ impl<'a, I: AsyncRead + AsyncWrite + Unpin> Pump<'a, I> {
         }
         Ok(())
     }
+}
 
-    /// Reads and drops what the client sends while its stream is open, so that its closing
-    /// the connection is seen at once rather than at the next failed write.
-    fn poll_client(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
-        let mut scratch = [0u8; 64];
-        loop {
-            let mut buf = ReadBuf::new(&mut scratch);
-            match Pin::new(&mut *self.io).poll_read(cx, &mut buf) {
-                Poll::Pending => return Ok(()),
-                Poll::Ready(Err(error)) => return Err(error),
-                Poll::Ready(Ok(())) if buf.filled().is_empty() => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "the client closed the connection",
+/// Reads and drops what the client sends while its stream is open, so that its closing the
+/// connection is seen at once rather than at the next failed write.
+fn discard_client<I: AsyncRead + Unpin>(
+    io: &mut I,
+    discarded: &mut usize,
+    cx: &mut Context<'_>,
+) -> io::Result<()> {
+    let mut scratch = [0u8; 64];
+    loop {
+        let mut buf = ReadBuf::new(&mut scratch);
+        match Pin::new(&mut *io).poll_read(cx, &mut buf) {
+            Poll::Pending => return Ok(()),
+            Poll::Ready(Err(error)) => return Err(error),
+            Poll::Ready(Ok(())) if buf.filled().is_empty() => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the client closed the connection",
+                ));
+            }
+            Poll::Ready(Ok(())) => {
+                *discarded += buf.filled().len();
+                if *discarded > MAX_DISCARDED {
+                    return Err(io::Error::other(
+                        "the client kept sending on a connection with an open event stream",
                     ));
-                }
-                Poll::Ready(Ok(())) => {
-                    self.discarded += buf.filled().len();
-                    if self.discarded > MAX_DISCARDED {
-                        return Err(io::Error::other(
-                            "the client kept sending on a connection with an open event stream",
-                        ));
-                    }
                 }
             }
         }

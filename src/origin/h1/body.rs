@@ -42,6 +42,11 @@ pub(super) fn framing(
     {
         State::Done
     } else if headers.contains_key(TRANSFER_ENCODING) {
+        // HTTP/1.0 has no transfer codings: such a message's framing is faulty (RFC 9112
+        // §6.1), and hyper's client refuses it too.
+        if response.version() == Version::HTTP_10 {
+            return Err(invalid("an HTTP/1.0 answer has a Transfer-Encoding"));
+        }
         // Transfer-Encoding wins over Content-Length; a message with both may be an attempt
         // to smuggle one, so its connection is not trusted with another request.
         if headers.contains_key(CONTENT_LENGTH) {
@@ -299,7 +304,17 @@ fn chunk_size(line: &[u8]) -> io::Result<u64> {
             "a chunk size is not a hex number of at most 16 digits",
         ));
     }
-    let rest = line[digits..].trim_ascii_start();
+    // A CR ends the line for other parsers (hyper's): one inside it would make two readers of
+    // this answer disagree on where the next chunk starts.
+    if line.contains(&b'\r') {
+        return Err(invalid("a chunk-size line holds a bare CR"));
+    }
+    let rest = &line[digits..];
+    let blanks = rest
+        .iter()
+        .take_while(|&&b| b == b' ' || b == b'\t')
+        .count();
+    let rest = &rest[blanks..];
     if !rest.is_empty() && rest[0] != b';' {
         return Err(invalid("a chunk-size line has junk after the size"));
     }

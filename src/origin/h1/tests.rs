@@ -629,3 +629,47 @@ fn a_content_length_body_stops_at_its_length() {
         assert_eq!(clean, cut == answer.len() - 4, "split at {cut}");
     }
 }
+
+/// An HTTP/1.0 answer with `Transfer-Encoding` has faulty framing (RFC 9112 §6.1): it is
+/// refused, as hyper's client does, and its connection is not reused.
+#[tokio::test]
+async fn an_http10_answer_with_transfer_encoding_is_not_reused() {
+    let origin = Origin::start(vec![
+        (
+            b"HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+            false,
+        ),
+        (OK, false),
+    ])
+    .await;
+    let pool = Pool::for_tests(4);
+    if let Ok(response) = send(
+        &pool,
+        &origin,
+        request(Method::GET, &origin, ClientBody::Empty),
+    )
+    .await
+    {
+        let _ = response.into_body().collect().await;
+    }
+    assert_eq!(
+        pool.idle_count(&origin.authority),
+        0,
+        "a connection whose answer had faulty framing is not reused"
+    );
+}
+
+/// A bare CR in a chunk-size line is an error (hyper's decoder ends the line at the first CR):
+/// two parsers of one answer must not disagree on where a chunk starts.
+#[test]
+fn a_bare_cr_in_a_chunk_size_line_is_an_error() {
+    let head = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n";
+    for case in [
+        format!("{head}2\r;x\r\nok\r\n0\r\n\r\n"),
+        format!("{head}2;a\rb\r\nok\r\n0\r\n\r\n"),
+        format!("{head}2\r\r\nok\r\n0\r\n\r\n"),
+    ] {
+        let result = decode_in_pieces(case.as_bytes(), &[]);
+        assert!(result.is_err(), "{case:?} decoded: {result:?}");
+    }
+}
