@@ -32,7 +32,7 @@
 # SERVING_THREADS=N runs sse-edge with `[listen] serving_threads = N` (default: the config's 0).
 #
 #   benches/compare.sh [SUBSCRIBERS=10000] [ROUNDS=2]  (env: HOLD=10 TICK_MS=50 PUSHPIN_RATE=250
-#                      PASSTHROUGH_ONLY=0 SSE_EDGE_BIN= SERVING_THREADS=)
+#                      PASSTHROUGH_ONLY=0 SSE_EDGE_BIN= SERVING_THREADS= BROWSER_HEADERS=0)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . benches/common.sh
@@ -44,6 +44,26 @@ tick_ms=${TICK_MS:-50}
 pushpin_rate=${PUSHPIN_RATE:-250}
 pushpin_open_s=$(( (subs + pushpin_rate - 1) / pushpin_rate ))
 passthrough_only=${PASSTHROUGH_ONLY:-0}
+# BROWSER_HEADERS=1: passthrough requests carry what a dashboard's browser sends (14 fields,
+# cookies included, ~900 bytes) instead of wrk's bare `Host`.
+wrk_headers=()
+if [ "${BROWSER_HEADERS:-0}" = 1 ]; then
+  wrk_headers=(
+    -H "User-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36"
+    -H "Accept: application/json, text/plain, */*"
+    -H "Accept-Language: en-GB,en;q=0.9,de;q=0.8"
+    -H "Accept-Encoding: gzip, deflate, br, zstd"
+    -H "Referer: https://dashboard.example.com/metrics?range=24h"
+    -H "Origin: https://dashboard.example.com"
+    -H "Cookie: session=eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ1c2VyLTQyIiwiZXhwIjoxOTAwMDAwMDAwfQ.c2lnbmF0dXJl; theme=dark; _ga=GA1.2.1234567890.1700000000; csrftoken=Zm9vYmFyYmF6cXV4"
+    -H "sec-ch-ua: \"Chromium\";v=\"131\", \"Not_A Brand\";v=\"24\""
+    -H "sec-ch-ua-mobile: ?0"
+    -H "sec-ch-ua-platform: \"Linux\""
+    -H "Sec-Fetch-Site: same-origin"
+    -H "Sec-Fetch-Mode: cors"
+    -H "Sec-Fetch-Dest: empty"
+  )
+fi
 
 if ! command -v nginx >/dev/null || ! command -v wrk >/dev/null \
   || [ ! -f /usr/lib/nginx/modules/ngx_nchan_module.so ]; then
@@ -136,7 +156,7 @@ user_ticks() { ticks '$14' "$@"; }      # user clock ticks alone
 passthrough() { # name url [proxy pids...]: requests/s, and the proxy's and the origin's CPU
   local name=$1 url=$2 out rps requests proxy_before user_before origin_before; shift 2
   proxy_before=$(cpu_ticks "$@"); user_before=$(user_ticks "$@"); origin_before=$(cpu_ticks "$edge")
-  out=$(wrk -t2 -c64 -d5s "$url")
+  out=$(wrk -t2 -c64 -d5s "${wrk_headers[@]}" "$url")
   rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
   requests=$(awk '/requests in/ {print $1}' <<<"$out")
   printf '  %-8s passthrough %8.0f requests/s\n' "$name" "${rps:-0}"
