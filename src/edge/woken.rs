@@ -33,7 +33,7 @@ const DONE: u8 = 2;
 /// per frame. Holding only until none is woken gathered more (0.025 writes per event
 /// against 0.041 at 1,000 subscribers × 20 events/s) but, past the demand (10,000 × 100/s),
 /// held batches while new events kept waking streams: 1.4× the CPU per event and 2.5× the
-/// latency (BENCHMARKS.md, "CPU per delivered event").
+/// p99 latency (BENCHMARKS.md, "CPU per delivered event").
 const POLLS_PER_WOKEN: usize = 2;
 
 /// One connection's woken stream tasks, and its task while it holds a batch for them.
