@@ -25,7 +25,9 @@
 #
 #   benches/cpu_per_event.sh [ROUNDS=2]
 #     (env: DEMANDS="1000x20 10000x100" WINDOW=8 H2_STREAMS=100 TRANSPORTS="h1 h2c" PORT_SHIFT=100
-#      MAX_RSS_MIB=4096: a measure whose peer passes it is stopped and not counted)
+#      MAX_RSS_MIB=4096: a measure whose peer passes it is stopped and not counted;
+#      BASELINE_BIN=path: also measures that sse-edge binary ("before") in every round, as a
+#      third peer, to compare a change with the code before it in the same run)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . benches/common.sh
@@ -52,6 +54,7 @@ for port in $edge_port $edge_admin $origin_port $demo_port $demo_admin $nchan_po
   fi
 done
 bin=$(sse_edge_bin)
+edge_bin=$bin
 bench_workspace
 
 # The proxy's configuration, and the demo origin's (its idle proxy on two other ports).
@@ -97,7 +100,7 @@ start_edge() { # tick_ms
   RUST_LOG=warn DASHBOARD_API_KEY=bench $bin demo --config "$work/origin.toml" \
     --tick-ms "$1" --cold-start-ms 0 >/dev/null &
   origin=$!; pids+=("$origin")
-  RUST_LOG=warn DASHBOARD_API_KEY=bench $bin --config "$work/edge.toml" >/dev/null &
+  RUST_LOG=warn DASHBOARD_API_KEY=bench $edge_bin --config "$work/edge.toml" >/dev/null &
   edge=$!; pids+=("$edge")
   for _ in $(seq 100); do
     curl -fs -m 1 -o /dev/null "http://127.0.0.1:$edge_admin/healthz" \
@@ -239,12 +242,18 @@ PY
 
 echo "CPU per delivered event, sse-edge vs nginx $(nginx -v 2>&1 | sed 's/.*\///') + Nchan: demands $demands (subscribers x changes/s), ${window} s windows, h2c ${per_conn} streams per connection, $rounds round(s), $(nproc) cores, $(date -u +%F)"
 for demand in $demands; do
-  start_edge $((1000 / ${demand#*x}))
+  running=
   for round in $(seq "$rounds"); do
     echo "$demand round $round"
     for transport in $transports; do
       if [ "$transport" = h2c ]; then np=$nchan_h2_port; else np=$nchan_port; fi
-      measure "$demand" "$transport" sse-edge "http://127.0.0.1:$edge_port/api/v2/stream" edge_streams edge_processes
+      for who in sse-edge ${BASELINE_BIN:+before}; do
+        if [ "$running" != "$who" ]; then
+          if [ "$who" = before ]; then edge_bin=$BASELINE_BIN; else edge_bin=$bin; fi
+          start_edge $((1000 / ${demand#*x})); running=$who
+        fi
+        measure "$demand" "$transport" "$who" "http://127.0.0.1:$edge_port/api/v2/stream" edge_streams edge_processes
+      done
       measure "$demand" "$transport" nchan "http://127.0.0.1:$np/sub" nchan_streams nchan_processes
     done
   done
@@ -265,4 +274,12 @@ for (demand, transport), by in groups.items():
           f"({med('sse-edge', 'cpu_per_m'):.2f} / {med('nchan', 'cpu_per_m'):.2f} CPU-s per M), "
           f"events/s {med('sse-edge', 'events_per_s') / med('nchan', 'events_per_s'):.2f}x, "
           f"p99 {med('sse-edge', 'p99') / max(med('nchan', 'p99'), 1e-9):.2f}x")
+    if "before" in by:
+        print(f"  {demand:<10} {transport:<3} against BASELINE_BIN: CPU per delivered event "
+              f"{med('sse-edge', 'cpu_per_m') / med('before', 'cpu_per_m'):.2f}x "
+              f"({med('sse-edge', 'cpu_per_m'):.2f} / {med('before', 'cpu_per_m'):.2f}, before "
+              f"{med('before', 'cpu_per_m') / med('nchan', 'cpu_per_m'):.2f}x Nchan's), writes per event "
+              f"{med('sse-edge', 'writes'):.3f} / {med('before', 'writes'):.3f}, p50 "
+              f"{med('sse-edge', 'p50'):.1f} / {med('before', 'p50'):.1f} ms, p99 "
+              f"{med('sse-edge', 'p99'):.1f} / {med('before', 'p99'):.1f} ms")
 PY

@@ -5,14 +5,21 @@
 //! wakes the subscribers of one event, the connection's task therefore ran between every two
 //! of its streams and wrote each stream's DATA frame with a system call of its own: 0.9
 //! writes per delivered event with 100 streams per connection (BENCHMARKS.md, "CPU per
-//! delivered event"), where one write per connection would do. [`Coalesce`] defers the first
-//! write after a flush by one turn of the scheduler: the task wakes itself and yields, which
-//! puts it behind the tasks already queued (not in the LIFO slot), so the streams woken with
-//! it queue their frames meanwhile, and h2 writes them together when it runs again. (Waiting
-//! longer, with `tokio::task::yield_now`, which resumes only once the worker has nothing else
-//! queued, gathered less and added latency: 0.23 writes per event against 0.10, BENCHMARKS.md.)
-//! A batch that is already large ([`GATHERED`]) is not held back. A write that is deferred is
-//! not lost: nothing was taken, and h2 offers it again (with whatever it gathered since).
+//! delivered event"), where one write per connection would do.
+//!
+//! [`Coalesce`] holds back the first write after a flush while stream tasks of the
+//! connection are woken and have not run yet (`woken`: their frames are still to come), and
+//! the connection's task sleeps meanwhile; the last of them to run wakes it, and h2 writes
+//! what they all queued at once. With nothing woken, the write goes at once. A batch that is
+//! already large ([`GATHERED`]) is not held back. A write that is held is not lost: nothing
+//! was taken, and h2 offers it again (with whatever it gathered since).
+//!
+//! Before, the first write after a flush waited one turn of the scheduler (the task woke
+//! itself and yielded): the streams queued on the same worker before it were gathered, but
+//! not those on the other worker or in the global queue: 0.10 writes per event at 1,000
+//! subscribers × 20 events/s, 0.04 with the hold (BENCHMARKS.md). Waiting with
+//! `tokio::task::yield_now` gathered less (0.23): h2's wake of the connection for the next
+//! frame ran it at once.
 //!
 //! Only HTTP/2 connections wait: hyper serves plaintext connections of both protocols
 //! through the same IO, so the wrapper turns itself on when the first bytes read are the
@@ -21,13 +28,16 @@
 
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use super::woken::Woken;
+
 /// A batch this large goes out at once: it already holds many streams' frames (a busy
-/// connection), and another turn would add latency for little more to gather.
-const GATHERED: usize = 4 * 1024;
+/// connection). h2 gathers up to 16 KiB of small frames before it writes on its own.
+const GATHERED: usize = 15 * 1024;
 /// What an HTTP/2 client sends first.
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -36,30 +46,34 @@ const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 enum Protocol {
     /// This many bytes of the preface read so far (writes go straight through meanwhile).
     Preface(usize),
-    /// HTTP/2: the first write of each batch waits its turn.
+    /// HTTP/2: the first write of each batch waits for the woken stream tasks.
     Http2,
     /// Anything else: every call goes straight through.
     Other,
 }
 
-/// A connection whose first write after each flush waits one turn of the scheduler, once it
-/// is known to speak HTTP/2.
+/// A connection whose first write after each flush waits for its woken stream tasks to run,
+/// once it is known to speak HTTP/2.
 pub(super) struct Coalesce<I> {
     /// The connection.
     io: I,
-    /// Whether writes are deferred at all.
+    /// Whether writes are held at all.
     protocol: Protocol,
-    /// The current batch has waited its turn; writes go through until the next flush.
-    waited: bool,
+    /// The connection's stream tasks woken and not run yet: frames still to come.
+    woken: Arc<Woken>,
+    /// The current batch was held (or found nothing to wait for); it goes at the next write.
+    held: bool,
 }
 
 impl<I> Coalesce<I> {
-    /// Wraps `io`, whose protocol its first bytes read will tell.
-    pub(super) fn new(io: I) -> Coalesce<I> {
+    /// Wraps `io`, whose protocol its first bytes read will tell, of a connection whose
+    /// woken stream tasks are counted in `woken`.
+    pub(super) fn new(io: I, woken: Arc<Woken>) -> Coalesce<I> {
         Coalesce {
             io,
             protocol: Protocol::Preface(0),
-            waited: false,
+            woken,
+            held: false,
         }
     }
 
@@ -77,15 +91,18 @@ impl<I> Coalesce<I> {
         }
     }
 
-    /// `Pending` once per batch on HTTP/2 when the batch is still small (`len` bytes), after
-    /// waking the task: its turn comes after the tasks already queued.
+    /// `Pending` once per batch on HTTP/2 when the batch is still small (`len` bytes) and
+    /// stream tasks of the connection are woken: the task is woken once they have run.
     fn wait_turn(&mut self, cx: &mut Context<'_>, len: usize) -> Poll<()> {
-        if self.protocol != Protocol::Http2 || self.waited || len >= GATHERED {
+        if self.protocol != Protocol::Http2 || self.held || len >= GATHERED {
             return Poll::Ready(());
         }
-        self.waited = true;
-        cx.waker().wake_by_ref();
-        Poll::Pending
+        self.held = true;
+        if self.woken.hold(cx) {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
     }
 }
 
@@ -133,7 +150,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Coalesce<I> {
         let this = self.get_mut();
         let flushed = Pin::new(&mut this.io).poll_flush(cx);
         if flushed.is_ready() {
-            this.waited = false;
+            this.held = false;
         }
         flushed
     }
@@ -145,67 +162,90 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Coalesce<I> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::woken::TaskWake;
     use super::*;
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::task::Waker;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    /// `io` after reading `first` from its peer.
+    /// `io` after reading `first` from its peer, and the count of its woken stream tasks.
     async fn after_reading(
         first: &[u8],
-    ) -> (Coalesce<tokio::io::DuplexStream>, tokio::io::DuplexStream) {
+    ) -> (
+        Coalesce<tokio::io::DuplexStream>,
+        tokio::io::DuplexStream,
+        Arc<Woken>,
+    ) {
         let (server, mut client) = tokio::io::duplex(2 * GATHERED);
         client.write_all(first).await.expect("write");
-        let mut io = Coalesce::new(server);
+        let woken = Arc::new(Woken::default());
+        let mut io = Coalesce::new(server, woken.clone());
         let mut read = vec![0; first.len()];
         io.read_exact(&mut read).await.expect("read");
-        (io, client)
+        (io, client, woken)
     }
 
-    /// A task queued on this (current-thread) runtime; the flag says whether it has run.
-    fn queued() -> Arc<AtomicBool> {
-        let ran = Arc::new(AtomicBool::new(false));
-        let flag = ran.clone();
-        tokio::spawn(async move { flag.store(true, Ordering::Relaxed) });
-        ran
+    /// A stream task of the connection, woken: its frame is still to come.
+    fn woken_task(woken: &Arc<Woken>) -> TaskWake {
+        let mut task = TaskWake::new(woken.clone());
+        let mut cx = Context::from_waker(Waker::noop());
+        task.poll(&mut cx, |cx| cx.waker().wake_by_ref());
+        task
+    }
+
+    /// Whether a write of `bytes` goes now.
+    fn goes(io: &mut Coalesce<tokio::io::DuplexStream>, bytes: &[u8]) -> bool {
+        let mut cx = Context::from_waker(Waker::noop());
+        match Pin::new(io).poll_write(&mut cx, bytes) {
+            Poll::Ready(written) => {
+                assert_eq!(written.expect("write"), bytes.len());
+                true
+            }
+            Poll::Pending => false,
+        }
     }
 
     #[tokio::test]
-    async fn on_http2_the_first_write_of_a_batch_waits_for_the_queued_tasks() {
-        let (mut io, mut client) = after_reading(PREFACE).await;
-        let first = queued();
-        io.write_all(b"frame").await.expect("write");
+    async fn on_http2_the_first_write_of_a_batch_waits_until_the_woken_streams_ran() {
+        let (mut io, mut client, woken) = after_reading(PREFACE).await;
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut task = woken_task(&woken);
         assert!(
-            first.load(Ordering::Relaxed),
-            "the first write waited for the queued task"
+            !goes(&mut io, b"frame"),
+            "a stream's frame is still to come"
         );
-        let second = queued();
-        io.write_all(b"frame").await.expect("write");
         assert!(
-            !second.load(Ordering::Relaxed),
+            woken.poll_release(&cx).is_pending(),
+            "the connection sleeps"
+        );
+        task.poll(&mut cx, |_| ());
+        assert!(woken.poll_release(&cx).is_ready(), "the stream ran");
+        assert!(goes(&mut io, b"frame"), "the batch goes");
+        assert!(
+            goes(&mut io, b"frame"),
             "the rest of the batch does not wait"
         );
         io.flush().await.expect("flush");
-        let third = queued();
-        io.write_all(b"frame").await.expect("write");
+        let _again = woken_task(&woken);
         assert!(
-            third.load(Ordering::Relaxed),
+            !goes(&mut io, b"frame"),
             "after a flush, a new batch waits again"
         );
-        let mut read = [0; 15];
+        let mut read = [0; 10];
         client.read_exact(&mut read).await.expect("read");
-        assert_eq!(
-            &read, b"frameframeframe",
-            "nothing deferred is lost or doubled"
-        );
+        assert_eq!(&read, b"frameframe", "nothing held is lost or doubled");
+    }
+
+    #[tokio::test]
+    async fn with_no_stream_woken_a_write_goes_at_once() {
+        let (mut io, _client, _woken) = after_reading(PREFACE).await;
+        assert!(goes(&mut io, b"frame"));
     }
 
     #[tokio::test]
     async fn a_large_batch_goes_out_at_once() {
-        let (mut io, _client) = after_reading(PREFACE).await;
-        let task = queued();
-        io.write_all(&[0; GATHERED]).await.expect("write");
-        assert!(!task.load(Ordering::Relaxed), "the write did not wait");
+        let (mut io, _client, woken) = after_reading(PREFACE).await;
+        let _task = woken_task(&woken);
+        assert!(goes(&mut io, &[0; GATHERED]));
     }
 
     #[tokio::test]
@@ -215,13 +255,9 @@ mod tests {
             &PREFACE[..10],             // not yet the whole preface
             &b"PRI * HTTP/1.1\r\n"[..], // a near miss
         ] {
-            let (mut io, _client) = after_reading(first).await;
-            let task = queued();
-            io.write_all(b"frame").await.expect("write");
-            assert!(
-                !task.load(Ordering::Relaxed),
-                "{first:?}: the write did not wait"
-            );
+            let (mut io, _client, woken) = after_reading(first).await;
+            let _task = woken_task(&woken);
+            assert!(goes(&mut io, b"frame"), "{first:?}: the write did not wait");
         }
     }
 }

@@ -23,6 +23,7 @@ use super::control_frames::ControlFrames;
 use super::h1::Outcome;
 use super::idle::{Activity, Tracked};
 use super::stall::{ConnStreams, StreamExecutor, Watch};
+use super::woken::Woken;
 use crate::config::ListenConfig;
 use crate::ops::metrics::Metrics;
 use crate::ops::shutdown::ShutdownSignal;
@@ -210,10 +211,16 @@ impl Serving {
                 _permit,
                 ..
             } = self;
-            let streams = ConnStreams::new(conn.peer, builders.write_timeout, app.metrics.clone());
+            let woken = Arc::new(Woken::default());
+            let streams = ConnStreams::new(
+                conn.peer,
+                builders.write_timeout,
+                app.metrics.clone(),
+                woken.clone(),
+            );
             let builder = builders.build(&streams, versions);
             let io = ControlFrames::new(io, builders.max_control_frames_per_s, app.metrics.clone());
-            let io = Coalesce::new(io);
+            let io = Coalesce::new(io, woken.clone());
             let activity = Activity::new();
             let requests = activity.clone();
             let service = service_fn(move |request| {
@@ -232,6 +239,13 @@ impl Serving {
                 }
             });
             let connection = watcher.watch(builder.serve_connection(TokioIo::new(io), service));
+            // While the connection holds a batch of frames for its woken stream tasks
+            // (`coalesce`), its task sleeps: the wakes their frames cause do not poll hyper.
+            let mut connection = std::pin::pin!(connection);
+            let connection = std::future::poll_fn(|cx| {
+                std::task::ready!(woken.poll_release(cx));
+                connection.as_mut().poll(cx)
+            });
             tokio::select! {
                 result = connection => {
                     if let Err(error) = result {

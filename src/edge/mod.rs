@@ -10,7 +10,8 @@
 //!   idleness with nothing in flight, and writes a client does not read.
 //! - `stall`, `control_frames`: HTTP/2 streams that make no progress, and control-frame
 //!   floods.
-//! - `coalesce`: the frames of an HTTP/2 connection's streams gathered into one write.
+//! - `coalesce`, `woken`: the frames of an HTTP/2 connection's streams gathered into one
+//!   write, once the stream tasks woken with them have run.
 //! - `write_through`: the write half shared by the read-side wrappers.
 //! - [`admin`]: the admin listener.
 //!
@@ -37,6 +38,7 @@ pub mod rewind;
 mod stall;
 pub mod threads;
 pub mod tls;
+mod woken;
 mod write_through;
 pub mod write_timeout;
 

@@ -30,6 +30,7 @@ use tokio::sync::Notify;
 use tokio::task::futures::TaskLocalFuture;
 use tokio::time::{Instant, Sleep};
 
+use super::woken::{TaskWake, Woken};
 use crate::ops::metrics::{Limit, Metrics};
 
 /// Largest chunk handed to hyper at once: the default HTTP/2 frame size, so a chunk accepted
@@ -55,14 +56,17 @@ pub(super) struct ConnStreams {
     waiting: AtomicUsize,
     /// Told when a stream was cut while every stream of the connection was waiting.
     all_stalled: Notify,
+    /// Its stream tasks woken and not run since, for the connection's write coalescing.
+    woken: Arc<Woken>,
 }
 
 impl ConnStreams {
-    /// No streams yet; a chunk may wait `limit`.
+    /// No streams yet; a chunk may wait `limit`; woken stream tasks are counted in `woken`.
     pub(super) fn new(
         peer: SocketAddr,
         limit: Duration,
         metrics: Arc<Metrics>,
+        woken: Arc<Woken>,
     ) -> Arc<ConnStreams> {
         Arc::new(ConnStreams {
             peer,
@@ -71,6 +75,7 @@ impl ConnStreams {
             open: AtomicUsize::new(0),
             waiting: AtomicUsize::new(0),
             all_stalled: Notify::new(),
+            woken,
         })
     }
 
@@ -156,6 +161,8 @@ struct Watched<F> {
     timer: Option<Pin<Box<Sleep>>>,
     /// The chunk the timer is armed for.
     armed_for: Option<u64>,
+    /// Counts the task in its connection's woken tasks while it waits to run.
+    wake: TaskWake,
 }
 
 impl<F: Future<Output = ()>> Watched<F> {
@@ -164,6 +171,7 @@ impl<F: Future<Output = ()>> Watched<F> {
         Watched {
             task: Box::pin(STREAM.scope(progress.clone(), task)),
             progress,
+            wake: TaskWake::new(conn.woken.clone()),
             counted: Counted::new(conn),
             timer: None,
             armed_for: None,
@@ -195,7 +203,8 @@ impl<F: Future<Output = ()>> Future for Watched<F> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = self.get_mut();
-        if this.task.as_mut().poll(cx).is_ready() {
+        let task = &mut this.task;
+        if this.wake.poll(cx, |cx| task.as_mut().poll(cx)).is_ready() {
             return Poll::Ready(());
         }
         let waiting = this.progress.waiting.load(Ordering::Relaxed);
@@ -317,7 +326,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_chunk_waiting_past_the_limit_ends_the_task_and_progress_restarts_the_clock() {
-        let conn = ConnStreams::new(PEER, Duration::from_secs(5), Arc::default());
+        let conn = ConnStreams::new(PEER, Duration::from_secs(5), Arc::default(), Arc::default());
         let started = Instant::now();
         Watched::new(stalling_task(Duration::from_secs(3)), conn.clone()).await;
         assert_eq!(
@@ -335,7 +344,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_stream_with_nothing_waiting_is_never_cut() {
-        let conn = ConnStreams::new(PEER, Duration::from_secs(5), Arc::default());
+        let conn = ConnStreams::new(PEER, Duration::from_secs(5), Arc::default(), Arc::default());
         let idle = Watched::new(std::future::pending::<()>(), conn.clone());
         let outcome = tokio::time::timeout(Duration::from_secs(3600), idle).await;
         assert!(outcome.is_err(), "still running");
