@@ -98,7 +98,7 @@ async fn proxy_to_raw_origin(fake: &FakeOrigin) -> TestProxy {
 }
 
 /// A plaintext connection to the proxy on which `requests` have been sent, as written.
-async fn send_raw(proxy: &TestProxy, requests: &[u8]) -> TcpStream {
+pub(crate) async fn send_raw(proxy: &TestProxy, requests: &[u8]) -> TcpStream {
     let addr = proxy.proxy.http_addr().expect("http");
     let mut tcp = TcpStream::connect(addr).await.expect("connect");
     tcp.write_all(requests).await.expect("write");
@@ -106,7 +106,7 @@ async fn send_raw(proxy: &TestProxy, requests: &[u8]) -> TcpStream {
 }
 
 /// Reads until the peer closes (bounded by [`WAIT`]); returns everything read.
-async fn read_to_close(tcp: &mut TcpStream) -> String {
+pub(crate) async fn read_to_close(tcp: &mut TcpStream) -> String {
     let mut all = Vec::new();
     tokio::time::timeout(WAIT, tcp.read_to_end(&mut all))
         .await

@@ -12,6 +12,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 
 use crate::common;
+use crate::fast_path_passthrough::{read_to_close, send_raw};
 use common::origin::FakeOrigin;
 use common::{Options, TestProxy, WAIT, try_start_proxy};
 
@@ -82,14 +83,6 @@ async fn proxy_with(fake: &FakeOrigin, options: Options) -> (TestProxy, Stall) {
     (proxy, stall)
 }
 
-/// A plaintext connection to the proxy on which `requests` have been sent.
-async fn send_raw(proxy: &TestProxy, requests: &[u8]) -> TcpStream {
-    let addr = proxy.proxy.http_addr().expect("http");
-    let mut tcp = TcpStream::connect(addr).await.expect("connect");
-    tcp.write_all(requests).await.expect("write");
-    tcp
-}
-
 /// Reads until `needle` has arrived (bounded by [`WAIT`]).
 async fn read_until(tcp: &mut TcpStream, needle: &str) -> String {
     let mut all = Vec::new();
@@ -106,16 +99,6 @@ async fn read_until(tcp: &mut TcpStream, needle: &str) -> String {
         );
         all.extend_from_slice(&buf[..n]);
     }
-    String::from_utf8_lossy(&all).into_owned()
-}
-
-/// Reads until the peer closes (bounded by [`WAIT`]).
-async fn read_to_close(tcp: &mut TcpStream) -> String {
-    let mut all = Vec::new();
-    tokio::time::timeout(WAIT, tcp.read_to_end(&mut all))
-        .await
-        .expect("closed in time")
-        .expect("read");
     String::from_utf8_lossy(&all).into_owned()
 }
 
