@@ -178,27 +178,32 @@ async fn pipelined_requests_then_a_half_close_are_answered() {
     }
 }
 
+/// The head the origin received for `request` (a `GET /plain` that closes its connection),
+/// once the client had its `200`.
+async fn head_at_the_origin(request: &[u8]) -> String {
+    let fake = FakeOrigin::start().await;
+    let (proxy, origin) = proxy_with(&fake, Options::default()).await;
+    let mut tcp = send_raw(&proxy, request).await;
+    let text = read_to_close(&mut tcp).await;
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text:?}");
+    let heads = origin.heads.lock().expect("heads").clone();
+    heads
+        .into_iter()
+        .find(|head| head.starts_with("GET /plain "))
+        .expect("the request reached the origin")
+}
+
 /// A client's `Transfer_Encoding` / `Content_Length` never reach the origin: CGI-style origins
 /// (WSGI, PHP, some nginx setups) read `X_Y` and `X-Y` as the same variable, and an origin that
 /// took one as framing would read the next client's request on the pooled connection as this
 /// one's body.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn framing_header_lookalikes_do_not_reach_the_origin() {
-    let fake = FakeOrigin::start().await;
-    let (proxy, origin) = proxy_with(&fake, Options::default()).await;
-    let mut tcp = send_raw(
-        &proxy,
+    let forwarded = head_at_the_origin(
         b"GET /plain HTTP/1.1\r\nhost: x\r\ntransfer_encoding: chunked\r\n\
           content_length: 40\r\nconnection: close\r\n\r\n",
     )
     .await;
-    let text = read_to_close(&mut tcp).await;
-    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text:?}");
-    let heads = origin.heads.lock().expect("heads").clone();
-    let forwarded = heads
-        .iter()
-        .find(|head| head.starts_with("GET /plain "))
-        .expect("the request reached the origin");
     let lower = forwarded.to_ascii_lowercase();
     assert!(
         !lower.contains("transfer_encoding") && !lower.contains("content_length"),
@@ -210,21 +215,11 @@ async fn framing_header_lookalikes_do_not_reach_the_origin() {
 /// `X_Forwarded_For`): to a CGI-style origin they are the same variable as the proxy's own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwarding_header_lookalikes_do_not_reach_the_origin() {
-    let fake = FakeOrigin::start().await;
-    let (proxy, origin) = proxy_with(&fake, Options::default()).await;
-    let mut tcp = send_raw(
-        &proxy,
+    let forwarded = head_at_the_origin(
         b"GET /plain HTTP/1.1\r\nhost: x\r\nx_real_ip: 10.0.0.1\r\n\
           x_forwarded_for: 10.0.0.1\r\nconnection: close\r\n\r\n",
     )
     .await;
-    let text = read_to_close(&mut tcp).await;
-    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text:?}");
-    let heads = origin.heads.lock().expect("heads").clone();
-    let forwarded = heads
-        .iter()
-        .find(|head| head.starts_with("GET /plain "))
-        .expect("the request reached the origin");
     assert!(
         !forwarded.contains("10.0.0.1"),
         "a client-chosen address reaches the origin: {forwarded:?}"
