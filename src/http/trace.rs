@@ -6,6 +6,7 @@
 //! origin log), gives each request an id, and starts a fresh trace for each call it makes by
 //! itself (polls, validations), so those can be found in the origin's logs too.
 
+use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 
 /// The request id header, kept from the client when valid, else generated.
@@ -63,7 +64,9 @@ pub fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
     {
         return id.clone();
     }
-    let id = HeaderValue::from_bytes(&id_digits(nonzero_u128()))
+    // Owned by the value's own shared buffer: the id goes to the origin and back to the
+    // client, and each copy is then a reference, not an allocation.
+    let id = HeaderValue::from_maybe_shared(Bytes::from_owner(id_digits(nonzero_u128())))
         .unwrap_or_else(|_| HeaderValue::from_static("0"));
     headers.insert(REQUEST_ID, id.clone());
     id

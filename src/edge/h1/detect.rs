@@ -4,7 +4,7 @@
 
 use std::io;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Uri, Version};
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -25,7 +25,8 @@ const ADDED_HEADERS: usize = 6;
 /// What reading a request head gave.
 pub(super) enum Step {
     /// A request to answer here, with the router's decision (boxed: it is much larger than
-    /// the other variants).
+    /// the other variants, and a connection's task, which holds an event stream for hours, is
+    /// sized by its largest state: unboxed, it grew by 700 bytes).
     Serve(Box<Head>, Result<Route, RouteError>),
     /// Something for hyper.
     NotOurs,
@@ -40,7 +41,8 @@ pub struct Head {
     /// Method (`GET`), target, version (HTTP/1.1) and headers in the order sent, as the
     /// request phases take them.
     pub request: Request<()>,
-    /// Length of the head in the bytes parsed; what follows is the next request.
+    /// Length of the head in the bytes parsed (already taken off the read buffer); what
+    /// follows is the next request.
     pub len: usize,
     /// The client asked to close the connection after the answer (`Connection: close`).
     pub close: bool,
@@ -64,7 +66,7 @@ pub(super) async fn read_head<I: AsyncRead + Unpin>(
 ) -> io::Result<Step> {
     loop {
         if !buf.is_empty() {
-            match parse_head(buf) {
+            match take_head(buf) {
                 Parsed::Partial if buf.len() >= MAX_HEAD => return Ok(Step::NotOurs),
                 Parsed::Partial => {}
                 Parsed::NotOurs => return Ok(Step::NotOurs),
@@ -81,15 +83,44 @@ pub(super) async fn read_head<I: AsyncRead + Unpin>(
     }
 }
 
-/// Parses the request head at the start of `buf` and decides whether the fast path may serve
-/// it: a `GET` in origin form over HTTP/1.1, with no body, no upgrade and no `Expect`, whose
-/// headers are all valid. What it serves, hyper would parse to the same request (a property
-/// test and a fuzz target hold it to that); anything else is [`Parsed::NotOurs`].
+/// [`take_head`] on a copy of `buf`, for tests and fuzzing: what the fast path makes of
+/// these bytes.
 pub fn parse_head(buf: &[u8]) -> Parsed {
+    take_head(&mut BytesMut::from(buf))
+}
+
+/// Takes the request head at the start of `buf` off it when the fast path serves it: a `GET`
+/// in origin form over HTTP/1.1, with no body, no upgrade and no `Expect`, whose headers are
+/// all valid. What it serves, hyper would parse to the same request (a property test and a
+/// fuzz target hold it to that); anything else is [`Parsed::NotOurs`], with `buf` left
+/// intact for hyper.
+///
+/// The target and the header values are slices of the bytes read, not copies (nginx keeps
+/// pointers into its buffer too): a browser's request carries a dozen headers, and each copy
+/// was an allocation. So the buffer lives as long as the request; the phases keep no header
+/// value beyond the answer's head.
+fn take_head(buf: &mut BytesMut) -> Parsed {
+    let read = std::mem::take(buf).freeze();
+    let parsed = parse_shared(&read);
+    *buf = match &parsed {
+        Parsed::Head(head) if head.len == read.len() => BytesMut::new(),
+        // Pipelined: the next request is copied out (rare), as the head's slices share `read`.
+        Parsed::Head(head) => BytesMut::from(&read[head.len..]),
+        // No slice of `read` is alive: it is the same buffer again, capacity and all.
+        _ => read
+            .try_into_mut()
+            .unwrap_or_else(|read| BytesMut::from(&read[..])),
+    };
+    parsed
+}
+
+/// Parses and judges the request head at the start of `read` ([`take_head`]).
+fn parse_shared(read: &Bytes) -> Parsed {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut headers);
-    let len = match request.parse(buf) {
-        Ok(httparse::Status::Complete(len)) => len,
+    let len = match request.parse(read) {
+        Ok(httparse::Status::Complete(len)) if len <= MAX_HEAD => len,
+        Ok(httparse::Status::Complete(_)) => return Parsed::NotOurs,
         Ok(httparse::Status::Partial) => return Parsed::Partial,
         Err(_) => return Parsed::NotOurs,
     };
@@ -99,7 +130,7 @@ pub fn parse_head(buf: &[u8]) -> Parsed {
     let Some(uri) = request
         .path
         .filter(|path| path.starts_with('/'))
-        .and_then(|path| Uri::try_from(path).ok())
+        .and_then(|path| Uri::from_maybe_shared(read.slice_ref(path.as_bytes())).ok())
     else {
         return Parsed::NotOurs;
     };
@@ -110,7 +141,7 @@ pub fn parse_head(buf: &[u8]) -> Parsed {
     for header in request.headers.iter() {
         let (Ok(name), Ok(value)) = (
             HeaderName::from_bytes(header.name.as_bytes()),
-            HeaderValue::from_bytes(header.value),
+            HeaderValue::from_maybe_shared(read.slice_ref(header.value)),
         ) else {
             return Parsed::NotOurs;
         };
@@ -215,6 +246,58 @@ mod tests {
             step("GET /api/v2/stream/status HTTP/1.1\r\nHost: x\r\n\r\n"),
             Some(Ok(Route::Passthrough))
         ));
+    }
+
+    #[test]
+    fn a_served_head_is_taken_off_the_buffer_with_its_values_left_in_place() {
+        let text =
+            "GET /api/v2/stream/status?x=1 HTTP/1.1\r\nHost: x\r\nCookie: a=1\r\n\r\nGET /next";
+        let mut buf = BytesMut::from(text);
+        let read = buf.as_ptr_range();
+        let Parsed::Head(head) = take_head(&mut buf) else {
+            panic!("served here");
+        };
+        assert_eq!(
+            &buf[..],
+            b"GET /next",
+            "the pipelined request stays to be read"
+        );
+        let cookie = head.request.headers()["cookie"].as_bytes();
+        assert_eq!(cookie, b"a=1");
+        assert!(
+            read.contains(&cookie.as_ptr()),
+            "a header value is a slice of the bytes read, not a copy"
+        );
+        let target = head
+            .request
+            .uri()
+            .path_and_query()
+            .expect("target")
+            .as_str();
+        assert!(read.contains(&target.as_ptr()), "so is the target");
+    }
+
+    #[test]
+    fn a_head_for_hyper_leaves_the_buffer_as_it_was() {
+        // Refused by the method, by `http::Uri` after the buffer was shared (`<`),
+        // by a bad header name, or not complete yet: hyper (or the next read) gets every byte.
+        for text in [
+            "POST /api/v2/stream HTTP/1.1\r\nHost: x\r\n\r\nbody",
+            "GET /a<b> HTTP/1.1\r\nHost: x\r\n\r\n",
+            "GET /api/v2/stream HTTP/1.1\r\nHost: x\r\n\r\n"
+                .replace("Host", "H\u{7f}st")
+                .as_str(),
+            "GET /api/v2/stream HTTP/1.1\r\nHost: x\r\n",
+        ] {
+            let mut buf = BytesMut::from(text);
+            let parsed = take_head(&mut buf);
+            assert!(!matches!(parsed, Parsed::Head(_)), "{text:?}: {parsed:?}");
+            assert_eq!(&buf[..], text.as_bytes(), "{text:?}");
+        }
+        // The `<` target is a whole head to httparse: only `http::Uri` refuses it.
+        let mut fields = [httparse::EMPTY_HEADER; 4];
+        let whole = httparse::Request::new(&mut fields).parse(b"GET /a<b> HTTP/1.1\r\n\r\n");
+        assert!(matches!(whole, Ok(httparse::Status::Complete(_))));
     }
 
     #[test]

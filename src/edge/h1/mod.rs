@@ -28,7 +28,7 @@ use std::pin::Pin;
 use std::task::Poll;
 use std::time::Duration;
 
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 use http::{Request, Response};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
@@ -93,12 +93,12 @@ where
                 return close(io).await;
             }
         };
+        // The head is off `ahead.buf` already: what is left is the next request.
         let Head {
             request,
-            len,
             close: asked_close,
+            ..
         } = *head;
-        ahead.buf.advance(len);
         let request = request.map(|()| ClientBody::Empty);
         let Some(response) =
             answer_unless_left(app, request, routed, conn, &mut io, &mut ahead).await
