@@ -76,6 +76,12 @@ pub fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
 /// (version `00` layout, non-zero ids) is dropped with its `tracestate`; an oversized
 /// `tracestate` or `X-Amzn-Trace-Id`, or one sent twice, is dropped.
 pub fn sanitize_trace_context(headers: &mut HeaderMap) {
+    // One pass over the names first: most requests carry no trace context, and each check
+    // below is a lookup.
+    let traced = [&TRACEPARENT, &TRACESTATE, &AMZN_TRACE_ID];
+    if !headers.keys().any(|name| traced.contains(&name)) {
+        return;
+    }
     if !single_valid(headers, &TRACEPARENT, valid_traceparent) {
         headers.remove(TRACEPARENT);
         headers.remove(TRACESTATE);

@@ -97,8 +97,8 @@ impl App {
         let started = Instant::now();
         let request_id = trace::admit(request.headers_mut());
         let log = access::wanted().then(|| AccessLog::of(&request, conn, &request_id, started));
-        let browser = Browser::of(&request);
         let stream_route = !matches!(routed, Ok(Route::Passthrough));
+        let browser = stream_route.then(|| Browser::of(&request));
         let (kind, result) = match routed {
             Err(error) => ("rejected", Err(error.into())),
             Ok(Route::Passthrough) => (
@@ -121,7 +121,7 @@ impl App {
                 ("stream", stream.await)
             }
         };
-        let event_stream = stream_route && browser.event_stream;
+        let event_stream = browser.as_ref().is_some_and(|browser| browser.event_stream);
         let answer = Answer {
             kind,
             request_id,
@@ -129,7 +129,7 @@ impl App {
             event_stream,
         };
         let mut response = self.finish(log, answer, result);
-        if let (true, Some(cors)) = (stream_route, &self.cors) {
+        if let (Some(browser), Some(cors)) = (browser, &self.cors) {
             cors.apply(browser.origin.as_ref(), response.headers_mut());
         }
         response
@@ -240,8 +240,9 @@ struct Answer {
     event_stream: bool,
 }
 
-/// What a browser's request says about the answer it can use, read before the request is
-/// consumed.
+/// What a browser's request to a stream route says about the answer it can use, read before
+/// the request is consumed (passthrough answers are the origin's: no CORS, no event-stream
+/// refusals).
 struct Browser {
     /// The page's origin (`Origin`), for CORS.
     origin: Option<HeaderValue>,
