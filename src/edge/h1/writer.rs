@@ -163,6 +163,11 @@ impl<'a, I: AsyncRead + AsyncWrite + Unpin> Pump<'a, I> {
                         if let Ok(data) = frame.into_data() {
                             self.queue(data)?;
                         }
+                        // A body that knows it is done is ended before its last bytes are
+                        // written: see `end`.
+                        if self.body.is_end_stream() {
+                            self.end()?;
+                        }
                         continue;
                     }
                     Poll::Ready(Some(Err(error))) => {
@@ -211,9 +216,14 @@ impl<'a, I: AsyncRead + AsyncWrite + Unpin> Pump<'a, I> {
         }
     }
 
-    /// Ends the body: the last chunk, or a check that all the announced bytes came.
+    /// Ends the body: the last chunk, or a check that all the announced bytes came. The body
+    /// is dropped here, before the client can read the answer's end: a passthrough body then
+    /// gives its origin connection back to the pool, free for the request the client sends
+    /// next (on this connection or another), which would otherwise race it to the pool and
+    /// open a second connection.
     fn end(&mut self) -> io::Result<()> {
         self.ended = true;
+        self.body = ProxyBody::Full(None);
         match self.framing {
             Framing::Chunked => self.out.frame(Bytes::from_static(LAST_CHUNK), false),
             Framing::Length(len) if self.sent < len => {
