@@ -10,6 +10,7 @@ mod cli;
 mod cluster;
 mod demo;
 mod edge_http;
+mod fast_path_h2_origin;
 mod fast_path_parser;
 mod fast_path_passthrough;
 mod h1_fast_path;
