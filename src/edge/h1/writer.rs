@@ -164,8 +164,9 @@ impl<'a, I: AsyncRead + AsyncWrite + Unpin> Pump<'a, I> {
                             self.queue(data)?;
                         }
                         // A body that knows it is done is ended before its last bytes are
-                        // written: see `end`.
-                        if self.body.is_end_stream() {
+                        // written (see `end`), when the batch has room for the last chunk;
+                        // after a full batch it ends at the next poll, once that is written.
+                        if self.body.is_end_stream() && self.out.takes_frame() {
                             self.end()?;
                         }
                         continue;
