@@ -164,9 +164,8 @@ impl<'a, I: AsyncRead + AsyncWrite + Unpin> Pump<'a, I> {
                             self.queue(data)?;
                         }
                         // A body that knows it is done is ended before its last bytes are
-                        // written (see `end`), when the batch has room for the last chunk;
-                        // after a full batch it ends at the next poll, once that is written.
-                        if self.body.is_end_stream() && self.out.takes_frame() {
+                        // written: see `end`.
+                        if self.body.is_end_stream() {
                             self.end()?;
                         }
                         continue;
@@ -226,7 +225,9 @@ impl<'a, I: AsyncRead + AsyncWrite + Unpin> Pump<'a, I> {
         self.ended = true;
         self.body = ProxyBody::Full(None);
         match self.framing {
-            Framing::Chunked => self.out.frame(Bytes::from_static(LAST_CHUNK), false),
+            // Behind the frames, not in a frame's slot: the frame just queued may have filled
+            // the batch.
+            Framing::Chunked => self.out.last_chunk = true,
             Framing::Length(len) if self.sent < len => {
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
@@ -274,8 +275,9 @@ fn discard_client<I: AsyncRead + Unpin>(
 /// comes; one that fell behind (or a burst) gets up to this many per system call, which is
 /// what a write costs on a busy proxy (see BENCHMARKS.md).
 const BATCH: usize = 8;
-/// Slices a full batch takes: the head, then a size line, a frame and a CRLF per chunk.
-const SLICES: usize = 1 + 3 * BATCH;
+/// Slices a full batch takes: the head, then a size line, a frame and a CRLF per chunk, then
+/// the last chunk.
+const SLICES: usize = 1 + 3 * BATCH + 1;
 
 /// One queued frame: its chunk-size line (when chunked), the frame shared with every other
 /// subscriber, and the chunk's closing CRLF.
@@ -306,6 +308,8 @@ struct Out {
     chunks: [Chunk; BATCH],
     /// Chunks in use.
     len: usize,
+    /// The chunked body's last chunk follows the frames (it has ended).
+    last_chunk: bool,
     /// How much of the above has been written.
     written: usize,
 }
@@ -316,13 +320,16 @@ impl Out {
             head,
             chunks: Default::default(),
             len: 0,
+            last_chunk: false,
             written: 0,
         }
     }
 
     fn pieces(&self) -> impl Iterator<Item = &[u8]> {
+        let last: &[u8] = if self.last_chunk { LAST_CHUNK } else { b"" };
         std::iter::once(&self.head[..])
             .chain(self.chunks[..self.len].iter().flat_map(Chunk::pieces))
+            .chain(std::iter::once(last))
     }
 
     fn remaining(&self) -> usize {
@@ -377,6 +384,7 @@ impl Out {
                 chunk.data = Bytes::new();
             }
             self.len = 0;
+            self.last_chunk = false;
             self.written = 0;
         }
     }
@@ -451,5 +459,12 @@ mod tests {
         let mut slices = [IoSlice::new(&[]); SLICES];
         assert_eq!(out.slices(&mut slices), 3 * BATCH);
         assert_eq!(out.remaining(), BATCH * "2\r\nab\r\n".len());
+        // A body that ends with the frame that filled the batch: its last chunk follows.
+        out.last_chunk = true;
+        let mut slices = [IoSlice::new(&[]); SLICES];
+        assert_eq!(out.slices(&mut slices), 3 * BATCH + 1);
+        assert_eq!(&slices[3 * BATCH][..], LAST_CHUNK);
+        out.advance(out.remaining());
+        assert_eq!(out.remaining(), 0, "written once");
     }
 }
