@@ -342,4 +342,109 @@ mod tests {
         let endless = format!("GET /api/v2/stream HTTP/1.1\r\nx: {}", "a".repeat(MAX_HEAD));
         assert!(step(&endless).is_none());
     }
+
+    /// A client whose bytes arrive in reads of the given sizes (the last size repeats).
+    struct Trickle {
+        /// Everything the client sends.
+        data: Vec<u8>,
+        /// How much of it has been read.
+        sent: usize,
+        /// The sizes of the next reads.
+        reads: Vec<usize>,
+    }
+
+    impl AsyncRead for Trickle {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            out: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            let size = match self.reads.len() {
+                0 => usize::MAX,
+                1 => self.reads[0],
+                _ => self.reads.remove(0),
+            };
+            let n = size.min(out.remaining()).min(self.data.len() - self.sent);
+            let start = self.sent;
+            out.put_slice(&self.data[start..start + n]);
+            self.sent += n;
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    #[test]
+    fn a_head_of_max_head_bytes_is_served_and_one_more_is_not_however_it_arrives() {
+        for (extra, served) in [(0, true), (1, false)] {
+            let start = "GET /api/v2/stream HTTP/1.1\r\nHost: x\r\nX-Pad: ";
+            let pad = MAX_HEAD + extra - start.len() - "\r\n\r\n".len();
+            let text = format!("{start}{}\r\n\r\nGET /next", "p".repeat(pad));
+            for size in [1, 100, FIRST_READ, 5000, MAX_HEAD + 100] {
+                let mut io = Trickle {
+                    data: text.clone().into_bytes(),
+                    sent: 0,
+                    reads: vec![size],
+                };
+                let mut buf = BytesMut::new();
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .build()
+                    .expect("runtime");
+                let step = runtime.block_on(read_head(&mut io, &mut buf, &router()));
+                let read = &text.as_bytes()[..io.sent];
+                match step.expect("read") {
+                    Step::Serve(head, _) => {
+                        assert!(served, "{extra} over, reads of {size}");
+                        assert_eq!(head.len, MAX_HEAD);
+                        assert_eq!(&buf[..], &read[MAX_HEAD..]);
+                    }
+                    Step::NotOurs => {
+                        assert!(!served, "{extra} over, reads of {size}");
+                        assert_eq!(&buf[..], read);
+                    }
+                    Step::Eof => panic!("{extra} over, reads of {size}: no verdict"),
+                }
+            }
+        }
+    }
+
+    proptest::proptest! {
+        /// Whatever the fast path decides, and however the bytes came in, the buffer holds
+        /// exactly the bytes read after the head it serves, or every byte read for hyper (or
+        /// for the next read), heads near [`MAX_HEAD`] included.
+        #[test]
+        fn the_bytes_read_stay_exact_however_they_arrive(
+            method in proptest::sample::select(vec!["GET", "GET", "POST"]),
+            fields in proptest::collection::vec(
+                (proptest::sample::select(vec!["Host", "Cookie", "X-Pad", "Bad Name"]), 0usize..3000),
+                0..6,
+            ),
+            pad in 0usize..64,
+            ends in proptest::bool::ANY,
+            next in proptest::sample::select(vec!["", "GET /next HTTP/1.1\r\n", "POST / HTTP/1.1\r\n\r\nx"]),
+            reads in proptest::collection::vec(1usize..5000, 1..6),
+        ) {
+            let mut text = format!("{method} /api/v2/stream HTTP/1.1\r\n");
+            for (name, len) in fields {
+                text.push_str(&format!("{name}: {}\r\n", "v".repeat(len)));
+            }
+            text.push_str(&format!("X-Fill: {}\r\n", "f".repeat(pad)));
+            if ends {
+                text.push_str("\r\n");
+            }
+            text.push_str(next);
+            let mut io = Trickle { data: text.clone().into_bytes(), sent: 0, reads };
+            let mut buf = BytesMut::new();
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .expect("runtime");
+            let step = runtime.block_on(read_head(&mut io, &mut buf, &router()));
+            let read = &text.as_bytes()[..io.sent];
+            match step.expect("read") {
+                Step::Serve(head, _) => {
+                    proptest::prop_assert!(head.len <= MAX_HEAD);
+                    proptest::prop_assert_eq!(&buf[..], &read[head.len..]);
+                }
+                Step::NotOurs | Step::Eof => proptest::prop_assert_eq!(&buf[..], read),
+            }
+        }
+    }
 }
