@@ -97,14 +97,18 @@ pub fn parse_head(buf: &[u8]) -> Parsed {
 ///
 /// The target and the header values are slices of the bytes read, not copies (nginx keeps
 /// pointers into its buffer too): a browser's request carries a dozen headers, and each copy
-/// was an allocation. So the buffer lives as long as the request; the phases keep no header
-/// value beyond the answer's head.
+/// was an allocation. So the buffer lives as long as the request: the phases copy what they
+/// keep (the access log, the stream key, `Last-Event-ID`). One bounded exception: an HTTP/2
+/// origin connection's HPACK table holds up to 4 KiB of recent header values, each of which
+/// now holds its request's buffer (at most `MAX_HEAD`), so ~100 buffers per connection at
+/// worst.
 fn take_head(buf: &mut BytesMut) -> Parsed {
     let read = std::mem::take(buf).freeze();
     let parsed = parse_shared(&read);
     *buf = match &parsed {
         Parsed::Head(head) if head.len == read.len() => BytesMut::new(),
-        // Pipelined: the next request is copied out (rare), as the head's slices share `read`.
+        // Pipelined: the next requests are copied out, as the head's slices share `read`
+        // (rare; bounded by what the fast path keeps read ahead, 8 KiB).
         Parsed::Head(head) => BytesMut::from(&read[head.len..]),
         // No slice of `read` is alive: it is the same buffer again, capacity and all.
         _ => read

@@ -141,7 +141,12 @@ impl<'a, I: AsyncRead + AsyncWrite + Unpin> Pump<'a, I> {
             } else {
                 Watch::Keep(ahead)
             },
-            body,
+            // An answer with no body (204, 304) is ended at once, its body dropped (see `end`).
+            body: if framing == Framing::Empty {
+                ProxyBody::Full(None)
+            } else {
+                body
+            },
             framing,
             sent: 0,
             out: Out::head(head),
