@@ -13,6 +13,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::uri::Authority;
 use http::{HeaderMap, Request, Response, StatusCode, Uri};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Limited};
@@ -192,16 +193,32 @@ impl Upstream {
 
     /// Sends a request and waits (bounded) for the response headers; the body streams after,
     /// and fails if the origin goes silent in its middle for as long as the headers may take.
-    pub async fn send(
+    ///
+    /// One `async` block that keeps the request, where an `async fn` would keep it twice (as
+    /// given and moved into its body), with the pool's future right inside the timeout: that
+    /// future only borrows the request (BENCHMARKS.md, issue 15.1).
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async fn would keep the request twice in its future"
+    )]
+    pub fn send(
         &self,
-        request: Request<ClientBody>,
-    ) -> Result<Response<UpstreamBody>, UpstreamError> {
-        let result = match tokio::time::timeout(self.timeout, self.request(request, "")).await {
-            Ok(Ok(response)) => Ok(response.map(|body| body.quiet_limit(self.timeout))),
-            Ok(Err(error)) => Err(error),
-            Err(_) => Err(UpstreamError::Timeout(self.timeout.as_millis() as u64)),
-        };
-        self.record(result)
+        mut request: Request<ClientBody>,
+    ) -> impl Future<Output = Result<Response<UpstreamBody>, UpstreamError>> + Send + '_ {
+        async move {
+            // Not matched around the await: the matched value would live across it.
+            let (https, authority) = match target(&request) {
+                Ok(target) => target,
+                Err(error) => return self.record(Err(error)),
+            };
+            let call = self.pool.send(https, authority, &mut request);
+            let result = match tokio::time::timeout(self.timeout, call).await {
+                Ok(Ok(response)) => Ok(response.map(|body| body.quiet_limit(self.timeout))),
+                Ok(Err(error)) => Err(self.classify(&error, "")),
+                Err(_) => Err(UpstreamError::Timeout(self.timeout.as_millis() as u64)),
+            };
+            self.record(result)
+        }
     }
 
     /// GETs a path and reads the whole body, bounded in size and (with the headers) in time:
@@ -243,7 +260,12 @@ impl Upstream {
     ) -> Result<Fetched, UpstreamError> {
         let trace_id = own_call_headers(request.headers_mut());
         let fetch = async {
-            let response = self.request(request, &trace_id).await?;
+            let (https, authority) = target(&request)?;
+            let response = self
+                .pool
+                .send(https, authority, &mut request)
+                .await
+                .map_err(|e| self.classify(&e, &trace_id))?;
             let (parts, body) = response.into_parts();
             let body = Limited::new(body, self.max_body)
                 .collect()
@@ -267,31 +289,6 @@ impl Upstream {
             Ok(result) => result,
             Err(_) => Err(UpstreamError::Timeout(bound.as_millis() as u64)),
         }
-    }
-
-    /// Sends `request` through the pool to the host its absolute URI names.
-    async fn request(
-        &self,
-        request: Request<ClientBody>,
-        trace_id: &str,
-    ) -> Result<Response<UpstreamBody>, UpstreamError> {
-        let uri = request.uri();
-        let https = match uri.scheme_str() {
-            Some("https") => true,
-            Some("http") => false,
-            _ => {
-                return Err(UpstreamError::Protocol(
-                    "the URL's scheme is neither http nor https".to_owned(),
-                ));
-            }
-        };
-        let Some(authority) = uri.authority().cloned() else {
-            return Err(UpstreamError::Protocol("the URL names no host".to_owned()));
-        };
-        self.pool
-            .send(https, authority, request)
-            .await
-            .map_err(|e| self.classify(&e, trace_id))
     }
 
     /// Sorts a client error into what the client hears. The client hears a short reason of
@@ -340,6 +337,24 @@ impl Upstream {
             UpstreamError::Protocol(reason.to_owned())
         }
     }
+}
+
+/// The origin a request goes to, from its absolute URI: whether it is HTTPS, and its host.
+fn target(request: &Request<ClientBody>) -> Result<(bool, Authority), UpstreamError> {
+    let uri = request.uri();
+    let https = match uri.scheme_str() {
+        Some("https") => true,
+        Some("http") => false,
+        _ => {
+            return Err(UpstreamError::Protocol(
+                "the URL's scheme is neither http nor https".to_owned(),
+            ));
+        }
+    };
+    let Some(authority) = uri.authority().cloned() else {
+        return Err(UpstreamError::Protocol("the URL names no host".to_owned()));
+    };
+    Ok((https, authority))
 }
 
 /// Headers every call the proxy makes by itself carries: `User-Agent: sse-edge/<version>` (so

@@ -197,56 +197,75 @@ impl Pool {
     /// head. A request that failed on a reused connection before any answer came (the origin
     /// closed it meanwhile) is sent once more on a new connection: always when hyper gave it
     /// back unsent, and when idempotent on our own exchange (the origin may have seen it).
-    pub async fn send(
-        &self,
+    ///
+    /// The request stays where the caller keeps it (our own exchange only reads it; hyper's
+    /// connections take it out, leaving an empty `GET /` behind), so this future holds a
+    /// reference, not a second copy: each level of futures that held it by value made every
+    /// request's future 264 bytes larger and copied it once more (BENCHMARKS.md, issue
+    /// 15.1). The connections are those of the thread the call is made on, which is the
+    /// thread that awaits it.
+    pub fn send<'a>(
+        &'a self,
         https: bool,
         authority: Authority,
-        mut request: Request<ClientBody>,
-    ) -> Result<Response<UpstreamBody>, SendError> {
+        request: &'a mut Request<ClientBody>,
+    ) -> impl Future<Output = Result<Response<UpstreamBody>, SendError>> + Send + 'a {
         let key = Key {
             https,
             authority,
             thread: OWN_CONNECTIONS.with(Cell::get),
         };
-        let own = bodiless(&mut request);
-        let mut fresh = false;
-        loop {
-            let (checkout, reused) = self.shared.checkout(&key, fresh, own).await?;
-            let error = match checkout {
-                Checkout::Own(conn) => match self.send_own(conn, &request).await {
-                    Ok(response) => return Ok(response),
-                    Err(failure)
-                        if failure.unanswered && reused && request.method().is_idempotent() =>
-                    {
-                        let error = &failure.error;
-                        tracing::debug!(%error, "a reused origin connection failed; sending again");
-                        fresh = true;
-                        continue;
-                    }
-                    Err(failure) => return Err(SendError::Exchange(failure.error)),
-                },
-                Checkout::H1(h1) => {
-                    to_origin_form(&mut request, h1.host.as_ref());
-                    match self.send_h1(h1, request).await {
+        let own = bodiless(request);
+        async move {
+            let mut fresh = false;
+            loop {
+                let (checkout, reused) = self.shared.checkout(&key, fresh, own).await?;
+                let error = match checkout {
+                    Checkout::Own(conn) => match self.send_own(conn, request).await {
                         Ok(response) => return Ok(response),
-                        Err(error) => error,
+                        Err(failure)
+                            if failure.unanswered && reused && request.method().is_idempotent() =>
+                        {
+                            let error = &failure.error;
+                            tracing::debug!(%error, "a reused origin connection failed; sending again");
+                            fresh = true;
+                            continue;
+                        }
+                        Err(failure) => return Err(SendError::Exchange(failure.error)),
+                    },
+                    Checkout::H1(mut h1) => {
+                        to_origin_form(request, h1.host.as_ref());
+                        // The connection is polled in this task until the answer's head is
+                        // in; the body then carries it and gives it back when it ends.
+                        let mut answer = std::pin::pin!(h1.sender.try_send_request(take(request)));
+                        let answered = poll_fn(|cx| {
+                            h1.drive(cx);
+                            answer.as_mut().poll(cx)
+                        })
+                        .await;
+                        match answered {
+                            Ok(response) => return Ok(self.lend(h1, response)),
+                            Err(error) => error,
+                        }
                     }
-                }
-                Checkout::H2(mut sender) => match sender.try_send_request(request).await {
-                    Ok(response) => return Ok(response.map(UpstreamBody::new)),
-                    Err(error) => {
-                        self.shared.forget_h2(&key);
-                        error
+                    Checkout::H2(mut sender) => {
+                        match sender.try_send_request(take(request)).await {
+                            Ok(response) => return Ok(response.map(UpstreamBody::new)),
+                            Err(error) => {
+                                self.shared.forget_h2(&key);
+                                error
+                            }
+                        }
                     }
-                },
-            };
-            match unsent(error) {
-                (Some(back), _) if reused => {
-                    request = back;
-                    to_absolute_form(&mut request, &key);
-                    fresh = true;
+                };
+                match unsent(error) {
+                    (Some(back), _) if reused => {
+                        *request = back;
+                        to_absolute_form(request, &key);
+                        fresh = true;
+                    }
+                    (_, error) => return Err(SendError::Http(error)),
                 }
-                (_, error) => return Err(SendError::Http(error)),
             }
         }
     }
@@ -269,21 +288,10 @@ impl Pool {
         Ok(answer.response.map(|()| UpstreamBody::of(Kind::Own(body))))
     }
 
-    /// Sends on an HTTP/1.1 connection, polling it in this task until the answer's head is
-    /// in; the body then carries the connection and gives it back when it ends.
-    async fn send_h1(
-        &self,
-        mut h1: Box<H1>,
-        request: Request<ClientBody>,
-    ) -> Result<Response<UpstreamBody>, TrySendError<Request<ClientBody>>> {
-        let mut answer = std::pin::pin!(h1.sender.try_send_request(request));
-        let response = poll_fn(|cx| {
-            h1.drive(cx);
-            answer.as_mut().poll(cx)
-        })
-        .await?;
+    /// The answer hyper read on an HTTP/1.1 connection, its body carrying the connection.
+    fn lend(&self, h1: Box<H1>, response: Response<Incoming>) -> Response<UpstreamBody> {
         let pool = Arc::downgrade(&self.shared);
-        Ok(response.map(|incoming| {
+        response.map(|incoming| {
             UpstreamBody::of(Kind::Hyper {
                 incoming,
                 lease: Some(Lease {
@@ -292,7 +300,7 @@ impl Pool {
                     ended: false,
                 }),
             })
-        }))
+        })
     }
 
     /// A pool for unit tests: no trusted roots, a 5 s connect bound, idle connections kept a
@@ -339,6 +347,11 @@ fn bodiless(request: &mut Request<ClientBody>) -> bool {
         }
         ClientBody::Streamed(_) => false,
     }
+}
+
+/// The request, moved out for hyper to send; an empty `GET /` stays behind.
+fn take(request: &mut Request<ClientBody>) -> Request<ClientBody> {
+    std::mem::replace(request, Request::new(ClientBody::Empty))
 }
 
 /// The request a failed send gave back unsent, if any, and the error.
@@ -830,7 +843,7 @@ mod tests {
     /// Sends a GET and reads the whole body.
     async fn fetch(pool: &Pool, authority: &Authority) -> Bytes {
         let response = pool
-            .send(false, authority.clone(), get(authority))
+            .send(false, authority.clone(), &mut get(authority))
             .await
             .expect("answer");
         let body = response.into_body().collect().await.expect("body");
@@ -867,7 +880,7 @@ mod tests {
         let mut answers = Vec::new();
         for _ in 0..4 {
             answers.push(
-                pool.send(false, authority.clone(), get(&authority))
+                pool.send(false, authority.clone(), &mut get(&authority))
                     .await
                     .expect("answer"),
             );
@@ -885,7 +898,7 @@ mod tests {
         let mut answers = Vec::new();
         for _ in 0..4 {
             answers.push(
-                pool.send(false, authority.clone(), get(&authority))
+                pool.send(false, authority.clone(), &mut get(&authority))
                     .await
                     .expect("answer"),
             );
@@ -899,7 +912,7 @@ mod tests {
         let (authority, connections) = origin(false).await;
         let pool = Pool::for_tests(4);
         let response = pool
-            .send(false, authority.clone(), get(&authority))
+            .send(false, authority.clone(), &mut get(&authority))
             .await
             .expect("answer");
         drop(response);

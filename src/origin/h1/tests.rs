@@ -146,9 +146,10 @@ fn request(method: Method, origin: &Origin, body: ClientBody) -> Request<ClientB
 async fn send(
     pool: &Pool,
     origin: &Origin,
-    request: Request<ClientBody>,
+    mut request: Request<ClientBody>,
 ) -> Result<Response<UpstreamBody>, SendError> {
-    pool.send(false, origin.authority.clone(), request).await
+    pool.send(false, origin.authority.clone(), &mut request)
+        .await
 }
 
 /// A GET and its whole answer.
