@@ -182,13 +182,13 @@ impl Upstream {
         self.reachable.load(Ordering::Relaxed)
     }
 
-    fn record<T>(&self, result: Result<T, UpstreamError>) -> Result<T, UpstreamError> {
+    /// Notes whether the origin answered the call that gave `result` (for `/readyz`).
+    fn record<T>(&self, result: &Result<T, UpstreamError>) {
         let down = matches!(
             result,
             Err(UpstreamError::Unreachable(_) | UpstreamError::Timeout(_))
         );
         self.reachable.store(!down, Ordering::Relaxed);
-        result
     }
 
     /// Sends a request and waits (bounded) for the response headers; the body streams after,
@@ -209,15 +209,25 @@ impl Upstream {
             // Not matched around the await: the matched value would live across it.
             let (https, authority) = match target(&request) {
                 Ok(target) => target,
-                Err(error) => return self.record(Err(error)),
+                Err(error) => {
+                    let refused = Err(error);
+                    self.record(&refused);
+                    return refused;
+                }
             };
             let call = self.pool.send(https, authority, &mut request);
-            let result = match tokio::time::timeout(self.timeout, call).await {
-                Ok(Ok(response)) => Ok(response.map(|body| body.quiet_limit(self.timeout))),
+            let mut result = match tokio::time::timeout(self.timeout, call).await {
+                Ok(Ok(response)) => Ok(response),
                 Ok(Err(error)) => Err(self.classify(&error, "")),
                 Err(_) => Err(UpstreamError::Timeout(self.timeout.as_millis() as u64)),
             };
-            self.record(result)
+            // The answer (200 bytes) is changed and judged where it lies, not moved through
+            // helpers that take and give it back.
+            if let Ok(response) = &mut result {
+                response.body_mut().set_quiet_limit(self.timeout);
+            }
+            self.record(&result);
+            result
         }
     }
 
@@ -233,7 +243,8 @@ impl Upstream {
         *request.uri_mut() = self.uri(path_and_query)?;
         *request.headers_mut() = headers;
         let result = self.read_whole(request, self.timeout + held).await;
-        self.record(result)
+        self.record(&result);
+        result
     }
 
     /// Sends a whole request to any absolute URL through the same client (pool, timeouts,
@@ -244,10 +255,9 @@ impl Upstream {
         let to_origin = request.uri().authority() == Some(&self.authority);
         let result = self.read_whole(request, self.timeout).await;
         if to_origin {
-            self.record(result)
-        } else {
-            result
+            self.record(&result);
         }
+        result
     }
 
     /// Sends `request` and collects the answer, the whole within `bound`.

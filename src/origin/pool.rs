@@ -621,7 +621,7 @@ struct Lease {
 pub struct UpstreamBody {
     /// Where the body comes from.
     kind: Kind,
-    /// How long the origin may stay silent mid-body ([`UpstreamBody::quiet_limit`]).
+    /// How long the origin may stay silent mid-body ([`UpstreamBody::set_quiet_limit`]).
     quiet: Option<Quiet>,
 }
 
@@ -666,9 +666,8 @@ impl UpstreamBody {
     }
 
     /// The body fails once the origin has sent nothing for `limit` while it is read.
-    pub(super) fn quiet_limit(mut self, limit: Duration) -> UpstreamBody {
+    pub(super) fn set_quiet_limit(&mut self, limit: Duration) {
         self.quiet = Some(Quiet { limit, timer: None });
-        self
     }
 
     /// A body on a shared HTTP/2 connection, which its own task drives.
