@@ -376,6 +376,22 @@ mod tests {
         }
     }
 
+    /// What [`read_head`] makes of `text` arriving in reads of these sizes: its verdict, the
+    /// read buffer after it, and how many bytes it read.
+    fn read_in(text: &str, reads: Vec<usize>) -> (io::Result<Step>, BytesMut, usize) {
+        let mut io = Trickle {
+            data: text.as_bytes().to_vec(),
+            sent: 0,
+            reads,
+        };
+        let mut buf = BytesMut::new();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let step = runtime.block_on(read_head(&mut io, &mut buf, &router()));
+        (step, buf, io.sent)
+    }
+
     #[test]
     fn a_head_of_max_head_bytes_is_served_and_one_more_is_not_however_it_arrives() {
         for (extra, served) in [(0, true), (1, false)] {
@@ -383,17 +399,8 @@ mod tests {
             let pad = MAX_HEAD + extra - start.len() - "\r\n\r\n".len();
             let text = format!("{start}{}\r\n\r\nGET /next", "p".repeat(pad));
             for size in [1, 100, FIRST_READ, 5000, MAX_HEAD + 100] {
-                let mut io = Trickle {
-                    data: text.clone().into_bytes(),
-                    sent: 0,
-                    reads: vec![size],
-                };
-                let mut buf = BytesMut::new();
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .build()
-                    .expect("runtime");
-                let step = runtime.block_on(read_head(&mut io, &mut buf, &router()));
-                let read = &text.as_bytes()[..io.sent];
+                let (step, buf, sent) = read_in(&text, vec![size]);
+                let read = &text.as_bytes()[..sent];
                 match step.expect("read") {
                     Step::Serve(head, _) => {
                         assert!(served, "{extra} over, reads of {size}");
@@ -435,13 +442,8 @@ mod tests {
                 text.push_str("\r\n");
             }
             text.push_str(next);
-            let mut io = Trickle { data: text.clone().into_bytes(), sent: 0, reads };
-            let mut buf = BytesMut::new();
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .build()
-                .expect("runtime");
-            let step = runtime.block_on(read_head(&mut io, &mut buf, &router()));
-            let read = &text.as_bytes()[..io.sent];
+            let (step, buf, sent) = read_in(&text, reads);
+            let read = &text.as_bytes()[..sent];
             match step.expect("read") {
                 Step::Serve(head, _) => {
                     proptest::prop_assert!(head.len <= MAX_HEAD);
