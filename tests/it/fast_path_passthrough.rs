@@ -8,67 +8,50 @@ use std::sync::Arc;
 
 use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
 use crate::common;
 use common::client::Proto;
 use common::origin::FakeOrigin;
+use common::raw_origin;
 use common::{Options, TestProxy, WAIT, start_proxy, try_start_proxy};
 
 /// An origin written byte by byte, for the framings a hyper origin never chooses: each path
 /// gets its canned answer, and the answers that end by closing close. `/hang` is never
 /// answered; [`Hang`] says when such a request arrived and when the proxy closed it.
 async fn raw_origin() -> (SocketAddr, Hang) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
     let hang = Hang::default();
     let signals = hang.clone();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            let hang = hang.clone();
-            tokio::spawn(async move {
-                let mut seen = Vec::new();
-                let mut buf = [0u8; 4096];
-                loop {
-                    let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") else {
-                        match stream.read(&mut buf).await {
-                            Ok(n) if n > 0 => seen.extend_from_slice(&buf[..n]),
-                            _ => return,
-                        }
-                        continue;
-                    };
-                    let head = String::from_utf8_lossy(&seen[..end]).into_owned();
-                    seen.drain(..end + 4);
-                    let path = head.split(' ').nth(1).unwrap_or("/").to_owned();
-                    if path == "/hang" {
-                        hang.started.notify_one();
-                        while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {}
-                        hang.hung_up.notify_one();
-                        return;
-                    }
-                    let (answer, close): (&[u8], bool) = match path.as_str() {
-                        "/chunked" => (
-                            b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\
-                              transfer-encoding: chunked\r\n\r\n\
-                              5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\n\r\n",
-                            false,
-                        ),
-                        "/empty" => (b"HTTP/1.1 204 No Content\r\nx-kind: empty\r\n\r\n", false),
-                        "/short" => (b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhello", true),
-                        "/until-close" => (
-                            b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\nall of it",
-                            true,
-                        ),
-                        _ => (b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok", false),
-                    };
-                    if stream.write_all(answer).await.is_err() || close {
-                        return;
-                    }
-                }
-            });
-        }
-    });
+    let addr = raw_origin::start(move |head, mut stream| {
+        let hang = hang.clone();
+        Box::pin(async move {
+            let path = raw_origin::path(&head);
+            if path == "/hang" {
+                hang.started.notify_one();
+                raw_origin::until_closed(&mut stream).await;
+                hang.hung_up.notify_one();
+                return None;
+            }
+            let (answer, close): (&[u8], bool) = match path {
+                "/chunked" => (
+                    b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\
+                      transfer-encoding: chunked\r\n\r\n\
+                      5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\n\r\n",
+                    false,
+                ),
+                "/empty" => (b"HTTP/1.1 204 No Content\r\nx-kind: empty\r\n\r\n", false),
+                "/short" => (b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhello", true),
+                "/until-close" => (
+                    b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\nall of it",
+                    true,
+                ),
+                _ => (b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok", false),
+            };
+            (stream.write_all(answer).await.is_ok() && !close).then_some(stream)
+        })
+    })
+    .await;
     (addr, signals)
 }
 
@@ -85,11 +68,7 @@ struct Hang {
 /// else), and the origin's `/hang` signals.
 async fn proxy_to_raw_origin_with(fake: &FakeOrigin, options: Options) -> (TestProxy, Hang) {
     let (addr, hang) = raw_origin().await;
-    let raw = format!("http://{addr}");
-    let proxy = try_start_proxy(fake, options, |text| text.replace(&fake.url, &raw))
-        .await
-        .expect("proxy starts");
-    (proxy, hang)
+    (raw_origin::proxy_to(fake, options, addr).await, hang)
 }
 
 /// The proxy in front of [`raw_origin`].

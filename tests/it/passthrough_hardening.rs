@@ -8,13 +8,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
 use crate::common;
 use crate::fast_path_passthrough::{read_to_close, send_raw};
 use common::origin::FakeOrigin;
-use common::{Options, TestProxy, WAIT, try_start_proxy};
+use common::raw_origin;
+use common::{Options, TestProxy, WAIT};
 
 /// What the raw origin tells about its `/stall` requests.
 #[derive(Clone, Default)]
@@ -30,57 +31,34 @@ struct Stall {
 /// A raw origin: `/stall` gets a head announcing 10 bytes and 5 of them, then nothing more
 /// (the connection stays open, read until the proxy closes it); anything else gets `ok`.
 async fn raw_origin() -> (SocketAddr, Stall) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
     let stall = Stall::default();
     let signals = stall.clone();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            let stall = stall.clone();
-            tokio::spawn(async move {
-                let mut seen = Vec::new();
-                let mut buf = [0u8; 4096];
-                loop {
-                    let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") else {
-                        match stream.read(&mut buf).await {
-                            Ok(n) if n > 0 => seen.extend_from_slice(&buf[..n]),
-                            _ => return,
-                        }
-                        continue;
-                    };
-                    let head = String::from_utf8_lossy(&seen[..end]).into_owned();
-                    seen.drain(..end + 4);
-                    stall.heads.lock().expect("heads").push(head.clone());
-                    let path = head.split(' ').nth(1).unwrap_or("/").to_owned();
-                    if path == "/stall" {
-                        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhello";
-                        if stream.write_all(answer).await.is_err() {
-                            return;
-                        }
-                        stall.started.notify_one();
-                        while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {}
-                        stall.hung_up.notify_one();
-                        return;
-                    }
-                    let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
-                    if stream.write_all(answer).await.is_err() {
-                        return;
-                    }
+    let addr = raw_origin::start(move |head, mut stream| {
+        let stall = stall.clone();
+        Box::pin(async move {
+            stall.heads.lock().expect("heads").push(head.clone());
+            if raw_origin::path(&head) == "/stall" {
+                let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhello";
+                if stream.write_all(answer).await.is_err() {
+                    return None;
                 }
-            });
-        }
-    });
+                stall.started.notify_one();
+                raw_origin::until_closed(&mut stream).await;
+                stall.hung_up.notify_one();
+                return None;
+            }
+            let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+            stream.write_all(answer).await.is_ok().then_some(stream)
+        })
+    })
+    .await;
     (addr, signals)
 }
 
 /// The proxy, with `options`, in front of [`raw_origin`].
 async fn proxy_with(fake: &FakeOrigin, options: Options) -> (TestProxy, Stall) {
     let (addr, stall) = raw_origin().await;
-    let raw = format!("http://{addr}");
-    let proxy = try_start_proxy(fake, options, |text| text.replace(&fake.url, &raw))
-        .await
-        .expect("proxy starts");
-    (proxy, stall)
+    (raw_origin::proxy_to(fake, options, addr).await, stall)
 }
 
 /// Reads until `needle` has arrived (bounded by [`WAIT`]).

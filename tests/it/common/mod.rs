@@ -4,6 +4,7 @@ pub mod client;
 pub mod hyper_reference;
 pub mod origin;
 pub mod process;
+pub mod raw_origin;
 pub mod redis;
 pub mod sentiment;
 
