@@ -1,8 +1,9 @@
 //! Serving threads (`[listen] serving_threads`): nginx's worker model. Each thread runs a
 //! single-threaded runtime with its own `SO_REUSEPORT` copy of the listeners, so the kernel
 //! spreads new connections over the threads, and a connection, its requests and their origin
-//! connections (kept per thread: [`keep_connections_on_this_thread`]) stay on the thread that
-//! accepted it: no work stealing and no wake-up that crosses threads within a request.
+//! connections (kept per thread: [`serve_on_this_thread`]) stay on the thread that accepted it:
+//! no work stealing and no wake-up that crosses threads within a request. A publication wakes
+//! the thread's subscribers through its relay, with one wake-up that crosses threads.
 //!
 //! Everything else (the admin listener, every channel's supervisor with its pollers and
 //! heartbeats, cluster links) stays on the shared runtime, so a stream opened from one thread
@@ -20,8 +21,7 @@ use tokio::sync::{Semaphore, oneshot};
 use super::accept::{self, BindError, Listeners};
 use crate::config::ListenConfig;
 use crate::ops::shutdown::ShutdownSignal;
-use crate::origin::pool::keep_connections_on_this_thread;
-use crate::request::App;
+use crate::request::{App, serve_on_this_thread};
 
 /// Why the serving threads could not start.
 #[derive(Debug, thiserror::Error)]
@@ -132,7 +132,7 @@ fn serve(
     permits: Arc<Semaphore>,
     ready: oneshot::Sender<std::io::Result<()>>,
 ) {
-    keep_connections_on_this_thread();
+    let relay = serve_on_this_thread();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -157,6 +157,8 @@ fn serve(
         match registered {
             Ok(listeners) => {
                 let _ = ready.send(Ok(()));
+                // Ends with the runtime, once the thread has stopped serving.
+                tokio::spawn(relay);
                 accept::serve(listeners, app, config, shutdown, permits).await;
             }
             Err(error) => {

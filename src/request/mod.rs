@@ -22,6 +22,7 @@ pub mod passthrough;
 pub mod router;
 mod trace;
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -46,6 +47,15 @@ pub struct ConnInfo {
     pub peer: SocketAddr,
     /// Whether the connection is TLS (for `X-Forwarded-Proto`).
     pub tls: bool,
+}
+
+/// Readies the calling thread to serve requests on a single-threaded runtime of its own (a
+/// serving thread, `[listen] serving_threads`): its origin connections are kept on it, and its
+/// stream subscribers are woken through its relay. Returns the relay's task, to be spawned on
+/// that runtime.
+pub fn serve_on_this_thread() -> impl Future<Output = ()> + 'static {
+    crate::origin::pool::keep_connections_on_this_thread();
+    crate::stream::relay::relay_for_this_thread()
 }
 
 /// Shared, immutable state of a running proxy.

@@ -15,7 +15,7 @@
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use http::StatusCode;
@@ -24,6 +24,7 @@ use tokio::sync::{Notify, watch};
 
 use super::Identity;
 use super::delta::{Change, Tracker};
+use super::relay::Parked;
 use super::sse::{self, Event, HEARTBEAT};
 use super::state::{FullState, Since, State, resync_into};
 use crate::config::StreamConfig;
@@ -159,7 +160,7 @@ struct Inner {
     /// Heartbeat generation; subscribers send a comment when theirs is older.
     heartbeat: u64,
     /// Tasks to wake on the next publication.
-    wakers: Vec<Waker>,
+    wakers: Parked,
     /// Incremented each time `wakers` is drained, so a subscriber registers once per epoch.
     wake_epoch: u64,
     /// Final frame: once set, subscribers send it after the log and close.
@@ -186,10 +187,9 @@ impl Inner {
         }
     }
 
-    fn drain_wakers(&mut self) -> Vec<Waker> {
+    fn drain_wakers(&mut self) -> Parked {
         self.wake_epoch += 1;
-        let capacity = self.wakers.len();
-        std::mem::replace(&mut self.wakers, Vec::with_capacity(capacity))
+        self.wakers.take()
     }
 }
 
@@ -239,7 +239,7 @@ impl Channel {
                 state,
                 full: None,
                 heartbeat: 0,
-                wakers: Vec::new(),
+                wakers: Parked::default(),
                 wake_epoch: 1,
                 end: None,
                 answered: vec![false; sources],
@@ -373,7 +373,7 @@ impl Channel {
             inner.state.publish(&self.key.route, source, changes);
             inner.drain_wakers()
         };
-        wakers.into_iter().for_each(Waker::wake);
+        wakers.wake();
     }
 
     /// Reports that `source` is failing: an outage event (`upstream_error`) for current
@@ -393,7 +393,7 @@ impl Channel {
             inner.state.notice(frame);
             inner.drain_wakers()
         };
-        wakers.into_iter().for_each(Waker::wake);
+        wakers.wake();
     }
 
     /// `source` answers again: clients who join from now on are not told of the outage.
@@ -410,7 +410,7 @@ impl Channel {
             inner.heartbeat += 1;
             inner.drain_wakers()
         };
-        wakers.into_iter().for_each(Waker::wake);
+        wakers.wake();
     }
 
     /// Ends the stream for every subscriber with `frame`, after what they have not yet sent.
@@ -420,19 +420,22 @@ impl Channel {
             inner.end.get_or_insert(frame);
             inner.drain_wakers()
         };
-        wakers.into_iter().for_each(Waker::wake);
+        wakers.wake();
     }
 
     /// The origin refused the stream: end it with a refusal event (`stream_refused`), and answer new clients
     /// with the origin's status (the hub then remembers the refusal instead of the channel).
     pub fn fail(&self, answer: FatalAnswer) {
         let data = json!({ "status": answer.status.as_u16(), "detail": answer.detail }).to_string();
-        self.end(sse::encode(&Event {
+        let frame = sse::encode(&Event {
             id: None,
             event: Some(&self.key.route.events.refused),
             data: &data,
-        }));
+        });
+        // The phase first: a subscriber that sees the end and reconnects at once, while the
+        // channel is still in the hub, must find the refusal, not a stream that ends.
         self.phase.send_replace(Phase::Failed(Arc::new(answer)));
+        self.end(frame);
         self.failed.notify_one();
     }
 
@@ -543,7 +546,7 @@ impl Channel {
 mod tests {
     use super::*;
     use crate::config::Mode;
-    use std::task::Wake;
+    use std::task::{Wake, Waker};
 
     struct Flag;
     impl Wake for Flag {
@@ -769,6 +772,43 @@ mod tests {
             "kept while lingering"
         );
         assert_eq!(ch.subscribers(), 0);
+    }
+
+    /// A waker that notes, when woken, whether the channel's refusal could already be seen.
+    struct SeesRefusal {
+        phase: watch::Receiver<Phase>,
+        refused_when_woken: std::sync::Mutex<Option<bool>>,
+    }
+    impl Wake for SeesRefusal {
+        fn wake(self: Arc<Self>) {
+            let refused = matches!(*self.phase.borrow(), Phase::Failed(_));
+            *self.refused_when_woken.lock().expect("not poisoned") = Some(refused);
+        }
+    }
+
+    #[test]
+    fn a_subscriber_woken_by_a_refusal_finds_the_refusal_when_it_reconnects() {
+        let (ch, _) = channel(100);
+        let (_, mut cursor) = ch.start(None, 0);
+        let seen = Arc::new(SeesRefusal {
+            phase: ch.phase(),
+            refused_when_woken: std::sync::Mutex::new(None),
+        });
+        let waker = Waker::from(seen.clone());
+        assert!(
+            ch.poll_next(&mut cursor, &mut Context::from_waker(&waker))
+                .is_pending()
+        );
+        ch.fail(FatalAnswer {
+            status: StatusCode::NOT_FOUND,
+            detail: "gone".into(),
+            body: None,
+        });
+        assert_eq!(
+            *seen.refused_when_woken.lock().expect("not poisoned"),
+            Some(true),
+            "woken by the end, the phase already says refused"
+        );
     }
 
     #[test]

@@ -15,6 +15,7 @@
 //! - [`poller`]: polling one source.
 //! - [`cluster`]: one poller per key across instances, through Redis (`[cluster]`).
 //! - [`body`]: the response body that follows a channel.
+//! - [`relay`]: wake-ups of subscribers on serving threads, one per thread.
 //! - [`slots`]: stream slots counted per user and per client address.
 //! - [`keys`]: the bound on distinct keys per route.
 
@@ -26,6 +27,7 @@ pub mod hub;
 pub mod keys;
 pub mod poller;
 pub mod refusals;
+pub mod relay;
 pub mod resume;
 pub mod slots;
 pub mod sse;

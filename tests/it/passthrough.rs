@@ -148,61 +148,87 @@ async fn an_unreachable_origin_is_502_and_a_slow_one_504() {
     );
 }
 
+/// Origin connections are kept per runtime: the shared one, and each serving thread's. One
+/// serving thread makes "the" pool of a thread deterministic, as the kernel spreads client
+/// connections over several.
+const POOLS: [&str; 2] = ["serving_threads = 0", "serving_threads = 1"];
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn origin_connections_are_reused_until_the_origin_closes_them() {
-    let origin = FakeOrigin::start().await;
-    let proxy = start_proxy(&origin, Options::default()).await;
-    let get = |path: &'static str| {
-        let client = &proxy.client;
-        async move {
-            let (status, _, body) = client.get_json(Proto::H1Plain, path, &[]).await;
-            assert_eq!(status, 200, "{body}");
+    for pool in POOLS {
+        let origin = FakeOrigin::start().await;
+        let options = Options {
+            listen_extra: pool,
+            ..Options::default()
+        };
+        let proxy = start_proxy(&origin, options).await;
+        let get = |path: &'static str| {
+            let client = &proxy.client;
+            async move {
+                let (status, _, body) = client.get_json(Proto::H1Plain, path, &[]).await;
+                assert_eq!(status, 200, "{pool}: {body}");
+            }
+        };
+        let before = origin.connections();
+        for _ in 0..5 {
+            get("/api/v2/stream/status").await;
         }
-    };
-    let before = origin.connections();
-    for _ in 0..5 {
+        assert_eq!(
+            origin.connections() - before,
+            1,
+            "{pool}: one connection, reused"
+        );
+        // The first reuses that connection, and the origin closes it after each answer.
+        for _ in 0..3 {
+            get("/close").await;
+        }
+        assert_eq!(
+            origin.connections() - before,
+            3,
+            "{pool}: no reuse after a close"
+        );
         get("/api/v2/stream/status").await;
+        assert_eq!(origin.connections() - before, 4, "{pool}");
     }
-    assert_eq!(origin.connections() - before, 1, "one connection, reused");
-    // The first reuses that connection, and the origin closes it after each answer.
-    for _ in 0..3 {
-        get("/close").await;
-    }
-    assert_eq!(origin.connections() - before, 3, "no reuse after a close");
-    get("/api/v2/stream/status").await;
-    assert_eq!(origin.connections() - before, 4);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_https_origin_works_for_passthrough_and_streams() {
     let pair = sse_edge::tools::demo::certs::localhost().expect("origin certificate");
-    let origin = FakeOrigin::start_tls(&pair.cert_pem, &pair.key_pem).await;
-    let proxy = start_proxy(
-        &origin,
-        Options {
-            upstream_ca: Some(pair.cert_pem.clone()),
-            ..Options::default()
-        },
-    )
-    .await;
-    for _ in 0..3 {
-        let (status, _, body) = proxy
-            .client
-            .get_json(Proto::H1Tls, "/api/v2/stream/status", &[])
-            .await;
-        assert_eq!(status, 200);
-        assert_eq!(body["max_connections"], 10);
-    }
-    assert_eq!(
-        origin.connections(),
-        1,
-        "one TLS connection (HTTP/2 by ALPN), shared"
-    );
-    let mut stream = proxy
-        .client
-        .stream(Proto::H2Tls, "/api/v2/stream", &[])
+    for pool in POOLS {
+        let origin = FakeOrigin::start_tls(&pair.cert_pem, &pair.key_pem).await;
+        let proxy = start_proxy(
+            &origin,
+            Options {
+                upstream_ca: Some(pair.cert_pem.clone()),
+                listen_extra: pool,
+                ..Options::default()
+            },
+        )
         .await;
-    assert_eq!(stream.next(WAIT).await.json(), json!({"requests": 1}));
+        for _ in 0..3 {
+            let (status, _, body) = proxy
+                .client
+                .get_json(Proto::H1Tls, "/api/v2/stream/status", &[])
+                .await;
+            assert_eq!(status, 200, "{pool}");
+            assert_eq!(body["max_connections"], 10, "{pool}");
+        }
+        assert_eq!(
+            origin.connections(),
+            1,
+            "{pool}: one TLS connection (HTTP/2 by ALPN), shared"
+        );
+        let mut stream = proxy
+            .client
+            .stream(Proto::H2Tls, "/api/v2/stream", &[])
+            .await;
+        assert_eq!(
+            stream.next(WAIT).await.json(),
+            json!({"requests": 1}),
+            "{pool}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,8 +2,6 @@
 //! shared snapshot, start from a rebuilt state before any subscriber has, and say how its
 //! state differs from the shared one.
 
-use std::task::Waker;
-
 use super::Channel;
 use crate::stream::state::{SharedChange, State};
 
@@ -19,7 +17,7 @@ impl Channel {
                 .is_none_or(|last| last.id == inner.state.id());
             (consistent, inner.drain_wakers())
         };
-        wakers.into_iter().for_each(Waker::wake);
+        wakers.wake();
         consistent
     }
 
@@ -31,7 +29,7 @@ impl Channel {
             inner.state.converge(&self.key.route, current);
             inner.drain_wakers()
         };
-        wakers.into_iter().for_each(Waker::wake);
+        wakers.wake();
     }
 
     /// Starts from `state` (rebuilt from the shared history) if no subscriber has started
