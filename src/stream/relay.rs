@@ -12,7 +12,7 @@
 
 use std::cell::RefCell;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Waker;
 
 use tokio::sync::Notify;
@@ -24,20 +24,56 @@ thread_local! {
 
 /// A thread's hand-over point for wakers woken from elsewhere.
 pub struct Relay {
-    /// Batches of wakers handed over since the relay's task last ran.
-    batches: Mutex<Vec<Vec<Waker>>>,
+    /// Batches of wakers handed over since the relay's task last ran; `None` once that task
+    /// is gone (its thread stopped serving, or panicked), when nothing would ever take them.
+    batches: Mutex<Option<Vec<Vec<Waker>>>>,
     /// Wakes the relay's task: one cross-thread wake-up per hand-over.
     handed: Notify,
 }
 
 impl Relay {
-    /// Wakes `wakers` on the relay's thread.
+    /// Wakes `wakers` on the relay's thread, or here once its task is gone: channels keep
+    /// their relays, and wakers kept for a task that never runs would keep their tasks (and
+    /// a stopped runtime's driver) alive, or never wake them if their runtime still runs.
     fn hand_over(&self, wakers: Vec<Waker>) {
-        self.batches
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(wakers);
-        self.handed.notify_one();
+        let left = match self.batches().as_mut() {
+            Some(batches) => {
+                batches.push(wakers);
+                None
+            }
+            None => Some(wakers),
+        };
+        match left {
+            None => self.handed.notify_one(),
+            Some(wakers) => wakers.into_iter().for_each(Waker::wake),
+        }
+    }
+
+    fn batches(&self) -> MutexGuard<'_, Option<Vec<Vec<Waker>>>> {
+        // Wakers are only pushed and taken under the lock: nothing is left half-done.
+        self.batches.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes the batches handed over so far.
+    fn take(&self) -> Vec<Vec<Waker>> {
+        self.batches()
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+}
+
+/// Owned by the relay's task: when the task is dropped, even before it ever ran, the relay
+/// stops taking batches and wakes those it still holds.
+struct Running(
+    /// The relay whose task this is.
+    Arc<Relay>,
+);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let left = self.0.batches().take().unwrap_or_default();
+        left.into_iter().flatten().for_each(Waker::wake);
     }
 }
 
@@ -45,16 +81,16 @@ impl Relay {
 /// for as long as the thread serves (a serving thread calls it once, before serving).
 pub fn relay_for_this_thread() -> impl Future<Output = ()> + 'static {
     let relay = Arc::new(Relay {
-        batches: Mutex::new(Vec::new()),
+        batches: Mutex::new(Some(Vec::new())),
         handed: Notify::new(),
     });
     LOCAL.with(|local| *local.borrow_mut() = Some(relay.clone()));
+    let running = Running(relay);
     async move {
+        let relay = &running.0;
         loop {
             relay.handed.notified().await;
-            let batches =
-                std::mem::take(&mut *relay.batches.lock().unwrap_or_else(|e| e.into_inner()));
-            batches.into_iter().flatten().for_each(Waker::wake);
+            relay.take().into_iter().flatten().for_each(Waker::wake);
         }
     }
 }
@@ -175,5 +211,49 @@ mod tests {
         }
         stop.send(()).expect("thread running");
         thread.join().expect("thread");
+    }
+
+    #[test]
+    fn once_a_relays_runtime_is_gone_its_wakers_are_woken_where_handed_over_and_not_kept() {
+        let (told, woken) = mpsc::channel();
+        let (early, late) = (Arc::new(Told(told.clone())), Arc::new(Told(told)));
+        let (parked_tx, parked_rx) = mpsc::channel();
+        let (stop, stopped) = mpsc::channel::<()>();
+        let thread = std::thread::spawn({
+            let (early, late) = (early.clone(), late.clone());
+            move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .build()
+                    .expect("runtime");
+                runtime.spawn(relay_for_this_thread());
+                let (mut before, mut after) = (Parked::default(), Parked::default());
+                before.push(Waker::from(early));
+                after.push(Waker::from(late));
+                parked_tx.send((before, after)).expect("sent");
+                // A serving thread that stops (or panics) before its relay's task ran: its
+                // runtime and every task on it are dropped.
+                stopped.recv().expect("told to stop");
+                drop(runtime);
+            }
+        });
+        let relay_thread = thread.thread().id();
+        let (mut before, mut after) = parked_rx.recv().expect("parked on the relay thread");
+        before.take().wake();
+        assert!(woken.try_recv().is_err(), "handed to the relay's task");
+        stop.send(()).expect("thread running");
+        thread.join().expect("thread");
+        assert_eq!(
+            woken.try_recv(),
+            Ok(relay_thread),
+            "what the relay held is woken as its task is dropped"
+        );
+        after.take().wake();
+        assert_eq!(
+            woken.try_recv(),
+            Ok(std::thread::current().id()),
+            "woken by the publication itself, as no relay task will run"
+        );
+        assert_eq!(Arc::strong_count(&early), 1, "nothing keeps the waker");
+        assert_eq!(Arc::strong_count(&late), 1, "nothing keeps the waker");
     }
 }
