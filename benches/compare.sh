@@ -29,7 +29,8 @@
 # alternating, ROUNDS times (no Pushpin, no fan-out), and prints each round's ratios and each
 # proxy's CPU (user and system) per request. SSE_EDGE_BIN=path runs that
 # sse-edge binary instead of building one (to measure an earlier build in the same way).
-# SERVING_THREADS=N runs sse-edge with `[listen] serving_threads = N` (default: the config's 0).
+# SERVING_THREADS=N runs sse-edge with `[listen] serving_threads = N` (default: the config's
+# default, one per core; 0 is the shared runtime).
 #
 #   benches/compare.sh [SUBSCRIBERS=10000] [ROUNDS=2]  (env: HOLD=10 TICK_MS=50 PUSHPIN_RATE=250
 #                      PASSTHROUGH_ONLY=0 SSE_EDGE_BIN= SERVING_THREADS= BROWSER_HEADERS=0)

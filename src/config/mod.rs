@@ -140,7 +140,8 @@ pub struct ListenConfig {
     pub shutdown_grace: Duration,
     /// Threads that each accept and serve connections start to end on a single-threaded
     /// runtime of their own (nginx's worker model: no work stealing, no cross-thread wake-ups
-    /// within a request); 0 serves them on the shared multi-threaded runtime.
+    /// within a request); 0 serves them on the shared multi-threaded runtime. Default: one
+    /// per core the process may run on.
     pub serving_threads: usize,
     /// HTTP/2 streams (requests of any kind) open at once on one connection, advertised in
     /// SETTINGS; beyond it a stream is refused (`REFUSED_STREAM`), so one connection cannot
@@ -515,6 +516,24 @@ path = "/api/v2/stream"
         let text = format!("{MINIMAL}\n[sse]\nmax_streams_per_ip = 0\n");
         let (_, key, _) = invalid(&text);
         assert_eq!(key, "sse.max_streams_per_ip");
+    }
+
+    #[test]
+    fn serving_threads_default_to_one_per_core_and_are_checked_at_their_line() {
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+        let config = parse(MINIMAL).expect("valid");
+        assert_eq!(config.listen.serving_threads, cores);
+        let with = |line: &str| {
+            MINIMAL.replace(
+                "http = \"127.0.0.1:0\"",
+                &format!("http = \"127.0.0.1:0\"\n{line}"),
+            )
+        };
+        let config = parse(&with("serving_threads = 0")).expect("valid");
+        assert_eq!(config.listen.serving_threads, 0, "0: the shared runtime");
+        let (line, key, message) = invalid(&with("serving_threads = 257"));
+        assert_eq!((line, key.as_str()), (4, "listen.serving_threads"));
+        assert!(message.contains("at most 256"), "{message}");
     }
 
     #[test]

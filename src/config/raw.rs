@@ -78,8 +78,9 @@ pub(super) struct RawListen {
     pub(super) trusted_proxies: Vec<Spanned<String>>,
     #[serde(default)]
     pub(super) keep_server_header: bool,
-    #[serde(default = "defaults::serving_threads")]
-    pub(super) serving_threads: Spanned<u64>,
+    /// Absent: one per core (resolved then, where the machine is known).
+    #[serde(default)]
+    pub(super) serving_threads: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize)]
@@ -262,9 +263,6 @@ pub(super) mod defaults {
     }
     pub fn shutdown_grace_s() -> Spanned<u64> {
         at0(10)
-    }
-    pub fn serving_threads() -> Spanned<u64> {
-        at0(0)
     }
     pub fn connect_timeout_ms() -> Spanned<u64> {
         at0(3_000)

@@ -249,8 +249,13 @@ impl Resolver<'_> {
         })
     }
 
-    /// `[listen] serving_threads`: 0 (the shared runtime), or at most [`MAX_SERVING_THREADS`].
-    fn serving_threads(&self, value: &Spanned<u64>) -> Result<usize, ConfigError> {
+    /// `[listen] serving_threads`: 0 (the shared runtime), or at most [`MAX_SERVING_THREADS`];
+    /// absent, one per core the process may run on (its CPU affinity and cgroup quota).
+    fn serving_threads(&self, value: &Option<Spanned<u64>>) -> Result<usize, ConfigError> {
+        let Some(value) = value else {
+            let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+            return Ok(cores.min(MAX_SERVING_THREADS as usize));
+        };
         match *value.get_ref() {
             n if n > MAX_SERVING_THREADS => Err(self.error(
                 value.span(),

@@ -148,9 +148,9 @@ async fn an_unreachable_origin_is_502_and_a_slow_one_504() {
     );
 }
 
-/// Origin connections are kept per runtime: the shared one, and each serving thread's. One
-/// serving thread makes "the" pool of a thread deterministic, as the kernel spreads client
-/// connections over several.
+/// Origin connections are kept per runtime: the shared one, and each serving thread's (the
+/// default, one per core). One serving thread makes "the" pool of a thread deterministic, as
+/// the kernel spreads client connections over several.
 const POOLS: [&str; 2] = ["serving_threads = 0", "serving_threads = 1"];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,7 +1,8 @@
-//! `[listen] serving_threads`: each thread accepts from its own `SO_REUSEPORT` listeners and
-//! serves its connections on a single-threaded runtime of its own. Every feature keeps working
-//! across threads: passthrough on every protocol, one poller per stream key, one connection
-//! cap, and the shutdown that ends streams and drains.
+//! `[listen] serving_threads` (default one per core): each thread accepts from its own
+//! `SO_REUSEPORT` listeners and serves its connections on a single-threaded runtime of its own.
+//! Every feature keeps working across threads: passthrough on every protocol, one poller per
+//! stream key, one connection cap, and the shutdown that ends streams and drains; and with
+//! `serving_threads = 0`, on the shared runtime.
 
 use crate::common;
 use common::client::{Proto, ReadError};
@@ -15,16 +16,27 @@ const PROTOS: [Proto; 4] = [Proto::H1Plain, Proto::H2Plain, Proto::H1Tls, Proto:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_passthrough_and_shutdown_work_across_serving_threads() {
+    serve_every_protocol_then_shut_down("serving_threads = 2").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_passthrough_and_shutdown_work_on_the_shared_runtime() {
+    serve_every_protocol_then_shut_down("serving_threads = 0").await;
+}
+
+/// Passthrough and 16 streams of one key on every protocol, an event to all of them, then a
+/// shutdown that ends every stream cleanly and closes the listeners.
+async fn serve_every_protocol_then_shut_down(runtime: &'static str) {
     let origin = FakeOrigin::start().await;
     let proxy = start_proxy(
         &origin,
         Options {
-            listen_extra: "serving_threads = 2",
+            listen_extra: runtime,
             ..Options::default()
         },
     )
     .await;
-    // Each request is a connection of its own: the kernel spreads them over both threads.
+    // Each request is a connection of its own: the kernel spreads them over serving threads.
     for _ in 0..4 {
         for proto in PROTOS {
             let (status, _, echo) = proxy.client.get_json(proto, "/echo/threads", &[]).await;
