@@ -49,6 +49,7 @@ impl Relay {
         }
     }
 
+    /// The batches, under their lock.
     fn batches(&self) -> MutexGuard<'_, Option<Vec<Vec<Waker>>>> {
         // Wakers are only pushed and taken under the lock: nothing is left half-done.
         self.batches.lock().unwrap_or_else(|e| e.into_inner())
