@@ -184,7 +184,8 @@ pub async fn serve(
 /// Pause after a failed accept (out of file descriptors), so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
-/// Connections being refused at once; beyond it, extra ones are simply closed.
+/// Connections being refused at once by one accept loop (each serving thread runs its own);
+/// beyond it, extra ones are simply closed.
 const MAX_REFUSALS: usize = 64;
 
 /// The body of the answer to a plaintext connection over `max_connections`.

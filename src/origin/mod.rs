@@ -30,7 +30,8 @@ pub use pool::{BodyError, UpstreamBody};
 use pool::{Limits, Pool, SendError};
 use tls::{TlsError, origin_roots, provider};
 
-/// How many idle connections to one origin are kept for the next requests.
+/// How many idle connections to one origin are kept for the next requests, by each runtime
+/// that keeps its own (the shared one, and every serving thread: [`pool`]).
 const MAX_IDLE_PER_ORIGIN: usize = 256;
 /// How long an idle connection is kept before it is closed.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);

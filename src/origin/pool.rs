@@ -11,12 +11,14 @@
 //! pooled client drove each connection in a task of its own and woke it twice per request.
 //!
 //! An HTTP/2 connection (`h2` by ALPN on an HTTPS origin) is multiplexed, so it runs in its own
-//! task and every request to that origin shares it.
+//! task and every request to that origin from the same runtime shares it.
 //!
-//! On a serving thread (`[listen] serving_threads`, [`keep_connections_on_this_thread`]) the
-//! idle lists are that thread's own: a connection is registered with the reactor of the
-//! runtime that opened it, and used from another thread every readiness event would cross
-//! threads.
+//! On a serving thread (`[listen] serving_threads`, on by default,
+//! [`keep_connections_on_this_thread`]) the idle lists and the HTTP/2 connection are that
+//! thread's own: a connection is registered with the reactor of the runtime that opened it,
+//! and used from another thread every readiness event would cross threads. So an origin sees
+//! up to one HTTP/2 connection, and `max_idle_per_origin` idle ones, per serving thread, plus
+//! those of the shared runtime (where the pollers run).
 
 use std::cell::Cell;
 use std::collections::{HashMap, VecDeque};
@@ -74,7 +76,8 @@ pub fn keep_connections_on_this_thread() {
 /// How many idle connections are kept, and for how long.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
-    /// Idle HTTP/1.1 connections kept per origin; beyond it the oldest is closed.
+    /// Idle HTTP/1.1 connections kept per origin and runtime (each serving thread keeps its
+    /// own); beyond it the oldest is closed.
     pub max_idle_per_origin: usize,
     /// An idle connection older than this is closed instead of reused.
     pub idle_timeout: Duration,
