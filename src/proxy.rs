@@ -185,6 +185,7 @@ impl Proxy {
             admin = %shown(admin_addr),
             upstream = %config.upstream.authority,
             streams = config.streams.len(),
+            serving_threads = config.listen.serving_threads,
             "sse-edge listening"
         );
         Ok(Proxy {

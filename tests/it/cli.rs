@@ -162,6 +162,9 @@ fn logs_to_a_pipe_have_no_colour_codes_and_plain_addresses() {
     );
     assert!(!log.contains("Some("), "{log}");
     assert!(log.contains("https=off"), "{log}");
+    // The serving threads chosen when the key is absent (one per core) are shown.
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    assert!(log.contains(&format!("serving_threads={cores}")), "{log}");
     let log = startup_log(&[("NO_COLOR", "1")]);
     assert!(!log.contains('\u{1b}'), "{log:?}");
 }
