@@ -157,21 +157,15 @@ impl Serving {
     /// Serves a connection: HTTP/1.1 ones (`h1`, or plaintext that may turn out to be h2c)
     /// start on the fast path ([`super::h1`]) and go to hyper at the first request it does
     /// not serve; HTTP/2 ones go to hyper at once.
-    pub(super) async fn serve<I>(mut self, io: I, builders: Arc<Builders>, h1: bool)
+    pub(super) async fn serve<I>(self, io: I, builders: Arc<Builders>, h1: bool)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         if !h1 {
             return self.serve_hyper(io, builders, Versions::Http2).await;
         }
-        let outcome = super::h1::serve(
-            io,
-            &self.app,
-            self.conn,
-            self.idle_limit,
-            &mut self.shutdown,
-        )
-        .await;
+        let outcome =
+            super::h1::serve(io, &self.app, self.conn, self.idle_limit, &self.shutdown).await;
         match outcome {
             Outcome::Closed => {}
             Outcome::Handoff(io, answered) => {

@@ -13,7 +13,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::uri::Authority;
+use http::uri::{Authority, PathAndQuery};
 use http::{HeaderMap, Request, Response, StatusCode, Uri};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Limited};
@@ -176,6 +176,20 @@ impl Upstream {
             .path_and_query(full)
             .build()
             .map_err(|e| UpstreamError::Protocol(format!("cannot build origin URI: {e}")))
+    }
+
+    /// The absolute origin URI for a client's parsed path and query (`/` when it has none):
+    /// with no base path, the parsed value is shared, not written out and parsed again.
+    pub fn uri_for(&self, path_and_query: Option<&PathAndQuery>) -> Result<Uri, UpstreamError> {
+        match path_and_query {
+            Some(path_and_query) if self.base_path.is_empty() => Uri::builder()
+                .scheme(self.scheme.clone())
+                .authority(self.authority.clone())
+                .path_and_query(path_and_query.clone())
+                .build()
+                .map_err(|e| UpstreamError::Protocol(format!("cannot build origin URI: {e}"))),
+            _ => self.uri(path_and_query.map_or("/", PathAndQuery::as_str)),
+        }
     }
 
     /// Whether the origin answered the last call (any status), or nothing was asked yet.

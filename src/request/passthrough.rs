@@ -40,8 +40,7 @@ pub async fn forward(
     forwarding: &Forwarding,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let (mut parts, body) = request.into_parts();
-    let path_and_query = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-    let uri = upstream.uri(path_and_query)?;
+    let uri = upstream.uri_for(parts.uri.path_and_query())?;
     let client_host = target_host(&parts.uri, &parts.headers);
 
     let headers = &mut parts.headers;

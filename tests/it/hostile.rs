@@ -43,6 +43,17 @@ async fn silent_and_slow_clients_are_cut_off() {
     let mut silent = TcpStream::connect(http).await.expect("connect");
     read_until_closed(&mut silent).await;
 
+    // Answered once, then silent: the wait for the next head is bounded too (its timer,
+    // armed for the first wait, moves to the second's deadline).
+    let mut then_silent = TcpStream::connect(http).await.expect("connect");
+    then_silent
+        .write_all(b"GET /api/v2/stream/status HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .expect("send");
+    let answered = String::from_utf8_lossy(&read_until_closed(&mut then_silent).await).into_owned();
+    assert!(answered.starts_with("HTTP/1.1 "), "{answered}");
+    assert_eq!(answered.matches("HTTP/1.1 ").count(), 1, "{answered}");
+
     // Slowloris: headers one byte at a time, never finished.
     let mut slow = TcpStream::connect(http).await.expect("connect");
     let dribble = tokio::spawn(async move {

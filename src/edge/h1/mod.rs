@@ -19,6 +19,7 @@
 //! malformed or large head.
 
 mod ahead;
+mod deadline;
 mod detect;
 mod writer;
 
@@ -39,6 +40,7 @@ use crate::request::body::ProxyBody;
 use crate::request::router::{Route, RouteError};
 use crate::request::{App, ConnInfo};
 use ahead::ReadAhead;
+use deadline::HeadDeadline;
 pub use detect::{Head, Parsed, parse_head};
 use detect::{Step, read_head};
 use writer::{Framing, Pump, encode_head};
@@ -64,33 +66,39 @@ pub async fn serve<I>(
     app: &App,
     conn: ConnInfo,
     idle_limit: Duration,
-    shutdown: &mut ShutdownSignal,
+    shutdown: &ShutdownSignal,
 ) -> Outcome<I>
 where
     I: AsyncRead + AsyncWrite + Unpin,
 {
     let mut ahead = ReadAhead::default();
+    // Both registered once per connection, not once per request (BENCHMARKS.md, issue 15.1).
+    let mut deadline = HeadDeadline::default();
+    let mut watch = None;
     let mut answered = false;
     loop {
+        let since = tokio::time::Instant::now();
+        let fired = watch.get_or_insert_with(|| shutdown.watch());
         let step = tokio::select! {
-            // Shutdown first: a pipelined request already read is not started.
+            // Shutdown first: a pipelined request already read is not started; a head that
+            // is all there is read, even when its deadline has passed.
             biased;
-            _ = shutdown.fired() => return close(io).await,
-            step = tokio::time::timeout(idle_limit, read_head(&mut io, &mut ahead.buf, &app.router)) => step,
-        };
-        let (head, routed) = match step {
-            Ok(Ok(Step::Serve(head, routed))) => (head, routed),
-            Ok(Ok(Step::NotOurs)) => {
-                return Outcome::Handoff(Rewind::new(ahead.buf.freeze(), io), answered);
-            }
-            Ok(Ok(Step::Eof)) => return close(io).await,
-            Ok(Err(error)) => {
-                tracing::debug!(peer = %conn.peer, %error, "reading a request head failed");
-                return Outcome::Closed;
-            }
-            Err(_) => {
+            () = fired.fired() => return close(io).await,
+            step = read_head(&mut io, &mut ahead.buf, &app.router) => step,
+            () = deadline.elapsed(since, idle_limit) => {
                 tracing::debug!(peer = %conn.peer, "no complete request head in time; closed");
                 return close(io).await;
+            }
+        };
+        let (head, routed) = match step {
+            Ok(Step::Serve(head, routed)) => (head, routed),
+            Ok(Step::NotOurs) => {
+                return Outcome::Handoff(Rewind::new(ahead.buf.freeze(), io), answered);
+            }
+            Ok(Step::Eof) => return close(io).await,
+            Err(error) => {
+                tracing::debug!(peer = %conn.peer, %error, "reading a request head failed");
+                return Outcome::Closed;
             }
         };
         // The head is off `ahead.buf` already: what is left is the next request.
@@ -108,6 +116,11 @@ where
         };
         answered = true;
         let stream = response.body().is_stream();
+        if stream {
+            // Nothing more is read on this connection: it keeps neither.
+            deadline.release();
+            watch = None;
+        }
         // An event stream ends only when the proxy ends it, so nothing after it is answered.
         let close_after = asked_close || stream || shutdown.has_fired();
         if close_after || ahead.buf.is_empty() {

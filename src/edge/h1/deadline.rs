@@ -1,0 +1,102 @@
+//! The bound on the wait for each request head, kept by one timer per connection.
+//!
+//! A `tokio::time::timeout` around each wait registers a timer in the runtime's wheel when
+//! the wait starts and removes it when the head arrives: a lock, an insert and a removal per
+//! keep-alive request, and, whenever the new timer is due before the runtime's planned wake,
+//! a write to its eventfd that wakes the thread's next poll for nothing (one request in five
+//! under `wrk`, BENCHMARKS.md, issue 15.1). Here the timer is made once and moved only when it
+//! fires before the current wait's deadline, as nginx's lazy timers do: a request that
+//! arrives in time costs a clock read.
+
+use std::future::{Future, poll_fn};
+use std::pin::Pin;
+use std::task::{Poll, ready};
+use std::time::Duration;
+
+use tokio::time::{Instant, Sleep, sleep_until};
+
+/// One connection's head-wait timer.
+#[derive(Default)]
+pub struct HeadDeadline {
+    /// Armed for the current wait's deadline or an earlier one; boxed so that a connection
+    /// holding an event stream, which drops it, keeps no timer's worth of memory.
+    timer: Option<Pin<Box<Sleep>>>,
+}
+
+impl HeadDeadline {
+    /// Resolves once `limit` has passed since `since` (when the wait began).
+    pub fn elapsed(&mut self, since: Instant, limit: Duration) -> impl Future<Output = ()> + '_ {
+        let due = since + limit;
+        poll_fn(move |cx| {
+            let timer = self.timer.get_or_insert_with(|| Box::pin(sleep_until(due)));
+            loop {
+                // A timer armed for an earlier wait moves to this one's deadline when it
+                // fires; deadlines only grow, as waits start one after the other.
+                if timer.deadline() < due && timer.is_elapsed() {
+                    timer.as_mut().reset(due);
+                }
+                ready!(timer.as_mut().poll(cx));
+                if timer.deadline() >= due {
+                    return Poll::Ready(());
+                }
+            }
+        })
+    }
+
+    /// Frees the timer: the connection waits for no more heads (an event stream holds it).
+    pub fn release(&mut self) {
+        self.timer = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn each_wait_is_bounded_from_its_own_start() {
+        let limit = Duration::from_secs(10);
+        let mut deadline = HeadDeadline::default();
+        let first = Instant::now();
+        // The first wait ends early (its head arrived): the timer stays armed for it.
+        tokio::select! {
+            () = deadline.elapsed(first, limit) => panic!("not due yet"),
+            () = tokio::time::sleep(Duration::from_secs(4)) => {}
+        }
+        // A second wait starts 4 s later: the old deadline (10 s) fires first and must not
+        // end it; it ends 10 s after its own start.
+        let second = Instant::now();
+        deadline.elapsed(second, limit).await;
+        assert_eq!(Instant::now() - second, limit);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wait_started_after_the_old_deadline_gets_its_full_limit() {
+        let limit = Duration::from_secs(10);
+        let mut deadline = HeadDeadline::default();
+        tokio::select! {
+            () = deadline.elapsed(Instant::now(), limit) => panic!("not due yet"),
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        // A long answer: the timer fires, unwatched, while no head is awaited.
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        let since = Instant::now();
+        deadline.elapsed(since, limit).await;
+        assert_eq!(Instant::now() - since, limit);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_released_timer_is_made_again_for_the_next_wait() {
+        let limit = Duration::from_secs(3);
+        let mut deadline = HeadDeadline::default();
+        tokio::select! {
+            () = deadline.elapsed(Instant::now(), limit) => panic!("not due yet"),
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        deadline.release();
+        assert!(deadline.timer.is_none());
+        let since = Instant::now();
+        deadline.elapsed(since, limit).await;
+        assert_eq!(Instant::now() - since, limit);
+    }
+}
