@@ -6,7 +6,8 @@
 //! a write to its eventfd that wakes the thread's next poll for nothing (one request in five
 //! under `wrk`, BENCHMARKS.md, issue 15.1). Here the timer is made once and moved only when it
 //! fires before the current wait's deadline, as nginx's lazy timers do: a request that
-//! arrives in time costs a clock read.
+//! arrives in time costs a clock read. The wait's shutdown registration is kept the same way
+//! ([`ShutdownWatch`]).
 
 use std::future::{Future, poll_fn};
 use std::pin::Pin;
@@ -15,11 +16,32 @@ use std::time::Duration;
 
 use tokio::time::{Instant, Sleep, sleep_until};
 
+use crate::ops::shutdown::{ShutdownSignal, ShutdownWatch};
+
+/// What a connection keeps between requests to bound its wait for the next head, boxed: a
+/// connection that turns into an event stream drops it and keeps one pointer's room.
+pub struct Waiting {
+    /// The wait's deadline.
+    pub deadline: HeadDeadline,
+    /// Shutdown, which ends a wait at once.
+    pub shutdown: ShutdownWatch,
+}
+
+impl Waiting {
+    /// Made at a connection's first wait.
+    pub fn new(shutdown: &ShutdownSignal) -> Box<Waiting> {
+        Box::new(Waiting {
+            deadline: HeadDeadline::default(),
+            shutdown: shutdown.watch(),
+        })
+    }
+}
+
 /// One connection's head-wait timer.
 #[derive(Default)]
 pub struct HeadDeadline {
-    /// Armed for the current wait's deadline or an earlier one; boxed so that a connection
-    /// holding an event stream, which drops it, keeps no timer's worth of memory.
+    /// Armed for the current wait's deadline or an earlier one; made at the first wait that
+    /// has to wait (a head already read needs none).
     timer: Option<Pin<Box<Sleep>>>,
 }
 
@@ -41,11 +63,6 @@ impl HeadDeadline {
                 }
             }
         })
-    }
-
-    /// Frees the timer: the connection waits for no more heads (an event stream holds it).
-    pub fn release(&mut self) {
-        self.timer = None;
     }
 }
 
@@ -80,21 +97,6 @@ mod tests {
         }
         // A long answer: the timer fires, unwatched, while no head is awaited.
         tokio::time::sleep(Duration::from_secs(30)).await;
-        let since = Instant::now();
-        deadline.elapsed(since, limit).await;
-        assert_eq!(Instant::now() - since, limit);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_released_timer_is_made_again_for_the_next_wait() {
-        let limit = Duration::from_secs(3);
-        let mut deadline = HeadDeadline::default();
-        tokio::select! {
-            () = deadline.elapsed(Instant::now(), limit) => panic!("not due yet"),
-            () = tokio::time::sleep(Duration::from_secs(1)) => {}
-        }
-        deadline.release();
-        assert!(deadline.timer.is_none());
         let since = Instant::now();
         deadline.elapsed(since, limit).await;
         assert_eq!(Instant::now() - since, limit);

@@ -40,7 +40,7 @@ use crate::request::body::ProxyBody;
 use crate::request::router::{Route, RouteError};
 use crate::request::{App, ConnInfo};
 use ahead::ReadAhead;
-use deadline::HeadDeadline;
+use deadline::Waiting;
 pub use detect::{Head, Parsed, parse_head};
 use detect::{Step, read_head};
 use writer::{Framing, Pump, encode_head};
@@ -72,18 +72,21 @@ where
     I: AsyncRead + AsyncWrite + Unpin,
 {
     let mut ahead = ReadAhead::default();
-    // Both registered once per connection, not once per request (BENCHMARKS.md, issue 15.1).
-    let mut deadline = HeadDeadline::default();
-    let mut watch = None;
+    // The head wait's timer and shutdown registration, made once per connection, not once
+    // per request (BENCHMARKS.md, issue 15.1).
+    let mut waiting: Option<Box<Waiting>> = None;
     let mut answered = false;
     loop {
         let since = tokio::time::Instant::now();
-        let fired = watch.get_or_insert_with(|| shutdown.watch());
+        let Waiting {
+            deadline,
+            shutdown: watch,
+        } = &mut **waiting.get_or_insert_with(|| Waiting::new(shutdown));
         let step = tokio::select! {
             // Shutdown first: a pipelined request already read is not started; a head that
             // is all there is read, even when its deadline has passed.
             biased;
-            () = fired.fired() => return close(io).await,
+            () = watch.fired() => return close(io).await,
             step = read_head(&mut io, &mut ahead.buf, &app.router) => step,
             () = deadline.elapsed(since, idle_limit) => {
                 tracing::debug!(peer = %conn.peer, "no complete request head in time; closed");
@@ -117,9 +120,8 @@ where
         answered = true;
         let stream = response.body().is_stream();
         if stream {
-            // Nothing more is read on this connection: it keeps neither.
-            deadline.release();
-            watch = None;
+            // Nothing more is read on this connection.
+            waiting = None;
         }
         // An event stream ends only when the proxy ends it, so nothing after it is answered.
         let close_after = asked_close || stream || shutdown.has_fired();
