@@ -42,9 +42,12 @@ impl ShutdownSignal {
     /// A watch for a task that waits for shutdown many times over (once per request).
     pub fn watch(&self) -> ShutdownWatch {
         let mut signal = self.clone();
+        // Unconstrained: out of coop budget, the wait would return pending without
+        // registering, and the shortcut in `poll_fired` would then never register it.
+        let wait = tokio::task::unconstrained(async move { signal.fired().await });
         ShutdownWatch {
             signal: self.clone(),
-            wait: Some(Box::pin(async move { signal.fired().await })),
+            wait: Some(Box::pin(wait)),
             waker: None,
         }
     }
@@ -157,6 +160,29 @@ mod tests {
                 .poll_fired(&mut Context::from_waker(&second_waker))
                 .is_ready()
         );
+    }
+
+    #[tokio::test]
+    async fn a_watch_first_polled_when_its_task_is_out_of_budget_is_still_woken() {
+        let (shutdown, signal) = Shutdown::new();
+        let mut watch = signal.watch();
+        while tokio::task::coop::has_budget_remaining() {
+            std::future::poll_fn(|cx| {
+                if let Poll::Ready(spent) = tokio::task::coop::poll_proceed(cx) {
+                    spent.made_progress();
+                }
+                Poll::Ready(())
+            })
+            .await;
+        }
+        let count = Arc::new(Count::default());
+        let waker = Waker::from(count.clone());
+        let mut cx = Context::from_waker(&waker);
+        assert!(watch.poll_fired(&mut cx).is_pending());
+        assert!(watch.poll_fired(&mut cx).is_pending());
+        let before = woken(&count);
+        shutdown.fire();
+        assert_eq!(woken(&count), before + 1, "shutdown wakes the task");
     }
 
     #[test]

@@ -3,11 +3,12 @@
 //! A `tokio::time::timeout` around each wait registers a timer in the runtime's wheel when
 //! the wait starts and removes it when the head arrives: a lock, an insert and a removal per
 //! keep-alive request, and, whenever the new timer is due before the runtime's planned wake,
-//! a write to its eventfd that wakes the thread's next poll for nothing (one request in five
-//! under `wrk`, BENCHMARKS.md, issue 15.1). Here the timer is made once and moved only when it
-//! fires before the current wait's deadline, as nginx's lazy timers do: a request that
-//! arrives in time costs a clock read. The wait's shutdown registration is kept the same way
-//! ([`ShutdownWatch`]).
+//! a write to its eventfd that wakes the thread's next poll for nothing (0.16 per request
+//! under `wrk`; BENCHMARKS.md, "Passthrough: a timer and a shutdown registration per
+//! connection"). Here the timer is made once and moved only when it fires before the current
+//! wait's deadline, as nginx's lazy timers do: a request that arrives in time costs a clock
+//! read, and the timer fires and moves at most once per limit. The wait's shutdown
+//! registration is kept the same way ([`ShutdownWatch`]).
 
 use std::future::{Future, poll_fn};
 use std::pin::Pin;
@@ -100,5 +101,28 @@ mod tests {
         let since = Instant::now();
         deadline.elapsed(since, limit).await;
         assert_eq!(Instant::now() - since, limit);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wait_is_never_over_before_its_limit_and_always_at_it() {
+        let limit = Duration::from_secs(10);
+        let almost = limit - Duration::from_millis(1);
+        let mut deadline = HeadDeadline::default();
+        for gap_ms in [0, 1, 4_000, 9_999, 10_001, 30_000] {
+            let gap = Duration::from_millis(gap_ms);
+            // A wait that a head ends before its limit, then an answer that takes `gap`.
+            let since = Instant::now();
+            tokio::select! {
+                () = deadline.elapsed(since, limit) => panic!("over before its head came"),
+                () = tokio::time::sleep(gap.min(almost)) => {}
+            }
+            tokio::time::sleep(gap).await;
+            // The next wait, whatever the timer was armed for.
+            let since = Instant::now();
+            let early = tokio::time::timeout(almost, deadline.elapsed(since, limit)).await;
+            assert!(early.is_err(), "over early after a gap of {gap_ms} ms");
+            deadline.elapsed(since, limit).await;
+            assert_eq!(Instant::now() - since, limit, "after a gap of {gap_ms} ms");
+        }
     }
 }
