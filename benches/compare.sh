@@ -30,10 +30,15 @@
 # proxy's CPU (user and system) per request. SSE_EDGE_BIN=path runs that
 # sse-edge binary instead of building one (to measure an earlier build in the same way).
 # SERVING_THREADS=N runs sse-edge with `[listen] serving_threads = N` (default: the config's
-# default, one per core; 0 is the shared runtime).
+# default, one per core; 0 is the shared runtime). BASELINE_BIN=path adds, in passthrough-only
+# mode, that build as a fourth proxy in each round (its own process on 18083, same config),
+# so two builds are compared in the same rounds; the ratios sse-edge / baseline are printed.
+# PASSTHROUGH_CONNECTIONS=N sets wrk's connections (default 64, which saturates 2 cores; fewer
+# leave the box room, so a round's CPU per request depends less on who was preempted).
 #
 #   benches/compare.sh [SUBSCRIBERS=10000] [ROUNDS=2]  (env: HOLD=10 TICK_MS=50 PUSHPIN_RATE=250
-#                      PASSTHROUGH_ONLY=0 SSE_EDGE_BIN= SERVING_THREADS= BROWSER_HEADERS=0)
+#                      PASSTHROUGH_ONLY=0 SSE_EDGE_BIN= SERVING_THREADS= BROWSER_HEADERS=0
+#                      BASELINE_BIN= PASSTHROUGH_CONNECTIONS=64)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . benches/common.sh
@@ -104,6 +109,13 @@ sed 's/127.0.0.1:18080/127.0.0.1:18082/; s/127.0.0.1:19901/127.0.0.1:19902/' "$e
   > "$work/passthrough.toml"
 RUST_LOG=warn DASHBOARD_API_KEY=bench $bin --config "$work/passthrough.toml" >/dev/null &
 edge_pass=$!; pids+=("$edge_pass")
+baseline=${BASELINE_BIN:-}
+if [ -n "$baseline" ]; then
+  sed 's/127.0.0.1:18082/127.0.0.1:18083/; s/127.0.0.1:19902/127.0.0.1:19903/' \
+    "$work/passthrough.toml" > "$work/baseline.toml"
+  RUST_LOG=warn DASHBOARD_API_KEY=bench "$baseline" --config "$work/baseline.toml" >/dev/null &
+  edge_baseline=$!; pids+=("$edge_baseline")
+fi
 
 # nginx + Nchan on 18090, proxying everything else to the same demo origin.
 nginx_conf "$work" <<CONF
@@ -157,7 +169,7 @@ user_ticks() { ticks '$14' "$@"; }      # user clock ticks alone
 passthrough() { # name url [proxy pids...]: requests/s, and the proxy's and the origin's CPU
   local name=$1 url=$2 out rps requests proxy_before user_before origin_before; shift 2
   proxy_before=$(cpu_ticks "$@"); user_before=$(user_ticks "$@"); origin_before=$(cpu_ticks "$edge")
-  out=$(wrk -t2 -c64 -d5s "${wrk_headers[@]}" "$url")
+  out=$(wrk -t2 -c"${PASSTHROUGH_CONNECTIONS:-64}" -d5s "${wrk_headers[@]}" "$url")
   rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
   requests=$(awk '/requests in/ {print $1}' <<<"$out")
   printf '  %-8s passthrough %8.0f requests/s\n' "$name" "${rps:-0}"
@@ -171,14 +183,18 @@ if [ "$passthrough_only" = 1 ]; then
   both_up() {
     curl -fs -m 1 -o /dev/null http://127.0.0.1:19901/healthz \
       && curl -fs -m 1 -o /dev/null http://127.0.0.1:19902/healthz \
-      && curl -fs -m 1 -o /dev/null http://127.0.0.1:18090/api/v2/stream/status
+      && curl -fs -m 1 -o /dev/null http://127.0.0.1:18090/api/v2/stream/status \
+      && { [ -z "$baseline" ] || curl -fs -m 1 -o /dev/null http://127.0.0.1:19903/healthz; }
   }
   for _ in $(seq 100); do both_up 2>/dev/null && break; sleep 0.1; done
   both_up || { echo "sse-edge or nginx is not up" >&2; exit 1; }
-  echo "passthrough only: sse-edge ($bin) vs nginx $(nginx -v 2>&1 | sed 's/.*\///') proxy_pass, $rounds round(s), $(nproc) cores, $(date -u +%F)"
+  echo "passthrough only: sse-edge ($bin)${baseline:+ and baseline ($baseline)} vs nginx $(nginx -v 2>&1 | sed 's/.*\///') proxy_pass, $rounds round(s), $(nproc) cores, $(date -u +%F)"
   for round in $(seq "$rounds"); do
     echo "round $round"
     passthrough sse-edge "http://127.0.0.1:18082/api/v2/stream/status" "$edge_pass"
+    if [ -n "$baseline" ]; then
+      passthrough baseline "http://127.0.0.1:18083/api/v2/stream/status" "$edge_baseline"
+    fi
     # shellcheck disable=SC2046
     passthrough nginx "http://127.0.0.1:18090/api/v2/stream/status" $(pgrep -P "$nginx_master")
     # shellcheck disable=SC2046
@@ -198,7 +214,8 @@ cpu = lambda name: [per(r[2], r[1]) for r in rows if r[0] == name]
 user = lambda name: st.median(per(r[4], r[1]) for r in rows if r[0] == name)
 origin = [per(r[3], r[1]) for r in rows if r[0] == "nginx"]
 edge = cpu("sse-edge")
-for peer, what in (("nginx", "bare proxy_pass"), ("nginx-hdr", "proxy_pass with the same headers")):
+for peer, what in (("nginx", "bare proxy_pass"), ("nginx-hdr", "proxy_pass with the same headers"),
+                   ("baseline", "BASELINE_BIN, the build compared against")):
     ratios = [a / b for a, b in zip(rps.get("sse-edge", []), rps.get(peer, [])) if b > 0]
     if not ratios:
         continue
