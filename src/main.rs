@@ -354,6 +354,8 @@ async fn serve(start: impl Future<Output = Result<Proxy, String>>) -> Result<(),
         }
     });
     proxy.shutdown().await;
+    // The last line: whatever the shutdown had to say is above it.
+    tracing::info!("sse-edge stopped");
     waited
 }
 

@@ -159,13 +159,17 @@ impl Proxy {
         // One set of `max_connections` slots, whichever thread accepts.
         let permits = Arc::new(Semaphore::new(config.listen.max_connections));
         let serving = match config.listen.serving_threads {
-            0 => tokio::spawn(edge::serve(
-                listeners,
-                app.clone(),
-                config.listen.clone(),
-                shutdown_rx,
-                permits,
-            )),
+            0 => {
+                let serve = edge::serve(
+                    listeners,
+                    app.clone(),
+                    config.listen.clone(),
+                    shutdown_rx,
+                    permits,
+                );
+                let grace = config.listen.shutdown_grace;
+                tokio::spawn(async move { edge::Drained::report([serve.await], grace) })
+            }
             count => tokio::spawn(
                 edge::threads::spawn(
                     count,

@@ -77,7 +77,32 @@ fn bound_socket(addr: SocketAddr, reuse_port: bool) -> std::io::Result<TcpSocket
     Ok(socket)
 }
 
-/// Accepts and serves until `shutdown` fires, then drains connections for at most `grace`.
+/// How an accept loop's connections ended at shutdown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drained {
+    /// Every connection closed within the grace period.
+    InTime,
+    /// Some were still open when it ended; they are dropped with their runtime.
+    Cut,
+}
+
+impl Drained {
+    /// Logs once for the whole proxy, however many accept loops (one per serving thread) were
+    /// cut off: an operator reads one line per shutdown, not one per core.
+    pub fn report(loops: impl IntoIterator<Item = Drained>, grace: Duration) {
+        let cut = loops.into_iter().filter(|d| *d == Drained::Cut).count();
+        if cut > 0 {
+            tracing::warn!(
+                grace_s = grace.as_secs(),
+                accept_loops = cut,
+                "connections still open after the shutdown grace period"
+            );
+        }
+    }
+}
+
+/// Accepts and serves until `shutdown` fires, then drains connections for at most `grace`,
+/// and says whether they all closed in time ([`Drained::report`] logs it).
 /// `permits` holds `max_connections` slots, shared by every serving thread's listeners.
 pub async fn serve(
     listeners: Listeners,
@@ -85,7 +110,7 @@ pub async fn serve(
     config: ListenConfig,
     mut shutdown: ShutdownSignal,
     permits: Arc<Semaphore>,
-) {
+) -> Drained {
     let builders = Arc::new(Builders::new(&config));
     let graceful = GracefulShutdown::new();
     let (https, tls_config) = match listeners.https {
@@ -170,14 +195,9 @@ pub async fn serve(
     drop(https);
     drop(http);
     app.close_streams();
-    if tokio::time::timeout(config.shutdown_grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            grace_s = config.shutdown_grace.as_secs(),
-            "connections still open after the shutdown grace period"
-        );
+    match tokio::time::timeout(config.shutdown_grace, graceful.shutdown()).await {
+        Ok(()) => Drained::InTime,
+        Err(_) => Drained::Cut,
     }
 }
 

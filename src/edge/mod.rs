@@ -42,4 +42,4 @@ mod woken;
 mod write_through;
 pub mod write_timeout;
 
-pub use accept::{BindError, Listeners, bind, serve};
+pub use accept::{BindError, Drained, Listeners, bind, serve};

@@ -7,8 +7,9 @@
 //!
 //! Everything else (the admin listener, every channel's supervisor with its pollers and
 //! heartbeats, cluster links) stays on the shared runtime, so a stream opened from one thread
-//! and followed from others never depends on that thread's runtime. Each thread drains its own connections on shutdown, as
-//! [`super::accept::serve`] does; the proxy's shutdown ends when every thread has.
+//! and followed from others never depends on that thread's runtime. Each thread drains its
+//! own connections on shutdown, as [`super::accept::serve`] does; the proxy's shutdown ends
+//! when every thread has, with one warning if any was cut off ([`Drained::report`]).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -18,7 +19,7 @@ use rustls::ServerConfig;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, oneshot};
 
-use super::accept::{self, BindError, Listeners};
+use super::accept::{self, BindError, Drained, Listeners};
 use crate::config::ListenConfig;
 use crate::ops::shutdown::ShutdownSignal;
 use crate::request::{App, serve_on_this_thread};
@@ -85,7 +86,7 @@ pub async fn spawn(
     let mut stopped = Vec::with_capacity(count);
     for (index, handover) in handovers.into_iter().enumerate() {
         let (ready, started) = oneshot::channel::<std::io::Result<()>>();
-        let (done, finished) = oneshot::channel::<()>();
+        let (done, finished) = oneshot::channel::<Drained>();
         let (app, config, shutdown, permits) = (
             app.clone(),
             config.clone(),
@@ -95,9 +96,9 @@ pub async fn spawn(
         std::thread::Builder::new()
             .name(format!("sse-edge-serve-{index}"))
             .spawn(move || {
-                serve(handover, app, config, shutdown, permits, ready);
+                let drained = serve(handover, app, config, shutdown, permits, ready);
                 // Sent once the runtime, and every task left on it, is gone.
-                let _ = done.send(());
+                let _ = done.send(drained);
             })?;
         // Started means its runtime runs and its listeners are registered with it. A thread
         // that cannot start fails the proxy's start; those already started stop with the
@@ -110,20 +111,24 @@ pub async fn spawn(
             }
         }
     }
+    let grace = config.shutdown_grace;
     Ok(async move {
+        let mut drained = Vec::with_capacity(stopped.len());
         for finished in stopped {
-            if finished.await.is_err() {
+            match finished.await {
+                Ok(loop_drained) => drained.push(loop_drained),
                 // It ended without saying so: it panicked. Its connections were dropped (their
                 // clients reconnect to the other threads); channels live on the shared runtime.
-                tracing::error!("a serving thread panicked; its connections were closed");
+                Err(_) => tracing::error!("a serving thread panicked; its connections were closed"),
             }
         }
+        Drained::report(drained, grace);
     })
 }
 
 /// A serving thread's life: its own runtime, made here so that nothing of it is ever dropped
 /// on the thread that starts the proxy; its listeners registered with it; served until
-/// shutdown. `ready` says whether it started.
+/// shutdown. `ready` says whether it started; one that did not has nothing to drain.
 fn serve(
     handover: Handover,
     app: Arc<App>,
@@ -131,7 +136,7 @@ fn serve(
     shutdown: ShutdownSignal,
     permits: Arc<Semaphore>,
     ready: oneshot::Sender<std::io::Result<()>>,
-) {
+) -> Drained {
     let relay = serve_on_this_thread();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -140,7 +145,7 @@ fn serve(
         Ok(runtime) => runtime,
         Err(error) => {
             let _ = ready.send(Err(error));
-            return;
+            return Drained::InTime;
         }
     };
     runtime.block_on(async move {
@@ -159,13 +164,14 @@ fn serve(
                 let _ = ready.send(Ok(()));
                 // Ends with the runtime, once the thread has stopped serving.
                 tokio::spawn(relay);
-                accept::serve(listeners, app, config, shutdown, permits).await;
+                accept::serve(listeners, app, config, shutdown, permits).await
             }
             Err(error) => {
                 let _ = ready.send(Err(error));
+                Drained::InTime
             }
         }
-    });
+    })
 }
 
 /// A thread's copy of a listener: the first thread takes the one bound at startup, each other

@@ -333,3 +333,60 @@ async fn the_access_log_says_who_asked_what_and_how_much_was_sent() {
         "a token reached the log"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_cut_off_by_the_grace_period_are_reported_once() {
+    let origin = origin().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let cert = certs::localhost().expect("cert");
+    std::fs::write(dir.path().join("cert.pem"), &cert.cert_pem).expect("cert");
+    std::fs::write(dir.path().join("key.pem"), &cert.key_pem).expect("key");
+    // Two serving threads, and an origin slower than the 2 s grace period.
+    let options = Options {
+        timeout_ms: 30_000,
+        listen_extra: "serving_threads = 2",
+        ..Options::default()
+    };
+    let config = dir.path().join("proxy.toml");
+    std::fs::write(&config, config_text(&origin.url, dir.path(), &options)).expect("config");
+    let mut proxy = Running::start(&config, "info");
+    let held = origin.hold("/api/v2/stream/status");
+    // Twenty connections, each with a request in flight: the kernel spreads them over both
+    // threads (all on one: a chance of one in half a million).
+    let mut connections = Vec::new();
+    for _ in 0..20 {
+        let mut tcp = tokio::net::TcpStream::connect(proxy.http)
+            .await
+            .expect("connect");
+        tokio::io::AsyncWriteExt::write_all(
+            &mut tcp,
+            b"GET /api/v2/stream/status HTTP/1.1\r\nhost: x\r\n\r\n",
+        )
+        .await
+        .expect("send");
+        connections.push(tcp);
+    }
+    origin
+        .wait_for_count("/api/v2/stream/status", 20, WAIT)
+        .await;
+    proxy.signal("TERM");
+    assert_eq!(proxy.exit_code().await, Some(0));
+    held.release();
+    // The last line: every line of the shutdown has been read once it has.
+    proxy.wait_logged("sse-edge stopped").await;
+    let cut: Vec<serde_json::Value> = proxy
+        .log
+        .lock()
+        .expect("log")
+        .iter()
+        .filter(|line| line.contains("still open after the shutdown grace period"))
+        .map(|line| serde_json::from_str(line).expect("a JSON log line"))
+        .collect();
+    assert_eq!(
+        cut.len(),
+        1,
+        "one line for the proxy, not one per thread: {cut:?}"
+    );
+    assert_eq!(cut[0]["fields"]["accept_loops"], 2, "{cut:?}");
+    assert_eq!(cut[0]["fields"]["grace_s"], 2, "{cut:?}");
+}
