@@ -182,12 +182,15 @@ impl Upstream {
     /// with no base path, the parsed value is shared, not written out and parsed again.
     pub fn uri_for(&self, path_and_query: Option<&PathAndQuery>) -> Result<Uri, UpstreamError> {
         match path_and_query {
-            Some(path_and_query) if self.base_path.is_empty() => Uri::builder()
-                .scheme(self.scheme.clone())
-                .authority(self.authority.clone())
-                .path_and_query(path_and_query.clone())
-                .build()
-                .map_err(|e| UpstreamError::Protocol(format!("cannot build origin URI: {e}"))),
+            Some(path_and_query) if self.base_path.is_empty() => {
+                // Parts filled in place: the builder moves them through each setter.
+                let mut parts = http::uri::Parts::default();
+                parts.scheme = Some(self.scheme.clone());
+                parts.authority = Some(self.authority.clone());
+                parts.path_and_query = Some(path_and_query.clone());
+                Uri::from_parts(parts)
+                    .map_err(|e| UpstreamError::Protocol(format!("cannot build origin URI: {e}")))
+            }
             _ => self.uri(path_and_query.map_or("/", PathAndQuery::as_str)),
         }
     }
@@ -408,4 +411,51 @@ pub fn error_chain(error: &(dyn StdError + 'static)) -> String {
         source = cause.source();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upstream(base_path: &str) -> Upstream {
+        Upstream::new(&UpstreamConfig {
+            scheme: http::uri::Scheme::HTTPS,
+            authority: "Origin.example:8443".parse().expect("authority"),
+            base_path: base_path.to_owned(),
+            connect_timeout: Duration::from_secs(1),
+            timeout: Duration::from_secs(1),
+            ca: None,
+            max_poll_body_bytes: 1024,
+        })
+        .expect("upstream")
+    }
+
+    #[test]
+    fn the_parsed_path_gives_the_same_origin_uri_as_the_written_one() {
+        for base_path in ["", "/prod"] {
+            let upstream = upstream(base_path);
+            for target in [
+                "/",
+                "/api/v2/stream/status",
+                "/a%20b/%zz?x=1&y=%2F",
+                "/q?",
+                "*",
+                "http://client.example/abs?k=v",
+                "http://client.example",
+            ] {
+                let client: Uri = target.parse().expect("target");
+                let shared = upstream.uri_for(client.path_and_query()).expect("uri_for");
+                let written = upstream
+                    .uri(client.path_and_query().map_or("/", PathAndQuery::as_str))
+                    .expect("uri");
+                assert_eq!(shared, written, "{target} under {base_path:?}");
+                assert_eq!(shared.to_string(), written.to_string(), "{target}");
+                assert_eq!(
+                    shared.path_and_query().map(PathAndQuery::as_str),
+                    written.path_and_query().map(PathAndQuery::as_str),
+                    "{target}"
+                );
+            }
+        }
+    }
 }
