@@ -7,24 +7,32 @@
 #   benches/idle_memory.sh [STREAMS]      (default 10000; at most ~19000 on this machine)
 #
 # SSE_EDGE_BIN=path measures that binary instead of building one (to compare two builds in
-# one session).
+# one session). SERVING_THREADS=N runs it with `[listen] serving_threads = N` (0: the shared
+# runtime; default: the config's, one per core). PLAINTEXT_ONLY=1 runs the plaintext HTTP/1.1
+# case alone (to alternate two settings over several rounds).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . benches/common.sh
 streams=${1:-10000}
 bin=$(sse_edge_bin)
 export RUST_LOG=warn
+bench_workspace
+config=benches/load.toml
+if [ -n "${SERVING_THREADS:-}" ]; then
+  config=$work/load.toml
+  sed "s/^\[listen\]\$/[listen]\nserving_threads = $SERVING_THREADS/" benches/load.toml > "$config"
+fi
 proxy=
 start_proxy() { # a fresh process per case, so no case reuses memory another one freed
   stop_proxy
-  $bin demo --config benches/load.toml >/dev/null &
+  $bin demo --config "$config" >/dev/null &
   proxy=$!
   wait_healthy
   # One stream first, so the poller, the origin's cold start and lazy allocations are not counted.
   $bin load http://127.0.0.1:18080/api/v2/stream --streams 1 --duration 0.5 >/dev/null
 }
 stop_proxy() { [ -n "$proxy" ] && { kill "$proxy" 2>/dev/null; wait "$proxy" 2>/dev/null || true; }; proxy=; }
-trap stop_proxy EXIT
+trap 'stop_proxy; rm -rf "$work"' EXIT
 
 measure() { # name, url, extra load flags
   local name=$1 url=$2; shift 2
@@ -49,8 +57,9 @@ print(f"{name:<22} {held:>6} streams held | proxy RSS {before:>7} -> {after:>7} 
 PY
 }
 
-echo "sse-edge idle streams: $streams per run, $(nproc) cores, $(date -u +%F)"
+echo "sse-edge idle streams: $streams per run, $(nproc) cores, $(date -u +%F)${SERVING_THREADS:+, serving_threads = $SERVING_THREADS}"
 measure "plaintext HTTP/1.1" "http://127.0.0.1:18080/api/v2/stream"
+[ "${PLAINTEXT_ONLY:-0}" = 1 ] && exit 0
 measure "TLS HTTP/1.1" "https://localhost:18443/api/v2/stream" -k
 measure "TLS HTTP/2 (100/conn)" "https://localhost:18443/api/v2/stream" -k --http2 --connections $((streams / 100))
 # h2c reaches hyper through the fast path's detection, with the bytes it read (`rewind`).
