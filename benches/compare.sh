@@ -31,8 +31,9 @@
 # sse-edge binary instead of building one (to measure an earlier build in the same way).
 # SERVING_THREADS=N runs sse-edge with `[listen] serving_threads = N` (default: the config's
 # default, one per core; 0 is the shared runtime). BASELINE_BIN=path adds, in passthrough-only
-# mode, that build as a fourth proxy in each round (its own process on 18083, same config),
-# so two builds are compared in the same rounds; the ratios sse-edge / baseline are printed.
+# mode, that build as a fourth proxy in each round (its own process on 18083, same config;
+# the two builds take turns going first), so two builds are compared in the same rounds; the
+# ratios sse-edge / baseline are printed.
 # PASSTHROUGH_CONNECTIONS=N sets wrk's connections (default 64, which saturates 2 cores; fewer
 # leave the box room, so a round's CPU per request depends less on who was preempted).
 #
@@ -50,6 +51,11 @@ tick_ms=${TICK_MS:-50}
 pushpin_rate=${PUSHPIN_RATE:-250}
 pushpin_open_s=$(( (subs + pushpin_rate - 1) / pushpin_rate ))
 passthrough_only=${PASSTHROUGH_ONLY:-0}
+connections=${PASSTHROUGH_CONNECTIONS:-64}
+if [ "$connections" -lt 2 ]; then
+  echo "PASSTHROUGH_CONNECTIONS must be at least 2 (wrk runs two threads)" >&2
+  exit 2
+fi
 # BROWSER_HEADERS=1: passthrough requests carry what a dashboard's browser sends (14 fields,
 # cookies included, ~900 bytes) instead of wrk's bare `Host`.
 wrk_headers=()
@@ -109,7 +115,8 @@ sed 's/127.0.0.1:18080/127.0.0.1:18082/; s/127.0.0.1:19901/127.0.0.1:19902/' "$e
   > "$work/passthrough.toml"
 RUST_LOG=warn DASHBOARD_API_KEY=bench $bin --config "$work/passthrough.toml" >/dev/null &
 edge_pass=$!; pids+=("$edge_pass")
-baseline=${BASELINE_BIN:-}
+baseline=
+[ "$passthrough_only" = 1 ] && baseline=${BASELINE_BIN:-}
 if [ -n "$baseline" ]; then
   sed 's/127.0.0.1:18082/127.0.0.1:18083/; s/127.0.0.1:19902/127.0.0.1:19903/' \
     "$work/passthrough.toml" > "$work/baseline.toml"
@@ -169,7 +176,7 @@ user_ticks() { ticks '$14' "$@"; }      # user clock ticks alone
 passthrough() { # name url [proxy pids...]: requests/s, and the proxy's and the origin's CPU
   local name=$1 url=$2 out rps requests proxy_before user_before origin_before; shift 2
   proxy_before=$(cpu_ticks "$@"); user_before=$(user_ticks "$@"); origin_before=$(cpu_ticks "$edge")
-  out=$(wrk -t2 -c"${PASSTHROUGH_CONNECTIONS:-64}" -d5s "${wrk_headers[@]}" "$url")
+  out=$(wrk -t2 -c"$connections" -d5s "${wrk_headers[@]}" "$url")
   rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
   requests=$(awk '/requests in/ {print $1}' <<<"$out")
   printf '  %-8s passthrough %8.0f requests/s\n' "$name" "${rps:-0}"
@@ -187,12 +194,16 @@ if [ "$passthrough_only" = 1 ]; then
       && { [ -z "$baseline" ] || curl -fs -m 1 -o /dev/null http://127.0.0.1:19903/healthz; }
   }
   for _ in $(seq 100); do both_up 2>/dev/null && break; sleep 0.1; done
-  both_up || { echo "sse-edge or nginx is not up" >&2; exit 1; }
-  echo "passthrough only: sse-edge ($bin)${baseline:+ and baseline ($baseline)} vs nginx $(nginx -v 2>&1 | sed 's/.*\///') proxy_pass, $rounds round(s), $(nproc) cores, $(date -u +%F)"
+  both_up || { echo "sse-edge${baseline:+, the baseline ($baseline)} or nginx is not up" >&2; exit 1; }
+  echo "passthrough only: sse-edge ($bin)${baseline:+ and baseline ($baseline)} vs nginx $(nginx -v 2>&1 | sed 's/.*\///') proxy_pass, $rounds round(s), $connections connections, $(nproc) cores, $(date -u +%F)"
   for round in $(seq "$rounds"); do
     echo "round $round"
+    # The two builds take turns going first.
+    if [ -n "$baseline" ] && [ $((round % 2)) = 0 ]; then
+      passthrough baseline "http://127.0.0.1:18083/api/v2/stream/status" "$edge_baseline"
+    fi
     passthrough sse-edge "http://127.0.0.1:18082/api/v2/stream/status" "$edge_pass"
-    if [ -n "$baseline" ]; then
+    if [ -n "$baseline" ] && [ $((round % 2)) = 1 ]; then
       passthrough baseline "http://127.0.0.1:18083/api/v2/stream/status" "$edge_baseline"
     fi
     # shellcheck disable=SC2046

@@ -206,14 +206,25 @@ fn main() -> ExitCode {
             Proxy::start(config).await.map_err(|e| e.to_string())
         })),
     };
+    // Dropped here rather than at the end of `main`: connections still open after the grace
+    // period on the shared runtime (`serving_threads = 0`) end with it, and what they log
+    // (their access lines) comes before the last line. Bounded: a blocking task (a DNS
+    // lookup) does not hold the exit.
+    runtime.shutdown_timeout(RUNTIME_EXIT_WAIT);
     match served {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => {
+            tracing::info!("sse-edge stopped");
+            ExitCode::SUCCESS
+        }
         Err(message) => {
             eprintln!("sse-edge: {message}");
             ExitCode::FAILURE
         }
     }
 }
+
+/// How long the exit waits for the runtime's blocking tasks once the proxy has stopped.
+const RUNTIME_EXIT_WAIT: Duration = Duration::from_secs(1);
 
 /// Colour only for a person at a terminal: never when stderr is a file, a pipe or a log
 /// collector (journald, Docker, Kubernetes), nor when `NO_COLOR` is set (no-color.org).
@@ -354,8 +365,6 @@ async fn serve(start: impl Future<Output = Result<Proxy, String>>) -> Result<(),
         }
     });
     proxy.shutdown().await;
-    // The last line: whatever the shutdown had to say is above it.
-    tracing::info!("sse-edge stopped");
     waited
 }
 

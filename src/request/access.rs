@@ -42,9 +42,10 @@ pub struct AccessLog {
     client: SocketAddr,
     /// Whether the client came over TLS.
     tls: bool,
-    /// `stream`, `passthrough` or `rejected`.
+    /// `stream`, `passthrough` or `rejected`; `unanswered` (with status 0) when the request
+    /// ended before its answer: the client left, or shutdown's grace period ran out.
     route: &'static str,
-    /// The status answered.
+    /// The status answered (0: none).
     status: u16,
     /// Body bytes handed to the connection so far.
     pub(crate) bytes: u64,
@@ -69,7 +70,7 @@ impl AccessLog {
             user_agent: user_agent(request.headers()).into(),
             client: conn.peer,
             tls: conn.tls,
-            route: "rejected",
+            route: "unanswered",
             status: 0,
             bytes: 0,
         }

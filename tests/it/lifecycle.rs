@@ -336,23 +336,30 @@ async fn the_access_log_says_who_asked_what_and_how_much_was_sent() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_cut_off_by_the_grace_period_are_reported_once() {
+    // Two serving threads (each drains its own connections), then the shared runtime.
+    for (threads, accept_loops) in [("serving_threads = 2", 2), ("serving_threads = 0", 1)] {
+        cut_off_connections_are_reported_once(threads, accept_loops).await;
+    }
+}
+
+async fn cut_off_connections_are_reported_once(threads: &'static str, accept_loops: u64) {
     let origin = origin().await;
     let dir = tempfile::tempdir().expect("dir");
     let cert = certs::localhost().expect("cert");
     std::fs::write(dir.path().join("cert.pem"), &cert.cert_pem).expect("cert");
     std::fs::write(dir.path().join("key.pem"), &cert.key_pem).expect("key");
-    // Two serving threads, and an origin slower than the 2 s grace period.
+    // An origin slower than the 2 s grace period.
     let options = Options {
         timeout_ms: 30_000,
-        listen_extra: "serving_threads = 2",
+        listen_extra: threads,
         ..Options::default()
     };
     let config = dir.path().join("proxy.toml");
     std::fs::write(&config, config_text(&origin.url, dir.path(), &options)).expect("config");
     let mut proxy = Running::start(&config, "info");
     let held = origin.hold("/api/v2/stream/status");
-    // Twenty connections, each with a request in flight: the kernel spreads them over both
-    // threads (all on one: a chance of one in half a million).
+    // Twenty connections, each with a request in flight: the kernel spreads them over the
+    // serving threads (all on one of two: a chance of one in half a million).
     let mut connections = Vec::new();
     for _ in 0..20 {
         let mut tcp = tokio::net::TcpStream::connect(proxy.http)
@@ -370,23 +377,28 @@ async fn connections_cut_off_by_the_grace_period_are_reported_once() {
         .wait_for_count("/api/v2/stream/status", 20, WAIT)
         .await;
     proxy.signal("TERM");
-    assert_eq!(proxy.exit_code().await, Some(0));
+    assert_eq!(proxy.exit_code().await, Some(0), "{threads}");
     held.release();
-    // The last line: every line of the shutdown has been read once it has.
+    // Once the last line is read, every line before it has been.
     proxy.wait_logged("sse-edge stopped").await;
-    let cut: Vec<serde_json::Value> = proxy
-        .log
-        .lock()
-        .expect("log")
+    let log = proxy.log.lock().expect("log").clone();
+    assert!(
+        log.last()
+            .is_some_and(|line| line.contains("sse-edge stopped")),
+        "{threads}: the last line says the proxy stopped: {log:?}"
+    );
+    let cut: Vec<serde_json::Value> = log
         .iter()
         .filter(|line| line.contains("still open after the shutdown grace period"))
         .map(|line| serde_json::from_str(line).expect("a JSON log line"))
         .collect();
-    assert_eq!(
-        cut.len(),
-        1,
-        "one line for the proxy, not one per thread: {cut:?}"
-    );
-    assert_eq!(cut[0]["fields"]["accept_loops"], 2, "{cut:?}");
+    assert_eq!(cut.len(), 1, "{threads}: one line for the proxy: {cut:?}");
+    assert_eq!(cut[0]["fields"]["accept_loops"], accept_loops, "{cut:?}");
     assert_eq!(cut[0]["fields"]["grace_s"], 2, "{cut:?}");
+    // Each cut request's access line says it got no answer.
+    let unanswered = access_lines(&proxy)
+        .into_iter()
+        .filter(|l| l["fields"]["route"] == "unanswered" && l["fields"]["status"] == 0)
+        .count();
+    assert_eq!(unanswered, 20, "{threads}: {log:?}");
 }
