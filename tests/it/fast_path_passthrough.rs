@@ -78,10 +78,7 @@ async fn proxy_to_raw_origin(fake: &FakeOrigin) -> TestProxy {
 
 /// A plaintext connection to the proxy on which `requests` have been sent, as written.
 pub(crate) async fn send_raw(proxy: &TestProxy, requests: &[u8]) -> TcpStream {
-    let addr = proxy.proxy.http_addr().expect("http");
-    let mut tcp = TcpStream::connect(addr).await.expect("connect");
-    tcp.write_all(requests).await.expect("write");
-    tcp
+    common::send_raw(proxy.proxy.http_addr().expect("http"), requests).await
 }
 
 /// Reads until the peer closes (bounded by [`WAIT`]); returns everything read.

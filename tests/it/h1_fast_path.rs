@@ -6,7 +6,7 @@
 use crate::common;
 use common::client::{Proto, json_response};
 use common::origin::FakeOrigin;
-use common::{Options, WAIT, eventually, start_proxy};
+use common::{Options, WAIT, eventually, send_raw, start_proxy};
 use http_body_util::BodyExt;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -19,13 +19,6 @@ async fn origin() -> FakeOrigin {
     origin.add_token("tok-alice", "alice");
     origin.set_configuration("cfg1", "alice", json!([{"symbol": "AAPL", "score": 0.1}]));
     origin
-}
-
-/// Opens a plaintext connection to the proxy and sends `requests` on it, as written.
-async fn send_raw(addr: std::net::SocketAddr, requests: &str) -> TcpStream {
-    let mut tcp = TcpStream::connect(addr).await.expect("connect");
-    tcp.write_all(requests.as_bytes()).await.expect("write");
-    tcp
 }
 
 /// The first whole chunk of chunked `body` and how many bytes it took; `None` if it has not
@@ -98,7 +91,7 @@ async fn pipelined_requests_are_answered_in_order() {
          GET /api/v2/stream/status HTTP/1.1\r\nhost: x\r\n\r\n\
          GET {CFG_STREAM}?user_token=tok-alice HTTP/1.1\r\nhost: x\r\n\r\n"
     );
-    let mut tcp = send_raw(proxy.proxy.http_addr().expect("http"), &requests).await;
+    let mut tcp = send_raw(proxy.proxy.http_addr().expect("http"), requests.as_bytes()).await;
     let text = read_until(&mut tcp, "event: sentiment_update").await;
     let refused = text.find("HTTP/1.1 401").expect("the refusal first");
     let status = text.find("HTTP/1.1 200").expect("then the passthrough");
@@ -122,7 +115,7 @@ async fn a_stream_is_sent_as_exact_chunks() {
     let origin = origin().await;
     let proxy = start_proxy(&origin, Options::default()).await;
     let request = format!("GET {CFG_STREAM}?user_token=tok-alice HTTP/1.1\r\nhost: x\r\n\r\n");
-    let mut tcp = send_raw(proxy.proxy.http_addr().expect("http"), &request).await;
+    let mut tcp = send_raw(proxy.proxy.http_addr().expect("http"), request.as_bytes()).await;
     let mut text = read_until(&mut tcp, "\r\n\r\n").await;
     let head = text[..text.find("\r\n\r\n").expect("head")].to_ascii_lowercase();
     assert!(head.starts_with("http/1.1 200 ok\r\n"), "{head}");
@@ -156,7 +149,7 @@ async fn connection_close_is_honoured_after_a_refusal() {
     let origin = origin().await;
     let proxy = start_proxy(&origin, Options::default()).await;
     let request = format!("GET {CFG_STREAM} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
-    let mut tcp = send_raw(proxy.proxy.http_addr().expect("http"), &request).await;
+    let mut tcp = send_raw(proxy.proxy.http_addr().expect("http"), request.as_bytes()).await;
     let mut answer = Vec::new();
     tokio::time::timeout(WAIT, tcp.read_to_end(&mut answer))
         .await
@@ -212,7 +205,7 @@ async fn closing_or_flooding_an_open_stream_releases_it_at_once() {
     let addr = proxy.proxy.http_addr().expect("http");
     let request = format!("GET {CFG_STREAM}?user_token=tok-alice HTTP/1.1\r\nhost: x\r\n\r\n");
 
-    let mut leaving = send_raw(addr, &request).await;
+    let mut leaving = send_raw(addr, request.as_bytes()).await;
     read_until(&mut leaving, "event: sentiment_update").await;
     assert_eq!(proxy.proxy.open_streams(), 1);
     drop(leaving);
@@ -222,7 +215,7 @@ async fn closing_or_flooding_an_open_stream_releases_it_at_once() {
     .await;
 
     // A client that keeps sending on its open stream is cut off, not buffered.
-    let mut flooding = send_raw(addr, &request).await;
+    let mut flooding = send_raw(addr, request.as_bytes()).await;
     read_until(&mut flooding, "event: sentiment_update").await;
     let junk = vec![b'x'; 4096];
     let mut closed = false;

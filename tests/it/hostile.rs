@@ -45,11 +45,8 @@ async fn silent_and_slow_clients_are_cut_off() {
 
     // Answered once, then silent: the wait for the next head is bounded too (its timer,
     // armed for the first wait, moves to the second's deadline).
-    let mut then_silent = TcpStream::connect(http).await.expect("connect");
-    then_silent
-        .write_all(b"GET /api/v2/stream/status HTTP/1.1\r\nhost: x\r\n\r\n")
-        .await
-        .expect("send");
+    let request = b"GET /api/v2/stream/status HTTP/1.1\r\nhost: x\r\n\r\n";
+    let mut then_silent = common::send_raw(http, request).await;
     let answered = String::from_utf8_lossy(&read_until_closed(&mut then_silent).await).into_owned();
     assert!(answered.starts_with("HTTP/1.1 "), "{answered}");
     assert_eq!(answered.matches("HTTP/1.1 ").count(), 1, "{answered}");

@@ -362,16 +362,8 @@ async fn cut_off_connections_are_reported_once(threads: &'static str, accept_loo
     // serving threads (all on one of two: a chance of one in half a million).
     let mut connections = Vec::new();
     for _ in 0..20 {
-        let mut tcp = tokio::net::TcpStream::connect(proxy.http)
-            .await
-            .expect("connect");
-        tokio::io::AsyncWriteExt::write_all(
-            &mut tcp,
-            b"GET /api/v2/stream/status HTTP/1.1\r\nhost: x\r\n\r\n",
-        )
-        .await
-        .expect("send");
-        connections.push(tcp);
+        let request = b"GET /api/v2/stream/status HTTP/1.1\r\nhost: x\r\n\r\n";
+        connections.push(common::send_raw(proxy.http, request).await);
     }
     origin
         .wait_for_count("/api/v2/stream/status", 20, WAIT)

@@ -71,16 +71,26 @@ impl HeadDeadline {
 mod tests {
     use super::*;
 
+    /// A wait begun at `since` that a head ends `after` later, before its limit: the timer
+    /// stays armed for it.
+    async fn ended_by_a_head(
+        deadline: &mut HeadDeadline,
+        since: Instant,
+        limit: Duration,
+        after: Duration,
+    ) {
+        tokio::select! {
+            () = deadline.elapsed(since, limit) => panic!("over before its head came"),
+            () = tokio::time::sleep(after) => {}
+        }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn each_wait_is_bounded_from_its_own_start() {
         let limit = Duration::from_secs(10);
         let mut deadline = HeadDeadline::default();
-        let first = Instant::now();
-        // The first wait ends early (its head arrived): the timer stays armed for it.
-        tokio::select! {
-            () = deadline.elapsed(first, limit) => panic!("not due yet"),
-            () = tokio::time::sleep(Duration::from_secs(4)) => {}
-        }
+        // The first wait ends early (its head arrived).
+        ended_by_a_head(&mut deadline, Instant::now(), limit, Duration::from_secs(4)).await;
         // A second wait starts 4 s later: the old deadline (10 s) fires first and must not
         // end it; it ends 10 s after its own start.
         let second = Instant::now();
@@ -92,10 +102,7 @@ mod tests {
     async fn a_wait_started_after_the_old_deadline_gets_its_full_limit() {
         let limit = Duration::from_secs(10);
         let mut deadline = HeadDeadline::default();
-        tokio::select! {
-            () = deadline.elapsed(Instant::now(), limit) => panic!("not due yet"),
-            () = tokio::time::sleep(Duration::from_secs(1)) => {}
-        }
+        ended_by_a_head(&mut deadline, Instant::now(), limit, Duration::from_secs(1)).await;
         // A long answer: the timer fires, unwatched, while no head is awaited.
         tokio::time::sleep(Duration::from_secs(30)).await;
         let since = Instant::now();
@@ -111,11 +118,7 @@ mod tests {
         for gap_ms in [0, 1, 4_000, 9_999, 10_001, 30_000] {
             let gap = Duration::from_millis(gap_ms);
             // A wait that a head ends before its limit, then an answer that takes `gap`.
-            let since = Instant::now();
-            tokio::select! {
-                () = deadline.elapsed(since, limit) => panic!("over before its head came"),
-                () = tokio::time::sleep(gap.min(almost)) => {}
-            }
+            ended_by_a_head(&mut deadline, Instant::now(), limit, gap.min(almost)).await;
             tokio::time::sleep(gap).await;
             // The next wait, whatever the timer was armed for.
             let since = Instant::now();

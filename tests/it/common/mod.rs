@@ -283,6 +283,15 @@ impl TestProxy {
     }
 }
 
+/// A plaintext connection to `addr` on which `requests` have been sent, as written.
+pub async fn send_raw(addr: std::net::SocketAddr, requests: &[u8]) -> tokio::net::TcpStream {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    tokio::io::AsyncWriteExt::write_all(&mut stream, requests)
+        .await
+        .expect("write");
+    stream
+}
+
 /// The `/metrics` text of the admin listener at `admin`.
 pub async fn metrics_text(admin: Option<std::net::SocketAddr>) -> String {
     let admin = Client::new(None, admin, "");
