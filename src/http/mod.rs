@@ -3,9 +3,11 @@
 //! - [`path`]: `{name}` path patterns and poll templates, with checked parameters.
 //! - [`json`]: JSON bodies: serialising, and reading an origin's `detail`.
 //! - [`query`]: reading one query parameter; the declared query parameters of a stream key.
+//! - [`spare`]: header maps used again on the thread that is done with them.
 //! - [`trace`]: request ids and trace context (`X-Request-Id`, `traceparent`, X-Ray).
 
 pub mod json;
 pub mod path;
 pub mod query;
+pub mod spare;
 pub mod trace;

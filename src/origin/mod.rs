@@ -212,41 +212,36 @@ impl Upstream {
     /// Sends a request and waits (bounded) for the response headers; the body streams after,
     /// and fails if the origin goes silent in its middle for as long as the headers may take.
     ///
-    /// One `async` block that keeps the request, where an `async fn` would keep it twice (as
-    /// given and moved into its body), with the pool's future right inside the timeout: that
-    /// future only borrows the request (BENCHMARKS.md, issue 15.1).
-    #[expect(
-        clippy::manual_async_fn,
-        reason = "an async fn would keep the request twice in its future"
-    )]
-    pub fn send(
+    /// The request stays where the caller keeps it, and this future only borrows it (as the
+    /// pool's does, right inside the timeout): each level of futures that held it by value
+    /// made every request's future 264 bytes larger, and copied it once more (BENCHMARKS.md,
+    /// issue 15.1). A request sent on one of hyper's connections is taken out of it.
+    pub async fn send(
         &self,
-        mut request: Request<ClientBody>,
-    ) -> impl Future<Output = Result<Response<UpstreamBody>, UpstreamError>> + Send + '_ {
-        async move {
-            // Not matched around the await: the matched value would live across it.
-            let (https, authority) = match target(&request) {
-                Ok(target) => target,
-                Err(error) => {
-                    let refused = Err(error);
-                    self.record(&refused);
-                    return refused;
-                }
-            };
-            let call = self.pool.send(https, authority, &mut request);
-            let mut result = match tokio::time::timeout(self.timeout, call).await {
-                Ok(Ok(response)) => Ok(response),
-                Ok(Err(error)) => Err(self.classify(&error, "")),
-                Err(_) => Err(UpstreamError::Timeout(self.timeout.as_millis() as u64)),
-            };
-            // The answer (200 bytes) is changed and judged where it lies, not moved through
-            // helpers that take and give it back.
-            if let Ok(response) = &mut result {
-                response.body_mut().set_quiet_limit(self.timeout);
+        request: &mut Request<ClientBody>,
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        // Not matched around the await: the matched value would live across it.
+        let (https, authority) = match target(request) {
+            Ok(target) => target,
+            Err(error) => {
+                let refused = Err(error);
+                self.record(&refused);
+                return refused;
             }
-            self.record(&result);
-            result
+        };
+        let call = self.pool.send(https, authority, request);
+        let mut result = match tokio::time::timeout(self.timeout, call).await {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(error)) => Err(self.classify(&error, "")),
+            Err(_) => Err(UpstreamError::Timeout(self.timeout.as_millis() as u64)),
+        };
+        // The answer (200 bytes) is changed and judged where it lies, not moved through
+        // helpers that take and give it back.
+        if let Ok(response) = &mut result {
+            response.body_mut().set_quiet_limit(self.timeout);
         }
+        self.record(&result);
+        result
     }
 
     /// GETs a path and reads the whole body, bounded in size and (with the headers) in time:

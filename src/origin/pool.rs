@@ -97,8 +97,13 @@ struct Shared {
     /// Idle count and idle timeout.
     limits: Limits,
     /// Idle connections by origin.
-    origins: Mutex<HashMap<Key, Idle>>,
+    origins: Mutex<Origins>,
 }
+
+/// Idle connections by origin. Hashed with Fx, not SipHash: the keys are origins the
+/// configuration names, which a client cannot choose to collide, and SipHash was a tenth of
+/// each request's lookups (BENCHMARKS.md, issue 15.1).
+type Origins = HashMap<Key, Idle, rustc_hash::FxBuildHasher>;
 
 /// An origin: scheme and host with port.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,14 +117,14 @@ struct Key {
 }
 
 /// Hashes what is cheap to hash, as a request looks its origin up twice (taking a connection
-/// and giving it back): `Authority` hashes itself a lowercased byte at a time, most of the
-/// lookup's cost for the handful of origins a proxy calls. Equal keys hash the same, as
-/// equality compares whole authorities (ignoring case), which these never tell apart.
+/// and giving it back): `Authority` hashes itself a lowercased byte at a time, and finds its
+/// port by parsing, most of the lookup's cost for the handful of origins a proxy calls.
+/// Equal keys hash the same, as equality compares whole authorities (ignoring case), which
+/// these never tell apart.
 impl std::hash::Hash for Key {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
         self.https.hash(state);
         self.authority.as_str().len().hash(state);
-        self.authority.port_u16().hash(state);
         self.thread.hash(state);
     }
 }
@@ -201,7 +206,7 @@ impl Pool {
         let shared = Arc::new(Shared {
             connector,
             limits,
-            origins: Mutex::new(HashMap::new()),
+            origins: Mutex::new(Origins::default()),
         });
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(reap_expired(Arc::downgrade(&shared)));
@@ -422,7 +427,7 @@ fn host_header(https: bool, authority: &Authority) -> Option<HeaderValue> {
 }
 
 impl Shared {
-    fn lock(&self) -> MutexGuard<'_, HashMap<Key, Idle>> {
+    fn lock(&self) -> MutexGuard<'_, Origins> {
         // A panic while holding the lock leaves only a list of connections: keep using it.
         self.origins
             .lock()
@@ -529,8 +534,7 @@ impl Shared {
         if h1.conn.is_none() || h1.sender.is_closed() {
             return;
         }
-        let key = h1.key.clone();
-        let evicted = self.idle_push(&key, |idle| &mut idle.h1, h1);
+        let evicted = self.idle_push(h1, |h1| &h1.key, |idle| &mut idle.h1);
         // Closed outside the lock.
         drop(evicted);
     }
@@ -538,24 +542,24 @@ impl Shared {
     /// Takes back a connection of ours whose body ended cleanly; closes the oldest beyond
     /// the limit.
     fn checkin_own(&self, own: Box<Own>) {
-        let key = own.key.clone();
-        let evicted = self.idle_push(&key, |idle| &mut idle.own, own);
+        let evicted = self.idle_push(own, |own| &own.key, |idle| &mut idle.own);
         // Closed outside the lock.
         drop(evicted);
     }
 
-    /// Puts `conn` at the new end of one of `key`'s idle lists; gives back the oldest if
-    /// the list is then over the limit.
+    /// Puts `conn` at the new end of one of its origin's idle lists; gives back the oldest
+    /// if the list is then over the limit. The key is read from the connection, and cloned
+    /// only for an origin the pool has no entry for.
     fn idle_push<T>(
         &self,
-        key: &Key,
-        list: impl FnOnce(&mut Idle) -> &mut VecDeque<(Instant, T)>,
         conn: T,
+        key: impl Fn(&T) -> &Key,
+        list: impl FnOnce(&mut Idle) -> &mut VecDeque<(Instant, T)>,
     ) -> Option<(Instant, T)> {
         let mut origins = self.lock();
-        let idle = match origins.get_mut(key) {
+        let idle = match origins.get_mut(key(&conn)) {
             Some(idle) => idle,
-            None => origins.entry(key.clone()).or_default(),
+            None => origins.entry(key(&conn).clone()).or_default(),
         };
         let list = list(idle);
         list.push_back((Instant::now(), conn));

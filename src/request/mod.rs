@@ -27,9 +27,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::{HeaderValue, Method, Request, Response, header, request};
+use http::{HeaderValue, Method, Request, Response, header};
 
 use crate::config::{EventNames, StreamConfig};
+use crate::http::spare;
 use crate::ops::metrics::Metrics;
 use crate::origin::{ClientBody, Upstream};
 use crate::stream::Streams;
@@ -106,28 +107,33 @@ impl App {
     ) -> Response<ProxyBody> {
         let started = Instant::now();
         let request_id = trace::admit(request.headers_mut());
-        let log = access::wanted().then(|| AccessLog::of(&request, conn, &request_id, started));
+        // Boxed: 160 bytes that would otherwise sit in this future, which the edge boxes for
+        // every request and which must stay small (see the test below).
+        let log =
+            access::wanted().then(|| Box::new(AccessLog::of(&request, conn, &request_id, started)));
         let stream_route = !matches!(routed, Ok(Route::Passthrough));
         let browser = stream_route.then(|| Browser::of(&request));
         let (kind, result) = match routed {
             Err(error) => ("rejected", Err(error.into())),
-            Ok(Route::Passthrough) => (
-                "passthrough",
-                passthrough::forward(
+            Ok(Route::Passthrough) => {
+                let forwarded = Box::pin(passthrough::forward(
                     &self.upstream,
-                    request,
+                    &mut request,
                     &conn,
                     &self.identity_header,
                     &self.forwarding,
-                )
-                .await,
-            ),
+                ))
+                .await;
+                // Done with: the request's header map serves a later message on this thread.
+                spare::give_back(std::mem::take(request.headers_mut()));
+                ("passthrough", forwarded)
+            }
             Ok(Route::Stream { route, params }) => {
-                let (parts, _body) = request.into_parts();
-                // Boxed: authentication makes this phase's future several times larger than
-                // passthrough's, and the edge moves this whole future into a box per request:
-                // inline, every passthrough request would copy room for it.
-                let stream = Box::pin(self.stream(route, params, &parts, &conn));
+                // Boxed, the request's parts in it: authentication makes this phase's future
+                // several times larger than passthrough's, and the edge moves this whole
+                // future into a box per request: inline, every passthrough request would
+                // copy room for it.
+                let stream = Box::pin(self.stream(route, params, request, &conn));
                 ("stream", stream.await)
             }
         };
@@ -156,9 +162,11 @@ impl App {
         &self,
         route: Arc<StreamConfig>,
         mut params: Vec<String>,
-        parts: &request::Parts,
+        request: Request<ClientBody>,
         conn: &ConnInfo,
     ) -> Result<Response<ProxyBody>, ProxyError> {
+        let (parts, _body) = request.into_parts();
+        let parts = &parts;
         if let (&Method::OPTIONS, Some(cors)) = (&parts.method, &self.cors) {
             return cors.preflight(parts);
         }
@@ -186,7 +194,7 @@ impl App {
     /// hands the access log line, if one is written, to the body, which writes it when it ends.
     fn finish(
         &self,
-        log: Option<AccessLog>,
+        log: Option<Box<AccessLog>>,
         answer: Answer,
         result: Result<Response<ProxyBody>, ProxyError>,
     ) -> Response<ProxyBody> {
@@ -230,7 +238,7 @@ impl App {
         let body = match log {
             Some(mut log) => {
                 log.answered(kind, parts.status.as_u16(), took);
-                body.logged(log)
+                body.logged(*log)
             }
             None => body,
         };
@@ -267,5 +275,51 @@ impl Browser {
             origin: request.headers().get(header::ORIGIN).cloned(),
             event_stream: wants_event_stream(request.headers()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The size of what `phase` returns, without calling it.
+    fn returned<A, B, C, D, F>(_phase: fn(A, B, C, D) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// The edge boxes the request phases' future for every request, and passthrough boxes
+    /// its own: above 1,032 bytes glibc serves an allocation from its slow path, not its
+    /// per-thread cache (malloc and free both), which showed on every passthrough request
+    /// (BENCHMARKS.md, issue 15.1).
+    #[test]
+    fn a_passthrough_requests_futures_fit_the_allocators_thread_cache() {
+        fn phases(
+            app: &'static App,
+            request: Request<ClientBody>,
+            routed: Result<Route, RouteError>,
+            conn: ConnInfo,
+        ) -> impl Future<Output = Response<ProxyBody>> {
+            app.handle_routed(request, routed, conn)
+        }
+        fn forward(
+            app: &'static App,
+            request: &'static mut Request<ClientBody>,
+            conn: &'static ConnInfo,
+            forwarding: &'static forwarding::Forwarding,
+        ) -> impl Future<Output = Result<Response<ProxyBody>, ProxyError>> {
+            passthrough::forward(
+                &app.upstream,
+                request,
+                conn,
+                &app.identity_header,
+                forwarding,
+            )
+        }
+        let (phases, forward) = (returned(phases), returned(forward));
+        assert!(
+            phases <= 1032,
+            "the request phases' future is {phases} bytes"
+        );
+        assert!(forward <= 1032, "passthrough's future is {forward} bytes");
     }
 }

@@ -28,31 +28,32 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::PROXY_AUTHORIZATION,
 ];
 
-/// Forwards one request and returns the origin's streaming answer. Any client-sent copy of
+/// Forwards one request, changed where the caller keeps it (a copy per level of futures made
+/// every request's future larger), and returns the origin's streaming answer. Any
+/// client-sent copy of
 /// `identity_header` is dropped: on polls that header is the proxy's statement of the
 /// validated user, and a client must not be able to make the same statement through
 /// passthrough (nor, in `_` spelling, any other the proxy makes: [`remove_lookalikes`]).
 pub async fn forward(
     upstream: &Upstream,
-    request: Request<ClientBody>,
+    request: &mut Request<ClientBody>,
     conn: &ConnInfo,
     identity_header: &HeaderName,
     forwarding: &Forwarding,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    let (mut parts, body) = request.into_parts();
-    let uri = upstream.uri_for(parts.uri.path_and_query())?;
-    let client_host = target_host(&parts.uri, &parts.headers);
+    let uri = upstream.uri_for(request.uri().path_and_query())?;
+    let client_host = target_host(request.uri(), request.headers());
 
-    let headers = &mut parts.headers;
+    let headers = request.headers_mut();
     strip_hop_by_hop(headers);
     headers.remove(header::HOST);
     remove_lookalikes(headers, identity_header);
     join_cookies(headers);
     forwarding.request(headers, conn, client_host);
 
-    parts.uri = uri;
-    parts.version = Version::HTTP_11;
-    let response = upstream.send(Request::from_parts(parts, body)).await?;
+    *request.uri_mut() = uri;
+    *request.version_mut() = Version::HTTP_11;
+    let response = upstream.send(request).await?;
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     forwarding.response(&mut parts.headers);

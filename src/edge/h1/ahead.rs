@@ -26,6 +26,9 @@ pub(super) struct ReadAhead {
     pub(super) buf: BytesMut,
     /// The client closed its side: nothing more will come.
     eof: bool,
+    /// The size of the last request head served: the next head is read into room for one
+    /// of that size.
+    pub(super) last_head: usize,
 }
 
 impl ReadAhead {

@@ -5,17 +5,22 @@
 use std::io;
 
 use bytes::{Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Uri, Version};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
+use super::ahead::ReadAhead;
+use crate::http::spare;
 use crate::request::router::{Route, RouteError, Router};
 
 /// Largest request head served here; a larger one goes to hyper (which allows up to 64 KiB
 /// and answers 431 beyond).
 const MAX_HEAD: usize = 8 * 1024;
-/// The first read's buffer: enough for a stream request with a token and a few cookies.
-const FIRST_READ: usize = 2 * 1024;
+/// The smallest read buffer for a request head: enough for most requests, and small enough
+/// for the allocator's per-thread cache (glibc's holds up to 1,032 bytes; a 2 KiB buffer took
+/// its slow path on every request, BENCHMARKS.md, issue 15.1). A connection whose heads are
+/// larger reads the next one into room for the last ([`read_size`]).
+const FIRST_READ: usize = 1024;
 /// Most request headers parsed here; more goes to hyper.
 const MAX_HEADERS: usize = 64;
 /// Headers the request phases may add to a request before it goes on: `X-Request-Id`,
@@ -59,11 +64,14 @@ pub enum Parsed {
     NotOurs,
 }
 
+/// Reads the next request head into `ahead.buf` (after what is there already) and says what
+/// it is; a head served notes its size in `ahead.last_head`, which sizes the next read.
 pub(super) async fn read_head<I: AsyncRead + Unpin>(
     io: &mut I,
-    buf: &mut BytesMut,
+    ahead: &mut ReadAhead,
     router: &Router,
 ) -> io::Result<Step> {
+    let buf = &mut ahead.buf;
     loop {
         if !buf.is_empty() {
             match take_head(buf) {
@@ -71,16 +79,24 @@ pub(super) async fn read_head<I: AsyncRead + Unpin>(
                 Parsed::Partial => {}
                 Parsed::NotOurs => return Ok(Step::NotOurs),
                 Parsed::Head(head) => {
+                    ahead.last_head = head.len;
                     let routed = router.route(&head.request);
                     return Ok(Step::Serve(head, routed));
                 }
             }
         }
-        buf.reserve(FIRST_READ.min(MAX_HEAD - buf.len()));
+        buf.reserve(read_size(ahead.last_head).min(MAX_HEAD - buf.len()));
         if io.read_buf(buf).await? == 0 {
             return Ok(Step::Eof);
         }
     }
+}
+
+/// Room for the next read: [`FIRST_READ`], or after a larger head the smallest power of two
+/// that holds it, as a client's heads on one connection are alike (the same cookies and
+/// token), so that one read takes the next whole.
+fn read_size(last_head: usize) -> usize {
+    last_head.next_power_of_two().max(FIRST_READ)
 }
 
 /// [`take_head`] on a copy of `buf`, for tests and fuzzing: what the fast path makes of
@@ -140,7 +156,7 @@ fn parse_shared(read: &Bytes) -> Parsed {
     };
     // Room for what the request phases add before forwarding (a request id, the forwarding
     // headers), so adding them does not grow the map.
-    let mut map = HeaderMap::with_capacity(request.headers.len() + ADDED_HEADERS);
+    let mut map = spare::header_map(request.headers.len() + ADDED_HEADERS);
     let mut close = false;
     for header in request.headers.iter() {
         let (Ok(name), Ok(value)) = (
@@ -192,11 +208,11 @@ mod tests {
     /// What the fast path does with `text`: `Some(routed)` when it serves it.
     fn step(text: &str) -> Option<Result<Route, RouteError>> {
         let mut io = text.as_bytes();
-        let mut buf = BytesMut::new();
+        let mut ahead = ReadAhead::default();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .build()
             .expect("runtime");
-        match runtime.block_on(read_head(&mut io, &mut buf, &router())) {
+        match runtime.block_on(read_head(&mut io, &mut ahead, &router())) {
             Ok(Step::Serve(_, routed)) => Some(routed),
             Ok(Step::NotOurs) => None,
             Ok(Step::Eof) => panic!("{text:?} ended before a verdict"),
@@ -355,6 +371,8 @@ mod tests {
         sent: usize,
         /// The sizes of the next reads.
         reads: Vec<usize>,
+        /// How many reads were made.
+        calls: usize,
     }
 
     impl AsyncRead for Trickle {
@@ -363,6 +381,7 @@ mod tests {
             _: &mut std::task::Context<'_>,
             out: &mut tokio::io::ReadBuf<'_>,
         ) -> std::task::Poll<io::Result<()>> {
+            self.calls += 1;
             let size = match self.reads.len() {
                 0 => usize::MAX,
                 1 => self.reads[0],
@@ -383,13 +402,14 @@ mod tests {
             data: text.as_bytes().to_vec(),
             sent: 0,
             reads,
+            calls: 0,
         };
-        let mut buf = BytesMut::new();
+        let mut ahead = ReadAhead::default();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .build()
             .expect("runtime");
-        let step = runtime.block_on(read_head(&mut io, &mut buf, &router()));
-        (step, buf, io.sent)
+        let step = runtime.block_on(read_head(&mut io, &mut ahead, &router()));
+        (step, ahead.buf, io.sent)
     }
 
     #[test]
@@ -415,6 +435,37 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A head larger than [`FIRST_READ`] takes two reads; the connection's next one, of the
+    /// same size, is read whole.
+    #[test]
+    fn a_connection_reads_its_next_large_head_at_once() {
+        let head = format!(
+            "GET /api/v2/stream HTTP/1.1\r\nHost: x\r\nCookie: {}\r\n\r\n",
+            "c".repeat(1500)
+        );
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let mut ahead = ReadAhead::default();
+        let mut reads = Vec::new();
+        for _ in 0..2 {
+            let mut io = Trickle {
+                data: head.as_bytes().to_vec(),
+                sent: 0,
+                reads: Vec::new(),
+                calls: 0,
+            };
+            let step = runtime.block_on(read_head(&mut io, &mut ahead, &router()));
+            assert!(matches!(step, Ok(Step::Serve(..))));
+            assert!(ahead.buf.is_empty());
+            reads.push(io.calls);
+        }
+        assert_eq!(reads, [2, 1]);
+        assert_eq!(read_size(0), FIRST_READ);
+        assert_eq!(read_size(FIRST_READ), FIRST_READ);
+        assert_eq!(read_size(FIRST_READ + 1), 2 * FIRST_READ);
     }
 
     proptest::proptest! {

@@ -34,6 +34,7 @@ use http::{Request, Response};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use super::rewind::Rewind;
+use crate::http::spare;
 use crate::ops::shutdown::ShutdownSignal;
 use crate::origin::ClientBody;
 use crate::request::body::ProxyBody;
@@ -87,7 +88,7 @@ where
             // is all there is read, even when its deadline has passed.
             biased;
             () = watch.fired() => return close(io).await,
-            step = read_head(&mut io, &mut ahead.buf, &app.router) => step,
+            step = read_head(&mut io, &mut ahead, &app.router) => step,
             () = deadline.elapsed(since, idle_limit) => {
                 tracing::debug!(peer = %conn.peer, "no complete request head in time; closed");
                 return close(io).await;
@@ -184,7 +185,8 @@ where
     let (parts, body) = response.into_parts();
     let framing = Framing::of(parts.status, &body);
     let head = encode_head(&parts, framing, close);
-    drop(parts);
+    // Written: the header map serves a later message on this thread.
+    spare::give_back(parts.headers);
     let mut pump = Pump::new(io, body, head, framing, ahead);
     std::future::poll_fn(|cx| pump.poll(cx)).await
 }

@@ -6,14 +6,18 @@ use std::mem::MaybeUninit;
 
 use bytes::{Buf, BytesMut};
 use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
+use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
 
+use crate::http::spare;
 use crate::origin::ClientBody;
 
 /// The largest answer head accepted (status line and headers together).
 pub(super) const MAX_HEAD: usize = 64 * 1024;
 /// The most header fields an answer head may have.
 pub(super) const MAX_HEADERS: usize = 100;
+/// Header fields whose places are noted on the stack; an answer with more notes them in a
+/// `Vec`.
+const INLINE_FIELDS: usize = 24;
 /// Room in an answer's header map for the fields the proxy adds before passing it on (request
 /// id, CORS), so adding them does not grow (reallocate) the map.
 const ADDED_HEADERS: usize = 4;
@@ -132,8 +136,17 @@ pub(super) fn parse_response(buf: &mut BytesMut) -> io::Result<Option<Response<(
         };
         // Offsets, so the head can be split off the buffer and its values shared from it.
         let base = buf.as_ptr() as usize;
-        let mut found = [Field::default(); MAX_HEADERS];
+        // On the stack for the usual few fields; zeroing room for all MAX_HEADERS (3.2 KB) on
+        // every answer cost more than the rest of the parse (BENCHMARKS.md, issue 15.1).
         let count = parsed.headers.len();
+        let mut inline = [Field::default(); INLINE_FIELDS];
+        let mut spilled = Vec::new();
+        let found = if count <= INLINE_FIELDS {
+            &mut inline[..count]
+        } else {
+            spilled.resize(count, Field::default());
+            &mut spilled[..]
+        };
         for (slot, header) in found.iter_mut().zip(parsed.headers.iter()) {
             let name = header.name.as_ptr() as usize - base;
             let value = header.value.as_ptr() as usize - base;
@@ -143,8 +156,8 @@ pub(super) fn parse_response(buf: &mut BytesMut) -> io::Result<Option<Response<(
             };
         }
         let head = buf.split_to(length).freeze();
-        let mut headers = HeaderMap::with_capacity(count + ADDED_HEADERS);
-        for field in &found[..count] {
+        let mut headers = spare::header_map(count + ADDED_HEADERS);
+        for field in found.iter() {
             let name =
                 HeaderName::from_bytes(&head[field.name.0..field.name.1]).map_err(invalid)?;
             let value = HeaderValue::from_maybe_shared(head.slice(field.value.0..field.value.1))

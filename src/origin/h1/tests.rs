@@ -674,3 +674,29 @@ fn a_bare_cr_in_a_chunk_size_line_is_an_error() {
         assert!(result.is_err(), "{case:?} decoded: {result:?}");
     }
 }
+
+/// Heads with fields up to the limit, on both sides of the number noted on the stack, keep
+/// every field in order, with its value, and the body after them.
+#[test]
+fn every_field_of_a_head_is_kept_in_order() {
+    for count in [0, 1, 23, 24, 25, 99] {
+        let mut answer = b"HTTP/1.1 200 OK\r\n".to_vec();
+        for i in 0..count {
+            answer.extend_from_slice(format!("x-field-{i}: value {i}\r\n").as_bytes());
+        }
+        answer.extend_from_slice(b"content-length: 2\r\n\r\nok");
+        let mut buf = BytesMut::from(&answer[..]);
+        let response = parse_response(&mut buf).expect("parses").expect("complete");
+        let fields: Vec<(String, String)> = response
+            .headers()
+            .iter()
+            .map(|(name, value)| (name.to_string(), value.to_str().expect("text").to_owned()))
+            .collect();
+        let mut expected: Vec<(String, String)> = (0..count)
+            .map(|i| (format!("x-field-{i}"), format!("value {i}")))
+            .collect();
+        expected.push(("content-length".into(), "2".into()));
+        assert_eq!(fields, expected, "{count} fields");
+        assert_eq!(&buf[..], b"ok");
+    }
+}

@@ -1,0 +1,126 @@
+//! Header maps used again on the thread that dropped them.
+//!
+//! A request that passes through holds two header maps: its own, parsed from the client,
+//! and the origin's answer's. Each is two allocations, and the larger (the fields, about
+//! 100 bytes each, 1.2 KiB for the smallest map that holds a request and what the proxy
+//! adds) is above what glibc's per-thread cache takes (1,032 bytes): every passthrough
+//! request paid malloc's and free's slow paths twice (BENCHMARKS.md, issue 15.1). So the
+//! fast path's request heads and our origin client's answer heads take their map from this
+//! thread's spares, and the two places that are done with such maps (the origin client once
+//! the answer is in, the fast path once the answer's head is written) give them back,
+//! emptied.
+//!
+//! Bounded: at most [`KEPT`] maps per thread (~80 KiB at worst, ~20 KiB as requests
+//! usually are), none that grew large. A spare holds no header of the
+//! message it served: it is cleared before it is kept.
+
+use std::cell::RefCell;
+
+use http::HeaderMap;
+
+/// Spare maps kept per thread. A request needs two at a time, and a thread serves many
+/// requests at once: with four, the spares ran out (and overflowed) as the number in flight
+/// went up and down, and three in ten heads still took a new map.
+const KEPT: usize = 16;
+/// Maps that hold more fields than this are dropped, not kept (a spare is then at most
+/// ~5 KiB).
+const MAX_KEPT_CAPACITY: usize = 48;
+
+thread_local! {
+    /// This thread's spare maps, empty.
+    static SPARE: RefCell<Vec<HeaderMap>> = const { RefCell::new(Vec::new()) };
+}
+
+/// An empty header map with room for `capacity` fields: one of this thread's spares when it
+/// has one.
+pub fn header_map(capacity: usize) -> HeaderMap {
+    let spare = SPARE
+        .try_with(|spare| spare.borrow_mut().pop())
+        .ok()
+        .flatten();
+    match spare {
+        Some(mut map) => {
+            map.reserve(capacity);
+            map
+        }
+        None => HeaderMap::with_capacity(capacity),
+    }
+}
+
+/// Gives back a map that is no longer needed: emptied and kept for [`header_map`], unless
+/// this thread has enough spares or the map grew large.
+pub fn give_back(mut map: HeaderMap) {
+    if map.capacity() == 0 || map.capacity() > MAX_KEPT_CAPACITY {
+        return;
+    }
+    // Emptied before the spares are borrowed: dropping the values runs no code of ours, but
+    // nothing is dropped under the borrow either way.
+    map.clear();
+    // A thread being torn down has no spares any more: the map is then simply dropped.
+    let _ = SPARE.try_with(|spare| {
+        let mut spare = spare.borrow_mut();
+        if spare.len() < KEPT {
+            spare.push(map);
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+    use http::header::{HOST, USER_AGENT};
+
+    /// Runs `test` on a thread of its own, so no other test's spares are seen.
+    fn on_own_thread(test: impl FnOnce() + Send + 'static) {
+        std::thread::spawn(test).join().expect("the test passed");
+    }
+
+    #[test]
+    fn a_map_given_back_is_used_again_empty() {
+        on_own_thread(|| {
+            let mut map = header_map(8);
+            map.insert(HOST, HeaderValue::from_static("secret.example"));
+            map.insert(USER_AGENT, HeaderValue::from_static("a"));
+            let fields = map.capacity();
+            give_back(map);
+            let again = header_map(4);
+            assert!(
+                again.is_empty(),
+                "a spare holds nothing of its last message"
+            );
+            assert_eq!(again.capacity(), fields, "the same map, its room kept");
+            let fresh = header_map(4);
+            assert!(
+                fresh.capacity() < fields,
+                "no spare left: a new, smaller map"
+            );
+        });
+    }
+
+    #[test]
+    fn a_spare_grows_to_the_room_asked_for() {
+        on_own_thread(|| {
+            give_back(header_map(4));
+            assert!(header_map(40).capacity() >= 40);
+        });
+    }
+
+    #[test]
+    fn spares_are_bounded_in_number_and_size() {
+        on_own_thread(|| {
+            give_back(HeaderMap::with_capacity(MAX_KEPT_CAPACITY * 2));
+            assert_eq!(SPARE.with(|spare| spare.borrow().len()), 0, "a large map");
+            give_back(HeaderMap::new());
+            assert_eq!(
+                SPARE.with(|spare| spare.borrow().len()),
+                0,
+                "a map with no room"
+            );
+            for _ in 0..KEPT + 3 {
+                give_back(HeaderMap::with_capacity(8));
+            }
+            assert_eq!(SPARE.with(|spare| spare.borrow().len()), KEPT);
+        });
+    }
+}
