@@ -10,18 +10,24 @@
 # is divided by REQUESTS. User-space instructions only: system calls are the kernel's, and
 # glibc's `rep stos`/`rep movs` count once per byte, so a large memset weighs more here than it
 # costs. The top functions, self cost per request, are printed too (TOP=N, default 15).
-# Installs valgrind and nghttp2-client (h2load) from Debian when missing.
+# NGINX=1 counts nginx too, as one process (`master_process off`) with compare.sh's two
+# passthrough setups: bare `proxy_pass`, and `nginx-hdr`, doing sse-edge's header work.
+# Installs valgrind and nghttp2-client (h2load), and with NGINX=1 nginx, from Debian when
+# missing.
 #
-#   benches/instructions.sh BINARY [BINARY...]   (env: REQUESTS=20000 TOP=15)
+#   benches/instructions.sh BINARY [BINARY...]   (env: REQUESTS=20000 TOP=15 NGINX=0)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . benches/common.sh
+. benches/nginx.sh
 [ $# -ge 1 ] || { echo "usage: benches/instructions.sh BINARY [BINARY...]" >&2; exit 2; }
 requests=${REQUESTS:-20000}
 top=${TOP:-15}
-if ! command -v valgrind >/dev/null || ! command -v h2load >/dev/null; then
+with_nginx=${NGINX:-0}
+if ! command -v valgrind >/dev/null || ! command -v h2load >/dev/null \
+  || { [ "$with_nginx" = 1 ] && ! command -v nginx >/dev/null; }; then
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind nghttp2-client >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind nghttp2-client nginx >/dev/null
 fi
 bench_workspace
 url=http://127.0.0.1:18082/api/v2/stream/status
@@ -38,24 +44,73 @@ sed 's/127.0.0.1:18080/127.0.0.1:18082/; s/127.0.0.1:19901/127.0.0.1:19902/' \
   benches/compare.toml > "$work/passthrough.toml"
 
 echo "instructions per passthrough request: $requests requests, h2load --h1 -c16, $(date -u +%F)"
-for bin in "$@"; do
-  out=$work/callgrind.out
-  RUST_LOG=warn DASHBOARD_API_KEY=bench valgrind --tool=callgrind --instr-atstart=no \
-    --callgrind-out-file="$out" "$bin" --config "$work/passthrough.toml" \
-    >/dev/null 2>"$work/valgrind.log" &
-  proxy=$!; pids+=("$proxy")
+# count NAME URL PID: counts REQUESTS GETs of URL through the process PID (running under
+# callgrind with instrumentation off, its dumps at $work/callgrind.out), prints the figures.
+count() {
+  local name=$1 url=$2 pid=$3
   for _ in $(seq 300); do curl -fs -o /dev/null "$url" && break; sleep 0.2; done
   h2load --h1 -n 2000 -c 16 "$url" >/dev/null
-  callgrind_control -i on "$proxy" >/dev/null
+  callgrind_control -i on "$pid" >/dev/null
+  local done_line
   done_line=$(h2load --h1 -n "$requests" -c 16 "$url" | grep '^requests:')
-  callgrind_control -i off "$proxy" >/dev/null
-  callgrind_control -d "$proxy" >/dev/null
+  callgrind_control -i off "$pid" >/dev/null
+  callgrind_control -d "$pid" >/dev/null
+  # The newest dump is the one with the counted requests. Read from a file by awk alone: a
+  # pipe closed early would fail the script (pipefail).
+  local dump total
+  dump=$(ls "$work"/callgrind.out.* | sort -V | tail -1)
+  callgrind_annotate "$dump" > "$work/annotated" 2>/dev/null
+  total=$(awk '/PROGRAM TOTALS/ && !t {gsub(",", "", $1); t = $1} END {print t + 0}' "$work/annotated")
+  echo "$name: $(( total / requests )) instructions per request ($done_line)"
+  awk -v n="$requests" -v top="$top" '
+    listed && /^ *[0-9]/ && shown < top {
+      c = $1; gsub(",", "", c); line = $0; shown++
+      sub(/^ *[0-9,]+ +\( *[0-9.]+%\) +/, "", line); sub(/ \[.*\]$/, "", line)
+      gsub(/\/root\/.cargo\/registry\/src\/[^/]+\//, "", line)
+      printf "  %6d %s\n", c / n, substr(line, 1, 150)
+    }
+    /file:function/ {listed = 1}' "$work/annotated"
+}
+
+for bin in "$@"; do
+  RUST_LOG=warn DASHBOARD_API_KEY=bench valgrind --tool=callgrind --instr-atstart=no \
+    --callgrind-out-file="$work/callgrind.out" "$bin" --config "$work/passthrough.toml" \
+    >/dev/null 2>"$work/valgrind.log" &
+  proxy=$!; pids+=("$proxy")
+  count "$bin" "$url" "$proxy"
   kill -INT "$proxy"; wait "$proxy" 2>/dev/null || true
-  # The dump taken while the proxy ran is the one with the counted requests.
-  dump=$(ls "$out".* | sort -V | tail -1)
-  total=$(callgrind_annotate "$dump" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1; exit}')
-  echo "$bin: $(( total / requests )) instructions per request ($done_line)"
-  callgrind_annotate "$dump" 2>/dev/null | sed -n '/file:function/,$p' | grep -E '^ *[0-9]' \
-    | head -"$top" | awk -v n="$requests" '{c = $1; gsub(",", "", c); $1 = ""; $2 = ""; printf "  %6d %s\n", c / n, substr($0, 1, 150)}'
-  rm -f "$out"*
+  rm -f "$work"/callgrind.out*
 done
+
+if [ "$with_nginx" = 1 ]; then
+  # compare.sh's two passthrough setups, on 18090 (bare) and 18091 (nginx-hdr).
+  nginx_conf "$work" <<CONF
+  upstream origin { server 127.0.0.1:19000; keepalive 64; }
+  server {
+    listen 127.0.0.1:18090;
+    location / { proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection ""; }
+  }
+  server {
+    listen 127.0.0.1:18091;
+    server_tokens off;
+    location / {
+      proxy_pass http://origin;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header X-Request-Id \$request_id;
+      proxy_set_header X-Forwarded-For \$remote_addr;
+      proxy_set_header X-Real-IP \$remote_addr;
+      proxy_set_header X-Forwarded-Proto \$scheme;
+      proxy_set_header X-Forwarded-Host \$host;
+      proxy_set_header Forwarded "for=\$remote_addr;host=\$host;proto=\$scheme";
+      add_header X-Request-Id \$request_id always;
+    }
+  }
+CONF
+  valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$work/callgrind.out" \
+    nginx -p "$work" -c "$work/nginx.conf" -g 'daemon off; master_process off;' \
+    >/dev/null 2>"$work/valgrind.log" &
+  nginx_pid=$!; pids+=("$nginx_pid")
+  count "nginx $(nginx -v 2>&1 | sed 's/.*\///') bare proxy_pass" "http://127.0.0.1:18090/api/v2/stream/status" "$nginx_pid"
+  count "nginx-hdr" "http://127.0.0.1:18091/api/v2/stream/status" "$nginx_pid"
+fi
