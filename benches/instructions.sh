@@ -17,6 +17,9 @@
 #
 #   benches/instructions.sh BINARY [BINARY...]   (env: REQUESTS=20000 TOP=15 NGINX=0)
 set -euo pipefail
+# The binaries as given from where the script was started, before it moves to the repository.
+bins=()
+for bin in "$@"; do bins+=("$(realpath "$bin")"); done
 cd "$(dirname "$0")/.."
 . benches/common.sh
 . benches/nginx.sh
@@ -33,32 +36,43 @@ bench_workspace
 url=http://127.0.0.1:18082/api/v2/stream/status
 
 # The origin: the demo's, with its own proxy on 18080 (unused here).
-RUST_LOG=warn DASHBOARD_API_KEY=bench "$1" demo --config benches/compare.toml \
+RUST_LOG=warn DASHBOARD_API_KEY=bench "${bins[0]}" demo --config benches/compare.toml \
   --tick-ms 100 --cold-start-ms 0 >/dev/null 2>&1 &
 pids+=("$!")
-for _ in $(seq 100); do
-  curl -fs -o /dev/null http://127.0.0.1:19000/api/v2/stream/status && break
-  sleep 0.1
-done
+up() {
+  for _ in $(seq 300); do curl -fs -o /dev/null "$1" && return 0; sleep 0.2; done
+  echo "nothing answers $1 after 60 s" >&2
+  exit 1
+}
+up http://127.0.0.1:19000/api/v2/stream/status
 sed 's/127.0.0.1:18080/127.0.0.1:18082/; s/127.0.0.1:19901/127.0.0.1:19902/' \
   benches/compare.toml > "$work/passthrough.toml"
 
 echo "instructions per passthrough request: $requests requests, h2load --h1 -c16, $(date -u +%F)"
-# count NAME URL PID: counts REQUESTS GETs of URL through the process PID (running under
-# callgrind with instrumentation off, its dumps at $work/callgrind.out), prints the figures.
+# count NAME URL PID N: counts REQUESTS GETs of URL through the process PID (running under
+# callgrind with instrumentation off, its dumps at $work/callgrind.out.N), its Nth dump;
+# prints the figures.
 count() {
   local name=$1 url=$2 pid=$3
-  for _ in $(seq 300); do curl -fs -o /dev/null "$url" && break; sleep 0.2; done
+  up "$url"
   h2load --h1 -n 2000 -c 16 "$url" >/dev/null
   callgrind_control -i on "$pid" >/dev/null
   local done_line
   done_line=$(h2load --h1 -n "$requests" -c 16 "$url" | grep '^requests:')
   callgrind_control -i off "$pid" >/dev/null
   callgrind_control -d "$pid" >/dev/null
-  # The newest dump is the one with the counted requests. Read from a file by awk alone: a
-  # pipe closed early would fail the script (pipefail).
-  local dump total
-  dump=$(ls "$work"/callgrind.out.* | sort -V | tail -1)
+  if ! grep -q " $requests succeeded" <<< "$done_line"; then
+    echo "$name: not every request succeeded ($done_line)" >&2
+    exit 1
+  fi
+  # The process's dump number N has the counted requests, whole: not split by thread (as
+  # --separate-threads would, into N-01, N-02...). Read from a file by awk alone: a pipe
+  # closed early would fail the script (pipefail).
+  local dump=$work/callgrind.out.$4 total
+  if [ ! -f "$dump" ] || compgen -G "$dump-*" >/dev/null; then
+    echo "$name: callgrind's dump $4 is missing or split: $(ls "$work")" >&2
+    exit 1
+  fi
   callgrind_annotate "$dump" > "$work/annotated" 2>/dev/null
   total=$(awk '/PROGRAM TOTALS/ && !t {gsub(",", "", $1); t = $1} END {print t + 0}' "$work/annotated")
   echo "$name: $(( total / requests )) instructions per request ($done_line)"
@@ -72,12 +86,12 @@ count() {
     /file:function/ {listed = 1}' "$work/annotated"
 }
 
-for bin in "$@"; do
+for bin in "${bins[@]}"; do
   RUST_LOG=warn DASHBOARD_API_KEY=bench valgrind --tool=callgrind --instr-atstart=no \
     --callgrind-out-file="$work/callgrind.out" "$bin" --config "$work/passthrough.toml" \
     >/dev/null 2>"$work/valgrind.log" &
   proxy=$!; pids+=("$proxy")
-  count "$bin" "$url" "$proxy"
+  count "$bin" "$url" "$proxy" 1
   kill -INT "$proxy"; wait "$proxy" 2>/dev/null || true
   rm -f "$work"/callgrind.out*
 done
@@ -111,6 +125,6 @@ CONF
     nginx -p "$work" -c "$work/nginx.conf" -g 'daemon off; master_process off;' \
     >/dev/null 2>"$work/valgrind.log" &
   nginx_pid=$!; pids+=("$nginx_pid")
-  count "nginx $(nginx -v 2>&1 | sed 's/.*\///') bare proxy_pass" "http://127.0.0.1:18090/api/v2/stream/status" "$nginx_pid"
-  count "nginx-hdr" "http://127.0.0.1:18091/api/v2/stream/status" "$nginx_pid"
+  count "nginx $(nginx -v 2>&1 | sed 's/.*\///') bare proxy_pass" "http://127.0.0.1:18090/api/v2/stream/status" "$nginx_pid" 1
+  count "nginx-hdr" "http://127.0.0.1:18091/api/v2/stream/status" "$nginx_pid" 2
 fi

@@ -10,9 +10,14 @@
 //! the answer is in, the fast path once the answer's head is written) give them back,
 //! emptied.
 //!
-//! Bounded: at most [`KEPT`] maps per thread (~80 KiB at worst, ~20 KiB as requests
-//! usually are), none that grew large. A spare holds no header of the
-//! message it served: it is cleared before it is kept.
+//! Bounded: at most [`KEPT`] maps per thread, none with room for more than
+//! [`MAX_KEPT_FIELDS`] fields or holding more lines than that. A map also keeps room for the
+//! extra lines of repeated names (`clear` keeps it), which its count of lines no longer shows
+//! once lines were joined or removed: a request's map is judged ([`keepable`]) before
+//! passthrough joins its cookies and removes its hop-by-hop fields; an answer's extra lines
+//! are bounded by the origin client's limits (100 fields over HTTP/1.1, 16 KiB of headers over
+//! HTTP/2). So a spare is ~5 KiB as requests usually are, and ~40 KiB at worst. A spare holds
+//! no header of the message it served: it is cleared before it is kept.
 
 use std::cell::RefCell;
 
@@ -22,9 +27,8 @@ use http::HeaderMap;
 /// requests at once: with four, the spares ran out (and overflowed) as the number in flight
 /// went up and down, and three in ten heads still took a new map.
 const KEPT: usize = 16;
-/// Maps that hold more fields than this are dropped, not kept (a spare is then at most
-/// ~5 KiB).
-const MAX_KEPT_CAPACITY: usize = 48;
+/// Maps with room for more fields than this, or holding more lines, are dropped, not kept.
+const MAX_KEPT_FIELDS: usize = 48;
 
 thread_local! {
     /// This thread's spare maps, empty.
@@ -47,10 +51,16 @@ pub fn header_map(capacity: usize) -> HeaderMap {
     }
 }
 
+/// Whether `map`, given back later, may be kept: it has room and holds few lines. Asked
+/// before lines are joined or removed, which leaves their room behind unseen.
+pub fn keepable(map: &HeaderMap) -> bool {
+    (1..=MAX_KEPT_FIELDS).contains(&map.capacity()) && map.len() <= MAX_KEPT_FIELDS
+}
+
 /// Gives back a map that is no longer needed: emptied and kept for [`header_map`], unless
-/// this thread has enough spares or the map grew large.
+/// this thread has enough spares or the map is not [`keepable`].
 pub fn give_back(mut map: HeaderMap) {
-    if map.capacity() == 0 || map.capacity() > MAX_KEPT_CAPACITY {
+    if !keepable(&map) {
         return;
     }
     // Emptied before the spares are borrowed: dropping the values runs no code of ours, but
@@ -109,8 +119,15 @@ mod tests {
     #[test]
     fn spares_are_bounded_in_number_and_size() {
         on_own_thread(|| {
-            give_back(HeaderMap::with_capacity(MAX_KEPT_CAPACITY * 2));
+            give_back(HeaderMap::with_capacity(MAX_KEPT_FIELDS * 2));
             assert_eq!(SPARE.with(|spare| spare.borrow().len()), 0, "a large map");
+            let mut lines = header_map(8);
+            for _ in 0..MAX_KEPT_FIELDS + 1 {
+                lines.append(HOST, HeaderValue::from_static("a"));
+            }
+            assert!(!keepable(&lines), "many lines of one name");
+            give_back(lines);
+            assert_eq!(SPARE.with(|spare| spare.borrow().len()), 0, "many lines");
             give_back(HeaderMap::new());
             assert_eq!(
                 SPARE.with(|spare| spare.borrow().len()),

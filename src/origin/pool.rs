@@ -101,8 +101,8 @@ struct Shared {
 }
 
 /// Idle connections by origin. Hashed with Fx, not SipHash: the keys are origins the
-/// configuration names, which a client cannot choose to collide, and SipHash was a tenth of
-/// each request's lookups (BENCHMARKS.md, issue 15.1).
+/// configuration names, which a client cannot choose to collide, and SipHash and parsing the
+/// port were half of the cost of each request's two lookups (BENCHMARKS.md, issue 15.1).
 type Origins = HashMap<Key, Idle, rustc_hash::FxBuildHasher>;
 
 /// An origin: scheme and host with port.

@@ -116,6 +116,8 @@ impl App {
         let (kind, result) = match routed {
             Err(error) => ("rejected", Err(error.into())),
             Ok(Route::Passthrough) => {
+                // Judged before passthrough joins and removes lines (see `spare`).
+                let keepable = spare::keepable(request.headers());
                 let forwarded = Box::pin(passthrough::forward(
                     &self.upstream,
                     &mut request,
@@ -125,7 +127,9 @@ impl App {
                 ))
                 .await;
                 // Done with: the request's header map serves a later message on this thread.
-                spare::give_back(std::mem::take(request.headers_mut()));
+                if keepable {
+                    spare::give_back(std::mem::take(request.headers_mut()));
+                }
                 ("passthrough", forwarded)
             }
             Ok(Route::Stream { route, params }) => {

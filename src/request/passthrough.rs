@@ -28,12 +28,14 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::PROXY_AUTHORIZATION,
 ];
 
-/// Forwards one request, changed where the caller keeps it (a copy per level of futures made
-/// every request's future larger), and returns the origin's streaming answer. Any
-/// client-sent copy of
+/// Forwards one request and returns the origin's streaming answer. Any client-sent copy of
 /// `identity_header` is dropped: on polls that header is the proxy's statement of the
 /// validated user, and a client must not be able to make the same statement through
 /// passthrough (nor, in `_` spelling, any other the proxy makes: [`remove_lookalikes`]).
+///
+/// The request is changed where the caller keeps it (a copy per level of futures made every
+/// request's future larger): on return it is the request as forwarded, or an empty `GET /`
+/// when one of hyper's origin connections took it.
 pub async fn forward(
     upstream: &Upstream,
     request: &mut Request<ClientBody>,

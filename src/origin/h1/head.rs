@@ -137,7 +137,8 @@ pub(super) fn parse_response(buf: &mut BytesMut) -> io::Result<Option<Response<(
         // Offsets, so the head can be split off the buffer and its values shared from it.
         let base = buf.as_ptr() as usize;
         // On the stack for the usual few fields; zeroing room for all MAX_HEADERS (3.2 KB) on
-        // every answer cost more than the rest of the parse (BENCHMARKS.md, issue 15.1).
+        // every answer counted more instructions than the rest of the parse (BENCHMARKS.md,
+        // issue 15.1).
         let count = parsed.headers.len();
         let mut inline = [Field::default(); INLINE_FIELDS];
         let mut spilled = Vec::new();
