@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Instructions per passthrough request, counted by callgrind: the same count for the same
-# binary and load whatever else the machine is doing, so two builds compare exactly where a
-# timed run on this shared box only shows differences above its noise.
+# Instructions per passthrough request, counted by callgrind: nearly the same count for the
+# same binary and load whatever else the machine is doing (within ~0.2 % from run to run
+# here), so two builds compare closely where a timed run on this shared box only shows
+# differences above its noise.
 #
 # The demo origin runs on its own (19000); each binary given runs under
 # `valgrind --tool=callgrind` as the passthrough proxy (18082, the config compare.sh uses),
@@ -10,16 +11,17 @@
 # is divided by REQUESTS. User-space instructions only: system calls are the kernel's, and
 # glibc's `rep stos`/`rep movs` count once per byte, so a large memset weighs more here than it
 # costs. The top functions, self cost per request, are printed too (TOP=N, default 15).
-# NGINX=1 counts nginx too, as one process (`master_process off`) with compare.sh's two
-# passthrough setups: bare `proxy_pass`, and `nginx-hdr`, doing sse-edge's header work.
-# Installs valgrind and nghttp2-client (h2load), and with NGINX=1 nginx, from Debian when
-# missing.
+# The first binary also runs the demo origin. NGINX=1 counts nginx too, as one process
+# (`master_process off`) with compare.sh's two passthrough setups: bare `proxy_pass`, and
+# `nginx-hdr`, doing sse-edge's header work. Installs valgrind and nghttp2-client (h2load),
+# and with NGINX=1 nginx and its Nchan module (benches/nginx.sh's config loads it), from
+# Debian when missing.
 #
 #   benches/instructions.sh BINARY [BINARY...]   (env: REQUESTS=20000 TOP=15 NGINX=0)
 set -euo pipefail
 # The binaries as given from where the script was started, before it moves to the repository.
 bins=()
-for bin in "$@"; do bins+=("$(realpath "$bin")"); done
+for bin in "$@"; do bins+=("$(realpath "$(command -v "$bin" || echo "$bin")")"); done
 cd "$(dirname "$0")/.."
 . benches/common.sh
 . benches/nginx.sh
@@ -27,10 +29,16 @@ cd "$(dirname "$0")/.."
 requests=${REQUESTS:-20000}
 top=${TOP:-15}
 with_nginx=${NGINX:-0}
-if ! command -v valgrind >/dev/null || ! command -v h2load >/dev/null \
-  || { [ "$with_nginx" = 1 ] && ! command -v nginx >/dev/null; }; then
+packages=()
+command -v valgrind >/dev/null || packages+=(valgrind)
+command -v h2load >/dev/null || packages+=(nghttp2-client)
+if [ "$with_nginx" = 1 ]; then
+  command -v nginx >/dev/null || packages+=(nginx)
+  [ -f /usr/lib/nginx/modules/ngx_nchan_module.so ] || packages+=(libnginx-mod-nchan)
+fi
+if [ ${#packages[@]} -gt 0 ]; then
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind nghttp2-client nginx >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${packages[@]}" >/dev/null
 fi
 bench_workspace
 url=http://127.0.0.1:18082/api/v2/stream/status

@@ -13,11 +13,13 @@
 //! Bounded: at most [`KEPT`] maps per thread, none with room for more than
 //! [`MAX_KEPT_FIELDS`] fields or holding more lines than that. A map also keeps room for the
 //! extra lines of repeated names (`clear` keeps it), which its count of lines no longer shows
-//! once lines were joined or removed: a request's map is judged ([`keepable`]) before
-//! passthrough joins its cookies and removes its hop-by-hop fields; an answer's extra lines
-//! are bounded by the origin client's limits (100 fields over HTTP/1.1, 16 KiB of headers over
-//! HTTP/2). So a spare is ~5 KiB as requests usually are, and ~40 KiB at worst. A spare holds
-//! no header of the message it served: it is cleared before it is kept.
+//! once lines were joined or removed: a request's map is judged ([`keepable`]) as the request
+//! phases get it, before any line is removed or joined; an answer's extra lines are bounded by
+//! the origin client's limits (our HTTP/1.1 client makes room for every line it parses, at
+//! most 100; hyper's HTTP/2 client takes 16 KiB of headers, ~500 lines at most). So a spare is
+//! usually 1.2-2.5 KiB, at most ~5 KiB without repeated lines, and ~40 KiB at worst (an HTTP/2
+//! origin's answer with hundreds of lines removed): 16 per thread. A spare holds no header of
+//! the message it served: it is cleared before it is kept.
 
 use std::cell::RefCell;
 

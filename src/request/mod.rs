@@ -106,6 +106,10 @@ impl App {
         conn: ConnInfo,
     ) -> Response<ProxyBody> {
         let started = Instant::now();
+        // Judged first, before the request id and trace context are cleaned (which drops
+        // repeated lines) and passthrough joins cookies: a map whose lines were removed keeps
+        // their room unseen (see `spare`).
+        let keepable = spare::keepable(request.headers());
         let request_id = trace::admit(request.headers_mut());
         // Boxed: 160 bytes that would otherwise sit in this future, which the edge boxes for
         // every request and which must stay small (see the test below).
@@ -116,8 +120,6 @@ impl App {
         let (kind, result) = match routed {
             Err(error) => ("rejected", Err(error.into())),
             Ok(Route::Passthrough) => {
-                // Judged before passthrough joins and removes lines (see `spare`).
-                let keepable = spare::keepable(request.headers());
                 let forwarded = Box::pin(passthrough::forward(
                     &self.upstream,
                     &mut request,

@@ -34,8 +34,9 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 /// passthrough (nor, in `_` spelling, any other the proxy makes: [`remove_lookalikes`]).
 ///
 /// The request is changed where the caller keeps it (a copy per level of futures made every
-/// request's future larger): on return it is the request as forwarded, or an empty `GET /`
-/// when one of hyper's origin connections took it.
+/// request's future larger), and the caller reads nothing more from it: on return it may
+/// have been changed for the origin, or emptied when one of hyper's origin connections took
+/// it.
 pub async fn forward(
     upstream: &Upstream,
     request: &mut Request<ClientBody>,
