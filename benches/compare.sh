@@ -140,25 +140,8 @@ nginx_conf "$work" <<CONF
       proxy_set_header Connection "";
     }
   }
-  # The same proxy_pass doing the header work sse-edge does on every passthrough request by
-  # default (a request id both ways, the forwarding headers, no version banner), measured
-  # beside the bare one above: what a like-for-like nginx front of an origin is configured with.
-  server {
-    listen 127.0.0.1:18091 backlog=4096;
-    server_tokens off;
-    location / {
-      proxy_pass http://origin;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header X-Request-Id \$request_id;
-      proxy_set_header X-Forwarded-For \$remote_addr;
-      proxy_set_header X-Real-IP \$remote_addr;
-      proxy_set_header X-Forwarded-Proto \$scheme;
-      proxy_set_header X-Forwarded-Host \$host;
-      proxy_set_header Forwarded "for=\$remote_addr;host=\$host;proto=\$scheme";
-      add_header X-Request-Id \$request_id always;
-    }
-  }
+  # Beside the bare one above, the same proxy_pass doing sse-edge's header work (nginx.sh).
+$(nginx_hdr_server 18091)
 CONF
 nginx -p "$work" -c "$work/nginx.conf" -g 'daemon off;' &
 nginx_master=$!; pids+=("$nginx_master")

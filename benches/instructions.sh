@@ -112,22 +112,7 @@ if [ "$with_nginx" = 1 ]; then
     listen 127.0.0.1:18090;
     location / { proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection ""; }
   }
-  server {
-    listen 127.0.0.1:18091;
-    server_tokens off;
-    location / {
-      proxy_pass http://origin;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header X-Request-Id \$request_id;
-      proxy_set_header X-Forwarded-For \$remote_addr;
-      proxy_set_header X-Real-IP \$remote_addr;
-      proxy_set_header X-Forwarded-Proto \$scheme;
-      proxy_set_header X-Forwarded-Host \$host;
-      proxy_set_header Forwarded "for=\$remote_addr;host=\$host;proto=\$scheme";
-      add_header X-Request-Id \$request_id always;
-    }
-  }
+$(nginx_hdr_server 18091)
 CONF
   valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$work/callgrind.out" \
     nginx -p "$work" -c "$work/nginx.conf" -g 'daemon off; master_process off;' \

@@ -6,9 +6,9 @@
 //! adds) is above what glibc's per-thread cache takes (1,032 bytes): every passthrough
 //! request paid malloc's and free's slow paths twice (BENCHMARKS.md, issue 15.1). So the
 //! fast path's request heads and our origin client's answer heads take their map from this
-//! thread's spares, and the two places that are done with such maps (the origin client once
-//! the answer is in, the fast path once the answer's head is written) give them back,
-//! emptied.
+//! thread's spares, and the two places that are done with such maps (the request phases once
+//! passthrough's answer is in, the fast path once an answer's head is written) give them
+//! back, emptied.
 //!
 //! Bounded: at most [`KEPT`] maps per thread, none with room for more than
 //! [`MAX_KEPT_FIELDS`] fields or holding more lines than that. A map also keeps room for the
