@@ -227,26 +227,12 @@ impl Drop for TaskWake {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A runtime waker that counts its wakes.
-    #[derive(Default)]
-    struct Flag(AtomicUsize);
-
-    impl Wake for Flag {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    fn runtime_waker() -> (Arc<Flag>, Waker) {
-        let flag = Arc::new(Flag::default());
-        (flag.clone(), Waker::from(flag))
-    }
+    use crate::ops::wakes::WakeCount;
 
     #[test]
     fn a_task_counts_from_its_first_wake_until_its_poll_finished_or_it_is_gone() {
         let woken = Arc::new(Woken::default());
-        let (flag, runtime) = runtime_waker();
+        let (flag, runtime) = WakeCount::waker();
         let mut cx = Context::from_waker(&runtime);
         let mut task = TaskWake::new(woken.clone());
         let kept = task.poll(&mut cx, |cx| cx.waker().clone());
@@ -258,11 +244,7 @@ mod tests {
             1,
             "woken twice, counted once"
         );
-        assert_eq!(
-            flag.0.load(Ordering::Relaxed),
-            2,
-            "the runtime's waker was woken"
-        );
+        assert_eq!(flag.count(), 2, "the runtime's waker was woken");
         task.poll(&mut cx, |_| {
             assert_eq!(
                 woken.count.load(Ordering::SeqCst),
@@ -285,9 +267,9 @@ mod tests {
     #[test]
     fn a_hold_lasts_until_the_woken_tasks_have_run_and_then_wakes_the_connection() {
         let woken = Arc::new(Woken::default());
-        let (conn_flag, conn_waker) = runtime_waker();
+        let (conn_flag, conn_waker) = WakeCount::waker();
         let conn = Context::from_waker(&conn_waker);
-        let (_, runtime) = runtime_waker();
+        let (_, runtime) = WakeCount::waker();
         let mut cx = Context::from_waker(&runtime);
         assert!(!woken.hold(&conn), "nothing woken: nothing to wait for");
         assert!(woken.poll_release(&conn).is_ready());
@@ -301,22 +283,18 @@ mod tests {
         assert!(woken.poll_release(&conn).is_pending());
         tasks[0].poll(&mut cx, |_| ());
         assert!(woken.poll_release(&conn).is_pending(), "one still to run");
-        assert_eq!(conn_flag.0.load(Ordering::Relaxed), 0);
+        assert_eq!(conn_flag.count(), 0);
         tasks[1].poll(&mut cx, |_| ());
-        assert_eq!(
-            conn_flag.0.load(Ordering::Relaxed),
-            1,
-            "the last one woke the connection"
-        );
+        assert_eq!(conn_flag.count(), 1, "the last one woke the connection");
         assert!(woken.poll_release(&conn).is_ready());
     }
 
     #[test]
     fn a_hold_ends_once_twice_as_many_polls_ran_as_tasks_were_woken() {
         let woken = Arc::new(Woken::default());
-        let (conn_flag, conn_waker) = runtime_waker();
+        let (conn_flag, conn_waker) = WakeCount::waker();
         let conn = Context::from_waker(&conn_waker);
-        let (_, runtime) = runtime_waker();
+        let (_, runtime) = WakeCount::waker();
         let mut cx = Context::from_waker(&runtime);
         let mut tasks: Vec<TaskWake> = (0..2).map(|_| TaskWake::new(woken.clone())).collect();
         let wakers: Vec<Waker> = tasks
@@ -329,7 +307,7 @@ mod tests {
         tasks[0].poll(&mut cx, |_| wakers.iter().for_each(Waker::wake_by_ref));
         assert_eq!(woken.count.load(Ordering::SeqCst), 2);
         assert!(woken.poll_release(&conn).is_pending(), "one poll ran");
-        assert_eq!(conn_flag.0.load(Ordering::Relaxed), 0);
+        assert_eq!(conn_flag.count(), 0);
         tasks[0].poll(&mut cx, |_| wakers[0].wake_by_ref());
         assert_eq!(
             woken.count.load(Ordering::SeqCst),
@@ -337,7 +315,7 @@ mod tests {
             "still never none woken"
         );
         assert_eq!(
-            conn_flag.0.load(Ordering::Relaxed),
+            conn_flag.count(),
             1,
             "twice as many polls ran as tasks were woken: the connection was woken"
         );

@@ -100,38 +100,20 @@ impl ShutdownWatch {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::task::Wake;
-
     use super::*;
-
-    /// Counts its wake-ups.
-    #[derive(Default)]
-    struct Count(AtomicUsize);
-
-    impl Wake for Count {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
-
-    fn woken(count: &Arc<Count>) -> usize {
-        count.0.load(Ordering::SeqCst)
-    }
+    use crate::ops::wakes::WakeCount;
 
     #[test]
     fn a_watch_wakes_its_task_when_shutdown_fires_and_stays_fired() {
         let (shutdown, signal) = Shutdown::new();
         let mut watch = signal.watch();
-        let count = Arc::new(Count::default());
-        let waker = Waker::from(count.clone());
+        let (count, waker) = WakeCount::waker();
         let mut cx = Context::from_waker(&waker);
         for _ in 0..3 {
             assert!(watch.poll_fired(&mut cx).is_pending());
         }
         shutdown.fire();
-        assert_eq!(woken(&count), 1, "the task registered once is woken");
+        assert_eq!(count.count(), 1, "the task registered once is woken");
         assert!(watch.poll_fired(&mut cx).is_ready());
         assert!(watch.poll_fired(&mut cx).is_ready(), "fired stays fired");
     }
@@ -140,9 +122,8 @@ mod tests {
     fn a_watch_polled_for_another_task_wakes_that_task() {
         let (shutdown, signal) = Shutdown::new();
         let mut watch = signal.watch();
-        let (first, second) = (Arc::new(Count::default()), Arc::new(Count::default()));
-        let first_waker = Waker::from(first.clone());
-        let second_waker = Waker::from(second.clone());
+        let (_, first_waker) = WakeCount::waker();
+        let (second, second_waker) = WakeCount::waker();
         assert!(
             watch
                 .poll_fired(&mut Context::from_waker(&first_waker))
@@ -154,7 +135,7 @@ mod tests {
                 .is_pending()
         );
         shutdown.fire();
-        assert_eq!(woken(&second), 1, "the last task to wait is the one woken");
+        assert_eq!(second.count(), 1, "the last task to wait is the one woken");
         assert!(
             watch
                 .poll_fired(&mut Context::from_waker(&second_waker))
@@ -175,20 +156,19 @@ mod tests {
             })
             .await;
         }
-        let count = Arc::new(Count::default());
-        let waker = Waker::from(count.clone());
+        let (count, waker) = WakeCount::waker();
         let mut cx = Context::from_waker(&waker);
         assert!(watch.poll_fired(&mut cx).is_pending());
         assert!(watch.poll_fired(&mut cx).is_pending());
-        let before = woken(&count);
+        let before = count.count();
         shutdown.fire();
-        assert_eq!(woken(&count), before + 1, "shutdown wakes the task");
+        assert_eq!(count.count(), before + 1, "shutdown wakes the task");
     }
 
     #[test]
     fn a_watch_made_after_shutdown_or_outliving_its_sender_is_fired() {
         let (shutdown, signal) = Shutdown::new();
-        let waker = Waker::from(Arc::new(Count::default()));
+        let (_, waker) = WakeCount::waker();
         let mut cx = Context::from_waker(&waker);
         let mut before = signal.watch();
         assert!(before.poll_fired(&mut cx).is_pending());
