@@ -17,11 +17,15 @@
 # and with NGINX=1 nginx and its Nchan module (benches/nginx.sh's config loads it), from
 # Debian when missing.
 #
-#   benches/instructions.sh BINARY [BINARY...]   (env: REQUESTS=20000 TOP=15 NGINX=0)
+# KEEP=DIR copies each counted dump to DIR (callgrind.<binary's name>, callgrind.nginx-*), for
+# `callgrind_annotate --inclusive=yes` or `--tree=caller` to ask who calls what.
+#
+#   benches/instructions.sh BINARY [BINARY...]   (env: REQUESTS=20000 TOP=15 NGINX=0 KEEP=)
 set -euo pipefail
 # The binaries as given from where the script was started, before it moves to the repository.
 bins=()
 for bin in "$@"; do bins+=("$(realpath "$(command -v "$bin" || echo "$bin")")"); done
+keep=${KEEP:+$(realpath -m "$KEEP")}
 cd "$(dirname "$0")/.."
 . benches/common.sh
 . benches/nginx.sh
@@ -59,7 +63,7 @@ sed 's/127.0.0.1:18080/127.0.0.1:18082/; s/127.0.0.1:19901/127.0.0.1:19902/' \
 echo "instructions per passthrough request: $requests requests, h2load --h1 -c16, $(date -u +%F)"
 # count NAME URL PID N: counts REQUESTS GETs of URL through the process PID (running under
 # callgrind with instrumentation off, its dumps at $work/callgrind.out.N), its Nth dump;
-# prints the figures.
+# prints the figures. A fifth argument names the kept dump (KEEP); the binary's name is the default.
 count() {
   local name=$1 url=$2 pid=$3
   up "$url"
@@ -82,6 +86,7 @@ count() {
     exit 1
   fi
   callgrind_annotate "$dump" > "$work/annotated" 2>/dev/null
+  if [ -n "$keep" ]; then mkdir -p "$keep" && cp "$dump" "$keep/callgrind.${5:-$(basename "$name")}"; fi
   total=$(awk '/PROGRAM TOTALS/ && !t {gsub(",", "", $1); t = $1} END {print t + 0}' "$work/annotated")
   echo "$name: $(( total / requests )) instructions per request ($done_line)"
   awk -v n="$requests" -v top="$top" '
@@ -118,6 +123,6 @@ CONF
     nginx -p "$work" -c "$work/nginx.conf" -g 'daemon off; master_process off;' \
     >/dev/null 2>"$work/valgrind.log" &
   nginx_pid=$!; pids+=("$nginx_pid")
-  count "nginx $(nginx -v 2>&1 | sed 's/.*\///') bare proxy_pass" "http://127.0.0.1:18090/api/v2/stream/status" "$nginx_pid" 1
-  count "nginx-hdr" "http://127.0.0.1:18091/api/v2/stream/status" "$nginx_pid" 2
+  count "nginx $(nginx -v 2>&1 | sed 's/.*\///') bare proxy_pass" "http://127.0.0.1:18090/api/v2/stream/status" "$nginx_pid" 1 nginx-bare
+  count "nginx-hdr" "http://127.0.0.1:18091/api/v2/stream/status" "$nginx_pid" 2 nginx-hdr
 fi

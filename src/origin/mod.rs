@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::uri::{Authority, PathAndQuery};
-use http::{HeaderMap, Request, Response, StatusCode, Uri};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
@@ -35,6 +35,29 @@ use tls::{TlsError, origin_roots, provider};
 const MAX_IDLE_PER_ORIGIN: usize = 256;
 /// How long an idle connection is kept before it is closed.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Header fields the proxy states on a request it forwards (the client's address, scheme and
+/// host): each replaces every line of its name the request carries, and `None` drops the
+/// name. Given beside the request, not set in its header map: our own HTTP/1.1 exchange writes
+/// them into the head as it writes it, where setting each in the map cost a hash and an
+/// insert on every passthrough request, and clearing the map a drop (BENCHMARKS.md, issue
+/// 15.1). Hyper's connections get them set in the map ([`set_stated`]).
+pub type Stated = [(&'static HeaderName, Option<HeaderValue>)];
+
+/// Sets `stated` in `headers`, each replacing its name's lines or, when `None`, removing them:
+/// the request as hyper's connections send it.
+pub fn set_stated(headers: &mut HeaderMap, stated: &Stated) {
+    for (name, value) in stated {
+        match value {
+            Some(value) => {
+                headers.insert(*name, value.clone());
+            }
+            None => {
+                headers.remove(*name);
+            }
+        }
+    }
+}
 
 /// A request body sent to the origin.
 pub enum ClientBody {
@@ -219,6 +242,7 @@ impl Upstream {
     pub async fn send(
         &self,
         request: &mut Request<ClientBody>,
+        stated: &Stated,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
         // Not matched around the await: the matched value would live across it.
         let (https, authority) = match target(request) {
@@ -229,7 +253,7 @@ impl Upstream {
                 return refused;
             }
         };
-        let call = self.pool.send(https, authority, request);
+        let call = self.pool.send(https, authority, request, stated);
         let mut result = match tokio::time::timeout(self.timeout, call).await {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(error)) => Err(self.classify(&error, "")),
@@ -286,7 +310,7 @@ impl Upstream {
             let (https, authority) = target(&request)?;
             let response = self
                 .pool
-                .send(https, authority, &mut request)
+                .send(https, authority, &mut request, &[])
                 .await
                 .map_err(|e| self.classify(&e, &trace_id))?;
             let (parts, body) = response.into_parts();
@@ -411,6 +435,41 @@ pub fn error_chain(error: &(dyn StdError + 'static)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Hyper's connections get what the proxy states set in the map: each name's lines
+    /// replaced by the one stated, or removed.
+    #[test]
+    fn stated_fields_replace_the_maps_lines() {
+        static FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+        static REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            ("x-forwarded-for", "10.0.0.1"),
+            ("x-keep", "kept"),
+            ("x-forwarded-for", "10.0.0.2"),
+            ("x-real-ip", "10.0.0.1"),
+        ] {
+            headers.append(name, HeaderValue::from_static(value));
+        }
+        set_stated(
+            &mut headers,
+            &[
+                (&FOR, Some(HeaderValue::from_static("203.0.113.9"))),
+                (&REAL_IP, None),
+            ],
+        );
+        let lines: Vec<_> = headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.to_str().ok()))
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                ("x-forwarded-for", Some("203.0.113.9")),
+                ("x-keep", Some("kept")),
+            ]
+        );
+    }
 
     fn upstream(base_path: &str) -> Upstream {
         Upstream::new(&UpstreamConfig {

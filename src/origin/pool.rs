@@ -39,9 +39,9 @@ use hyper::client::conn::{TrySendError, http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::time::Sleep;
 
-use super::ClientBody;
 use super::connect::{Connector, OriginStream, Protocol};
 use super::h1::{Connection, Decoder, Failure};
+use super::{ClientBody, Stated, set_stated};
 
 /// The error of an answer's body: hyper's, or our exchange's `io::Error`.
 pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
@@ -106,7 +106,7 @@ struct Shared {
 type Origins = HashMap<Key, Idle, rustc_hash::FxBuildHasher>;
 
 /// An origin: scheme and host with port.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Eq)]
 struct Key {
     /// TLS or plaintext.
     https: bool,
@@ -126,6 +126,19 @@ impl std::hash::Hash for Key {
         self.https.hash(state);
         self.authority.as_str().len().hash(state);
         self.thread.hash(state);
+    }
+}
+
+/// Compares authorities byte for byte first: `Authority`'s own comparison ignores case a byte
+/// at a time, and a request's authority is spelled as the configuration spells it, so the
+/// exact comparison nearly always decides (it was most of each lookup's cost, BENCHMARKS.md,
+/// issue 15.1).
+impl PartialEq for Key {
+    fn eq(&self, other: &Key) -> bool {
+        self.https == other.https
+            && self.thread == other.thread
+            && (self.authority.as_str() == other.authority.as_str()
+                || self.authority == other.authority)
     }
 }
 
@@ -230,6 +243,7 @@ impl Pool {
         https: bool,
         authority: Authority,
         request: &'a mut Request<ClientBody>,
+        stated: &'a Stated,
     ) -> impl Future<Output = Result<Response<UpstreamBody>, SendError>> + Send + 'a {
         let key = Key {
             https,
@@ -242,7 +256,7 @@ impl Pool {
             loop {
                 let (checkout, reused) = self.shared.checkout(&key, fresh, own).await?;
                 let error = match checkout {
-                    Checkout::Own(conn) => match self.send_own(conn, request).await {
+                    Checkout::Own(conn) => match self.send_own(conn, request, stated).await {
                         Ok(response) => return Ok(response),
                         Err(failure)
                             if failure.unanswered && reused && request.method().is_idempotent() =>
@@ -255,6 +269,7 @@ impl Pool {
                         Err(failure) => return Err(SendError::Exchange(failure.error)),
                     },
                     Checkout::H1(mut h1) => {
+                        set_stated(request.headers_mut(), stated);
                         to_origin_form(request, h1.host.as_ref());
                         // The connection is polled in this task until the answer's head is
                         // in; the body then carries it and gives it back when it ends.
@@ -270,6 +285,7 @@ impl Pool {
                         }
                     }
                     Checkout::H2(mut sender) => {
+                        set_stated(request.headers_mut(), stated);
                         match sender.try_send_request(take(request)).await {
                             Ok(response) => return Ok(response.map(UpstreamBody::new)),
                             Err(error) => {
@@ -297,9 +313,10 @@ impl Pool {
         &self,
         mut own: Box<Own>,
         request: &Request<ClientBody>,
+        stated: &Stated,
     ) -> Result<Response<UpstreamBody>, Failure> {
         let Own { conn, host, .. } = &mut *own;
-        let answer = conn.exchange(request, host.as_ref()).await?;
+        let answer = conn.exchange(request, host.as_ref(), stated).await?;
         let body = OwnLease {
             own: Some(own),
             decoder: answer.decoder,
@@ -862,7 +879,7 @@ mod tests {
     /// Sends a GET and reads the whole body.
     async fn fetch(pool: &Pool, authority: &Authority) -> Bytes {
         let response = pool
-            .send(false, authority.clone(), &mut get(authority))
+            .send(false, authority.clone(), &mut get(authority), &[])
             .await
             .expect("answer");
         let body = response.into_body().collect().await.expect("body");
@@ -899,7 +916,7 @@ mod tests {
         let mut answers = Vec::new();
         for _ in 0..4 {
             answers.push(
-                pool.send(false, authority.clone(), &mut get(&authority))
+                pool.send(false, authority.clone(), &mut get(&authority), &[])
                     .await
                     .expect("answer"),
             );
@@ -917,7 +934,7 @@ mod tests {
         let mut answers = Vec::new();
         for _ in 0..4 {
             answers.push(
-                pool.send(false, authority.clone(), &mut get(&authority))
+                pool.send(false, authority.clone(), &mut get(&authority), &[])
                     .await
                     .expect("answer"),
             );
@@ -931,7 +948,7 @@ mod tests {
         let (authority, connections) = origin(false).await;
         let pool = Pool::for_tests(4);
         let response = pool
-            .send(false, authority.clone(), &mut get(&authority))
+            .send(false, authority.clone(), &mut get(&authority), &[])
             .await
             .expect("answer");
         drop(response);

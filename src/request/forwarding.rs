@@ -16,14 +16,21 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use super::ConnInfo;
 use crate::config::Cidr;
 
-/// `X-Forwarded-For`: the chain of client addresses.
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// `X-Forwarded-For`: the chain of client addresses. (Statics: what the proxy states is
+/// named by reference.)
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// `Forwarded` (RFC 7239): the chain of hops, each with its client, host and scheme.
+static FORWARDED: HeaderName = header::FORWARDED;
 /// `X-Forwarded-Proto`: the scheme the client used.
-const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 /// `X-Forwarded-Host`: the host the client asked for.
-const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 /// `X-Real-IP`: the original client's address alone.
-const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+
+/// What the proxy states on a forwarded request: every forwarding header, each replacing the
+/// client's lines of its name (`None`: dropped).
+pub(super) type ForwardingHeaders = [(&'static HeaderName, Option<HeaderValue>); 5];
 
 /// The forwarding policy, from `[listen]`.
 #[derive(Debug, Clone, Default)]
@@ -35,14 +42,15 @@ pub struct Forwarding {
 }
 
 impl Forwarding {
-    /// Sets the forwarding headers of a request going to the origin. `host` is the host the
-    /// client asked for (the target's authority, else `Host`), when it named one.
+    /// The forwarding headers of a request going to the origin, from its `headers` as the
+    /// client sent them. `host` is the host the client asked for (the target's authority,
+    /// else `Host`), when it named one.
     pub(super) fn request(
         &self,
-        headers: &mut HeaderMap,
+        headers: &HeaderMap,
         conn: &ConnInfo,
         host: Option<HeaderValue>,
-    ) {
+    ) -> ForwardingHeaders {
         let peer = conn.peer.ip().to_canonical();
         let trusted = self.trusts(peer);
         let scheme = if conn.tls { "https" } else { "http" };
@@ -59,25 +67,26 @@ impl Forwarding {
         let chain_end = text.len();
         write_list(
             &mut text,
-            trusted
-                .then(|| joined(headers, &header::FORWARDED))
-                .flatten(),
+            trusted.then(|| joined(headers, &FORWARDED)).flatten(),
         );
-        forwarded_element(&mut text, peer, host.as_ref(), scheme);
+        forwarded_element(&mut text, hop_start..chain_end, host.as_ref(), scheme);
         let text = Bytes::from_owner(text);
         let value = |range| HeaderValue::from_maybe_shared(text.slice(range)).ok();
-        let hop = value(hop_start..chain_end);
-        replace(headers, X_FORWARDED_FOR, value(0..chain_end));
-        replace(headers, header::FORWARDED, value(chain_end..text.len()));
         // Single-valued: a trusted proxy's statement stands, anyone else's is replaced.
-        let single =
-            |headers: &HeaderMap, name: HeaderName| trusted.then(|| only(headers, &name)).flatten();
-        let real_ip = single(headers, X_REAL_IP).or(hop);
-        replace(headers, X_REAL_IP, real_ip);
-        let proto = single(headers, X_FORWARDED_PROTO).or(Some(HeaderValue::from_static(scheme)));
-        replace(headers, X_FORWARDED_PROTO, proto);
-        let host = single(headers, X_FORWARDED_HOST).or(host);
-        replace(headers, X_FORWARDED_HOST, host);
+        let single = |name: &HeaderName| trusted.then(|| only(headers, name)).flatten();
+        [
+            (&X_FORWARDED_FOR, value(0..chain_end)),
+            (&FORWARDED, value(chain_end..text.len())),
+            (
+                &X_REAL_IP,
+                single(&X_REAL_IP).or_else(|| value(hop_start..chain_end)),
+            ),
+            (
+                &X_FORWARDED_PROTO,
+                single(&X_FORWARDED_PROTO).or(Some(HeaderValue::from_static(scheme))),
+            ),
+            (&X_FORWARDED_HOST, single(&X_FORWARDED_HOST).or(host)),
+        ]
     }
 
     /// The address a request comes from, for limits counted per client: the peer, or behind
@@ -144,18 +153,6 @@ fn only(headers: &HeaderMap, name: &HeaderName) -> Option<HeaderValue> {
     }
 }
 
-/// Sets `name` to `value` alone, or removes it when there is none.
-fn replace(headers: &mut HeaderMap, name: HeaderName, value: Option<HeaderValue>) {
-    match value {
-        Some(value) => {
-            headers.insert(name, value);
-        }
-        None => {
-            headers.remove(name);
-        }
-    }
-}
-
 /// Starts `text` with the earlier hops' list, if any, and the separator before this hop.
 fn write_list(text: &mut String, earlier: Option<String>) {
     if let Some(earlier) = earlier {
@@ -164,25 +161,31 @@ fn write_list(text: &mut String, earlier: Option<String>) {
     }
 }
 
-/// Appends this hop's `Forwarded` element (RFC 7239 §4): `for`, `host` and `proto`, quoted
-/// where the value is not a token (an IPv6 address, a host with a port).
-fn forwarded_element(text: &mut String, peer: IpAddr, host: Option<&HeaderValue>, scheme: &str) {
-    // Writing to a String cannot fail.
-    match peer {
-        IpAddr::V4(_) => {
-            text.push_str("for=");
-            write_ip(text, peer);
-        }
-        IpAddr::V6(v6) => {
-            let _ = write!(text, "for=\"[{v6}]\"");
-        }
+/// Appends this hop's `Forwarded` element (RFC 7239 §4): `for` (the client's address, already
+/// in `text` at `hop`), `host` and `proto`, quoted where the value is not a token (an IPv6
+/// address, a host with a port).
+fn forwarded_element(
+    text: &mut String,
+    hop: std::ops::Range<usize>,
+    host: Option<&HeaderValue>,
+    scheme: &str,
+) {
+    let v6 = text[hop.clone()].contains(':');
+    text.push_str(if v6 { "for=\"[" } else { "for=" });
+    text.extend_from_within(hop);
+    if v6 {
+        text.push_str("]\"");
     }
     // A checked host has no `"` or `\`, so quoting needs no escapes.
     if let Some(host) = host.and_then(|h| h.to_str().ok()) {
-        if host.bytes().all(is_tchar) {
-            let _ = write!(text, ";host={host}");
-        } else {
-            let _ = write!(text, ";host=\"{host}\"");
+        let quoted = !host.bytes().all(is_tchar);
+        text.push_str(";host=");
+        if quoted {
+            text.push('"');
+        }
+        text.push_str(host);
+        if quoted {
+            text.push('"');
         }
     }
     text.push_str(";proto=");
@@ -212,7 +215,26 @@ fn write_ip(text: &mut String, ip: IpAddr) {
 
 /// A token character (RFC 9110 §5.6.2).
 fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+    // A match, not a search of the list: every byte of every passthrough request's host
+    // comes here.
+    b.is_ascii_alphanumeric()
+        || matches!(
+            b,
+            b'!' | b'#'
+                | b'$'
+                | b'%'
+                | b'&'
+                | b'\''
+                | b'*'
+                | b'+'
+                | b'-'
+                | b'.'
+                | b'^'
+                | b'_'
+                | b'`'
+                | b'|'
+                | b'~'
+        )
 }
 
 #[cfg(test)]
@@ -233,11 +255,12 @@ mod tests {
             peer: peer.parse::<SocketAddr>().expect("peer"),
             tls: true,
         };
-        policy.request(
-            &mut headers,
+        let stated = policy.request(
+            &headers,
             &conn,
             Some(HeaderValue::from_static("edge.example:8443")),
         );
+        crate::origin::set_stated(&mut headers, &stated);
         headers
     }
 
@@ -298,7 +321,7 @@ mod tests {
         let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
         let mut headers = HeaderMap::new();
         headers.insert(
-            X_FORWARDED_FOR,
+            &X_FORWARDED_FOR,
             HeaderValue::from_static("6.6.6.6, 1.2.3.4, 10.0.0.9"),
         );
         assert_eq!(policy.client_ip(&headers, ip("10.0.0.1")), ip("1.2.3.4"));
@@ -308,14 +331,14 @@ mod tests {
             "an untrusted peer's chain is ignored"
         );
         headers.insert(
-            X_FORWARDED_FOR,
+            &X_FORWARDED_FOR,
             HeaderValue::from_static("1.2.3.4:5678, [2001:db8::1]:443"),
         );
         assert_eq!(
             policy.client_ip(&headers, ip("10.0.0.1")),
             ip("2001:db8::1")
         );
-        headers.insert(X_FORWARDED_FOR, HeaderValue::from_static("junk, 10.0.0.9"));
+        headers.insert(&X_FORWARDED_FOR, HeaderValue::from_static("junk, 10.0.0.9"));
         assert_eq!(policy.client_ip(&headers, ip("10.0.0.1")), ip("10.0.0.9"));
         assert_eq!(
             policy.client_ip(&HeaderMap::new(), ip("::ffff:10.0.0.1")),

@@ -106,9 +106,9 @@ impl App {
         conn: ConnInfo,
     ) -> Response<ProxyBody> {
         let started = Instant::now();
-        // Judged first, before the request id and trace context are cleaned (which drops
-        // repeated lines) and passthrough joins cookies: a map whose lines were removed keeps
-        // their room unseen (see `spare`).
+        // Judged first, before the trace context is cleaned (which drops repeated lines) and
+        // passthrough joins cookies: a map whose lines were removed keeps their room unseen
+        // (see `spare`).
         let keepable = spare::keepable(request.headers());
         let request_id = trace::admit(request.headers_mut());
         // Boxed: 160 bytes that would otherwise sit in this future, which the edge boxes for
@@ -127,6 +127,7 @@ impl App {
                     &self.upstream,
                     &mut request,
                     &conn,
+                    &request_id,
                     &self.identity_header,
                     &self.forwarding,
                 ))
@@ -314,14 +315,15 @@ mod tests {
             app: &'static App,
             request: &'static mut Request<ClientBody>,
             conn: &'static ConnInfo,
-            forwarding: &'static forwarding::Forwarding,
+            request_id: &'static HeaderValue,
         ) -> impl Future<Output = Result<Response<ProxyBody>, ProxyError>> {
             passthrough::forward(
                 &app.upstream,
                 request,
                 conn,
+                request_id,
                 &app.identity_header,
-                forwarding,
+                &app.forwarding,
             )
         }
         let (phases, forward) = (returned(phases), returned(forward));

@@ -14,6 +14,7 @@ use super::body::ProxyBody;
 use super::error::ProxyError;
 use super::forwarding::Forwarding;
 use super::router::target_host;
+use crate::http::trace::REQUEST_ID;
 use crate::origin::{ClientBody, Upstream};
 
 /// Headers that describe one connection, not the message.
@@ -28,7 +29,8 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::PROXY_AUTHORIZATION,
 ];
 
-/// Forwards one request and returns the origin's streaming answer. Any client-sent copy of
+/// Forwards one request and returns the origin's streaming answer; the origin is told
+/// `request_id` in `X-Request-Id`, whatever the client sent in it. Any client-sent copy of
 /// `identity_header` is dropped: on polls that header is the proxy's statement of the
 /// validated user, and a client must not be able to make the same statement through
 /// passthrough (nor, in `_` spelling, any other the proxy makes: [`remove_lookalikes`]).
@@ -41,6 +43,7 @@ pub async fn forward(
     upstream: &Upstream,
     request: &mut Request<ClientBody>,
     conn: &ConnInfo,
+    request_id: &HeaderValue,
     identity_header: &HeaderName,
     forwarding: &Forwarding,
 ) -> Result<Response<ProxyBody>, ProxyError> {
@@ -52,11 +55,27 @@ pub async fn forward(
     headers.remove(header::HOST);
     remove_lookalikes(headers, identity_header);
     join_cookies(headers);
-    forwarding.request(headers, conn, client_host);
+    // What the proxy states, each replacing the client's lines of its name, written by the
+    // origin client beside the request's own headers (`origin::Stated`).
+    let [
+        x_forwarded_for,
+        forwarded,
+        x_real_ip,
+        x_forwarded_proto,
+        x_forwarded_host,
+    ] = forwarding.request(headers, conn, client_host);
+    let stated = [
+        x_forwarded_for,
+        forwarded,
+        x_real_ip,
+        x_forwarded_proto,
+        x_forwarded_host,
+        (&REQUEST_ID, Some(request_id.clone())),
+    ];
 
     *request.uri_mut() = uri;
     *request.version_mut() = Version::HTTP_11;
-    let response = upstream.send(request).await?;
+    let response = upstream.send(request, &stated).await?;
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     forwarding.response(&mut parts.headers);

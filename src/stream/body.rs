@@ -42,8 +42,10 @@ pub struct SseBody {
     first: Option<Bytes>,
     /// Set once the end frame was sent.
     finished: bool,
-    /// The stream's slots, released when the body is dropped.
-    _slots: Slots,
+    /// The stream's slots, released when the body is dropped. Boxed: only held to be dropped,
+    /// inline their 144 bytes made every answer's body that size, a passthrough answer's too,
+    /// which moves several times per request (BENCHMARKS.md, issue 15.1).
+    _slots: Box<Slots>,
     /// For the log line at the end: when it opened and how many frames it sent.
     opened: Instant,
     frames: u64,
@@ -57,7 +59,7 @@ impl SseBody {
             cursor,
             first: Some(first),
             finished: false,
-            _slots: slots,
+            _slots: Box::new(slots),
             opened: Instant::now(),
             frames: 0,
         }

@@ -37,6 +37,7 @@ async fn requests_are_forwarded_whole_and_hop_by_hop_headers_dropped() {
                     ("x-custom", "kept"),
                     ("x-forwarded-for", "10.9.8.7"),
                     ("authorization", "Bearer caller"),
+                    ("x-request-id", "not an id"),
                 ],
                 Bytes::from_static(br#"{"hello":"origin"}"#),
             )
@@ -53,6 +54,11 @@ async fn requests_are_forwarded_whole_and_hop_by_hop_headers_dropped() {
         assert_eq!(
             headers["x-forwarded-for"], "127.0.0.1",
             "an untrusted client's own value is replaced"
+        );
+        let id = parts.headers["x-request-id"].to_str().expect("ascii");
+        assert_eq!(
+            headers["x-request-id"], id,
+            "{proto:?}: the answer's id, not the client's"
         );
         let scheme = if proto == Proto::H1Plain {
             "http"

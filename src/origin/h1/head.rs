@@ -9,7 +9,7 @@ use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
 
 use crate::http::spare;
-use crate::origin::ClientBody;
+use crate::origin::{ClientBody, Stated};
 
 /// The largest answer head accepted (status line and headers together).
 pub(super) const MAX_HEAD: usize = 64 * 1024;
@@ -41,10 +41,11 @@ pub(super) fn content_length(request: &Request<ClientBody>) -> Option<usize> {
 
 /// Writes the request head into `out`: origin-form target, `Host` (the caller's, else
 /// `host`), the caller's headers as given but for the framing ones, which follow from the
-/// body (`content_length`).
+/// body (`content_length`), and those `stated`, whose lines replace the caller's.
 pub(super) fn encode_request(
     request: &Request<ClientBody>,
     host: Option<&HeaderValue>,
+    stated: &Stated,
     content_length: Option<usize>,
     out: &mut Vec<u8>,
 ) {
@@ -60,10 +61,18 @@ pub(super) fn encode_request(
         field(out, b"host", host.as_bytes());
     }
     for (name, value) in headers {
-        if name == CONTENT_LENGTH || name == TRANSFER_ENCODING {
+        if name == CONTENT_LENGTH
+            || name == TRANSFER_ENCODING
+            || stated.iter().any(|(stated, _)| *stated == name)
+        {
             continue;
         }
         field(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    for (name, value) in stated {
+        if let Some(value) = value {
+            field(out, name.as_str().as_bytes(), value.as_bytes());
+        }
     }
     if let Some(length) = content_length {
         // Writing into a Vec cannot fail.

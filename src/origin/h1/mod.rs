@@ -25,8 +25,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 pub(super) use body::Decoder;
 use body::{Framing, Step};
 
-use super::ClientBody;
 use super::connect::OriginStream;
+use super::{ClientBody, Stated};
 
 /// The most bytes one read takes from the connection.
 const READ_CHUNK: usize = 16 * 1024;
@@ -92,15 +92,17 @@ impl Connection {
     }
 
     /// Sends `request` (its body must be `Empty` or `Full`) and reads the answer's head.
-    /// `host` is the `Host` the request gets unless it has one.
+    /// `host` is the `Host` the request gets unless it has one; `stated` replace the request's
+    /// lines of their names.
     pub(super) async fn exchange(
         &mut self,
         request: &Request<ClientBody>,
         host: Option<&HeaderValue>,
+        stated: &Stated,
     ) -> Result<Answer, Failure> {
         self.write.clear();
         let length = head::content_length(request);
-        head::encode_request(request, host, length, &mut self.write);
+        head::encode_request(request, host, stated, length, &mut self.write);
         let mut after = None;
         if let ClientBody::Full(Some(bytes)) = request.body() {
             if bytes.len() <= INLINE_BODY {

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
 use http::uri::Authority;
-use http::{Method, Request, Response, StatusCode, Version};
+use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body::Body;
 use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -148,7 +148,7 @@ async fn send(
     origin: &Origin,
     mut request: Request<ClientBody>,
 ) -> Result<Response<UpstreamBody>, SendError> {
-    pool.send(false, origin.authority.clone(), &mut request)
+    pool.send(false, origin.authority.clone(), &mut request, &[])
         .await
 }
 
@@ -257,6 +257,42 @@ async fn requests_carry_their_headers_host_and_body_length() {
         ]
     );
     assert_eq!(origin.connections(), 1);
+}
+
+/// What the proxy states replaces every line of its name the request carries, or drops the
+/// name (`None`); the request's other lines are kept.
+#[tokio::test]
+async fn stated_fields_replace_the_requests_own_lines() {
+    static FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+    static REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+    let origin = Origin::start(vec![(OK, false)]).await;
+    let pool = Pool::for_tests(4);
+    let mut get = request(Method::GET, &origin, ClientBody::Empty);
+    for (name, value) in [
+        ("x-forwarded-for", "10.0.0.1"),
+        ("x-keep", "kept"),
+        ("x-forwarded-for", "10.0.0.2"),
+        ("x-real-ip", "10.0.0.1"),
+    ] {
+        get.headers_mut()
+            .append(name, value.parse().expect("value"));
+    }
+    let stated = [
+        (&FOR, Some(HeaderValue::from_static("203.0.113.9"))),
+        (&REAL_IP, None),
+    ];
+    let response = pool
+        .send(false, origin.authority.clone(), &mut get, &stated)
+        .await
+        .expect("an answer");
+    response.into_body().collect().await.expect("body");
+    let host = &origin.authority;
+    assert_eq!(
+        origin.requests(),
+        [format!(
+            "GET /x?q=1 HTTP/1.1\r\nhost: {host}\r\nx-keep: kept\r\nx-forwarded-for: 203.0.113.9\r\n\r\n"
+        )]
+    );
 }
 
 #[tokio::test]
