@@ -36,17 +36,18 @@ const MAX_IDLE_PER_ORIGIN: usize = 256;
 /// How long an idle connection is kept before it is closed.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Header fields the proxy states on a request it forwards (the client's address, scheme and
-/// host): each replaces every line of its name the request carries, and `None` drops the
-/// name. Given beside the request, not set in its header map: our own HTTP/1.1 exchange writes
-/// them into the head as it writes it, where setting each in the map cost a hash and an
-/// insert on every passthrough request, and clearing the map a drop (BENCHMARKS.md, issue
-/// 15.1). Hyper's connections get them set in the map ([`set_stated`]).
-pub type Stated = [(&'static HeaderName, Option<HeaderValue>)];
+/// Header fields the proxy states on a request it forwards (the request id, the client's
+/// address, scheme and host, the origin's `Host`): each replaces every line of its name the
+/// request carries, and `None` drops the name (for `Host`: the origin's own is sent). Given
+/// beside the request, not set in its header map: our own HTTP/1.1 exchange writes them into
+/// the head as it writes it, where setting each in the map cost a hash and an insert on every
+/// passthrough request, and clearing the map a drop (BENCHMARKS.md, issue 15.1). Hyper's
+/// connections get them set in the map ([`set_stated`]).
+pub type Stated<'a> = [(&'a HeaderName, Option<HeaderValue>)];
 
 /// Sets `stated` in `headers`, each replacing its name's lines or, when `None`, removing them:
 /// the request as hyper's connections send it.
-pub fn set_stated(headers: &mut HeaderMap, stated: &Stated) {
+pub fn set_stated(headers: &mut HeaderMap, stated: &Stated<'_>) {
     for (name, value) in stated {
         match value {
             Some(value) => {
@@ -232,8 +233,9 @@ impl Upstream {
         self.reachable.store(!down, Ordering::Relaxed);
     }
 
-    /// Sends a request and waits (bounded) for the response headers; the body streams after,
-    /// and fails if the origin goes silent in its middle for as long as the headers may take.
+    /// Sends a request, with the header fields `stated` beside its own ([`Stated`]), and waits
+    /// (bounded) for the response headers; the body streams after, and fails if the origin goes
+    /// silent in its middle for as long as the headers may take.
     ///
     /// The request stays where the caller keeps it, and this future only borrows it (as the
     /// pool's does, right inside the timeout): each level of futures that held it by value
@@ -242,7 +244,7 @@ impl Upstream {
     pub async fn send(
         &self,
         request: &mut Request<ClientBody>,
-        stated: &Stated,
+        stated: &Stated<'_>,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
         // Not matched around the await: the matched value would live across it.
         let (https, authority) = match target(request) {

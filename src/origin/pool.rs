@@ -227,8 +227,8 @@ impl Pool {
         Pool { shared }
     }
 
-    /// Sends `request` (absolute URI) to the origin `authority` and waits for the answer's
-    /// head. A request that failed on a reused connection before any answer came (the origin
+    /// Sends `request` (absolute URI), with the header fields `stated` beside its own
+    /// ([`Stated`]), to the origin `authority` and waits for the answer's head. A request that failed on a reused connection before any answer came (the origin
     /// closed it meanwhile) is sent once more on a new connection: always when hyper gave it
     /// back unsent, and when idempotent on our own exchange (the origin may have seen it).
     ///
@@ -243,7 +243,7 @@ impl Pool {
         https: bool,
         authority: Authority,
         request: &'a mut Request<ClientBody>,
-        stated: &'a Stated,
+        stated: &'a Stated<'a>,
     ) -> impl Future<Output = Result<Response<UpstreamBody>, SendError>> + Send + 'a {
         let key = Key {
             https,
@@ -313,7 +313,7 @@ impl Pool {
         &self,
         mut own: Box<Own>,
         request: &Request<ClientBody>,
-        stated: &Stated,
+        stated: &Stated<'_>,
     ) -> Result<Response<UpstreamBody>, Failure> {
         let Own { conn, host, .. } = &mut *own;
         let answer = conn.exchange(request, host.as_ref(), stated).await?;

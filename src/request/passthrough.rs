@@ -17,6 +17,9 @@ use super::router::target_host;
 use crate::http::trace::REQUEST_ID;
 use crate::origin::{ClientBody, Upstream};
 
+/// `Host`, stated on every forwarded request (a static: stated names are references).
+static HOST: HeaderName = header::HOST;
+
 /// Headers that describe one connection, not the message.
 const HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
@@ -52,7 +55,6 @@ pub async fn forward(
 
     let headers = request.headers_mut();
     strip_hop_by_hop(headers);
-    headers.remove(header::HOST);
     remove_lookalikes(headers, identity_header);
     join_cookies(headers);
     // What the proxy states, each replacing the client's lines of its name, written by the
@@ -71,6 +73,9 @@ pub async fn forward(
         x_forwarded_proto,
         x_forwarded_host,
         (&REQUEST_ID, Some(request_id.clone())),
+        // The origin's own host, not the client's: a Lambda Function URL or API Gateway
+        // routes on it.
+        (&HOST, None),
     ];
 
     *request.uri_mut() = uri;

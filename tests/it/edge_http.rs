@@ -175,6 +175,11 @@ async fn a_client_cannot_forge_forwarding_headers_or_see_the_origin_banner() {
         assert_eq!(headers["x-real-ip"], "127.0.0.1", "{proto:?}");
         assert_eq!(headers["x-forwarded-proto"], "http", "{proto:?}");
         assert_eq!(headers["x-forwarded-host"], host.as_str(), "{proto:?}");
+        // The echo shows one value per name: the origin's own record counts the lines.
+        let seen = origin.last_headers("/echo");
+        for (name, _) in FORGED {
+            assert_eq!(seen.get_all(name).iter().count(), 1, "{proto:?}: {name}");
+        }
         assert!(
             response_headers.get("server").is_none(),
             "{proto:?}: the origin's banner leaked: {response_headers:?}"

@@ -16,7 +16,8 @@ use common::{Options, WAIT, start_proxy};
 
 /// An HTTPS origin speaking HTTP/2 frame by frame: `GET /frames/<n>` is answered with `n`
 /// DATA frames `frame-<i>;` and no `content-length`, the last one carrying `END_STREAM`, all
-/// written together with the head. Returns its URL and the PEM of its certificate.
+/// written together with the head; `GET /headers` with the request's header lines, one
+/// `name: value` per line, in one frame. Returns its URL and the PEM of its certificate.
 async fn h2_origin() -> (String, String) {
     use rustls_pki_types::pem::PemObject;
     let pair = sse_edge::tools::demo::certs::localhost().expect("origin certificate");
@@ -51,6 +52,20 @@ async fn h2_origin() -> (String, String) {
                 // Each answer is queued whole before the connection is polled again, so its
                 // frames leave in one write.
                 while let Some(Ok((request, mut respond))) = conn.accept().await {
+                    if request.uri().path() == "/headers" {
+                        let lines: String = request
+                            .headers()
+                            .iter()
+                            .map(|(name, value)| {
+                                format!("{name}: {}\n", String::from_utf8_lossy(value.as_bytes()))
+                            })
+                            .collect();
+                        let head = http::Response::new(());
+                        if let Ok(mut body) = respond.send_response(head, false) {
+                            let _ = body.send_data(Bytes::from(lines), true);
+                        }
+                        continue;
+                    }
                     let frames: usize = request
                         .uri()
                         .path()
@@ -93,15 +108,13 @@ async fn read_until_closed(tcp: &mut TcpStream) -> String {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_h2_origin_body_reaches_the_client_whole_however_its_frames_batch() {
-    let fake = FakeOrigin::start().await;
+/// A proxy in front of [`h2_origin`], on one serving thread: the client's connection and the
+/// origin connection share it, so every frame that arrived together is read before the answer
+/// is written (as it is in production whenever the client is slower than the origin).
+async fn proxy_to_h2_origin(fake: &FakeOrigin) -> common::TestProxy {
     let (url, ca) = h2_origin().await;
-    // One serving thread: the client's connection and the origin connection share it, so
-    // every frame that arrived together is read before the answer is written (as it is in
-    // production whenever the client is slower than the origin).
-    let proxy = start_proxy(
-        &fake,
+    start_proxy(
+        fake,
         Options {
             upstream: Some(url),
             upstream_ca: Some(ca),
@@ -109,7 +122,13 @@ async fn an_h2_origin_body_reaches_the_client_whole_however_its_frames_batch() {
             ..Options::default()
         },
     )
-    .await;
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_origin_body_reaches_the_client_whole_however_its_frames_batch() {
+    let fake = FakeOrigin::start().await;
+    let proxy = proxy_to_h2_origin(&fake).await;
     // The writer takes up to 8 ready frames per write: the body's end may fall on the last
     // frame of a full batch (8, 16) or not (1, 7, 9).
     for frames in [1, 7, 8, 9, 16] {
@@ -140,5 +159,38 @@ async fn an_h2_origin_body_reaches_the_client_whole_however_its_frames_batch() {
             body, expected,
             "{frames} frames: the whole body, then its end"
         );
+    }
+}
+
+/// What the proxy states (the client's address, scheme and host, the request id) reaches an
+/// HTTP/2 origin once each, in place of what the client sent under those names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_origin_gets_what_the_proxy_states_once_each() {
+    let fake = FakeOrigin::start().await;
+    let proxy = proxy_to_h2_origin(&fake).await;
+    let request = "GET /headers HTTP/1.1\r\nhost: edge.example\r\nx-forwarded-for: 10.9.8.7\r\n\
+        x-real-ip: 10.9.8.7\r\nx-forwarded-proto: https\r\nforwarded: for=10.9.8.7\r\n\
+        x-request-id: not an id\r\nx-kept: yes\r\nconnection: close\r\n\r\n";
+    let mut tcp = send_raw(&proxy, request.as_bytes()).await;
+    let text = read_until_closed(&mut tcp).await;
+    let (head, body) = text.split_once("\r\n\r\n").expect("an answer head");
+    let id = head
+        .lines()
+        .find_map(|line| line.strip_prefix("x-request-id: "))
+        .unwrap_or_else(|| panic!("no request id: {head}"));
+    for (name, value) in [
+        ("x-forwarded-for", "127.0.0.1"),
+        ("x-real-ip", "127.0.0.1"),
+        ("x-forwarded-proto", "http"),
+        ("x-forwarded-host", "edge.example"),
+        ("forwarded", "for=127.0.0.1;host=edge.example;proto=http"),
+        ("x-request-id", id),
+        ("x-kept", "yes"),
+    ] {
+        let lines: Vec<&str> = body
+            .lines()
+            .filter_map(|line| line.strip_prefix(&format!("{name}: ")))
+            .collect();
+        assert_eq!(lines, [value], "{name}: {body}");
     }
 }

@@ -60,6 +60,11 @@ async fn requests_are_forwarded_whole_and_hop_by_hop_headers_dropped() {
             headers["x-request-id"], id,
             "{proto:?}: the answer's id, not the client's"
         );
+        // The echo shows one value per name: the origin's own record counts the lines.
+        let seen = origin.last_headers("/echo/path");
+        for name in ["x-request-id", "x-forwarded-for"] {
+            assert_eq!(seen.get_all(name).iter().count(), 1, "{proto:?}: {name}");
+        }
         let scheme = if proto == Proto::H1Plain {
             "http"
         } else {

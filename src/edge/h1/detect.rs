@@ -23,8 +23,10 @@ const MAX_HEAD: usize = 8 * 1024;
 const FIRST_READ: usize = 1024;
 /// Most request headers parsed here; more goes to hyper.
 const MAX_HEADERS: usize = 64;
-/// Headers the request phases may add to a request before it goes on: `X-Request-Id`,
-/// `X-Forwarded-For`, `Forwarded`, `X-Real-IP`, `X-Forwarded-Proto`, `X-Forwarded-Host`.
+/// Headers the proxy states on a forwarded request (`X-Request-Id`, `X-Forwarded-For`,
+/// `Forwarded`, `X-Real-IP`, `X-Forwarded-Proto`, `X-Forwarded-Host`), which are set in its
+/// map when one of hyper's origin connections sends it (a streamed body, an HTTP/2 origin;
+/// `origin::Stated`).
 const ADDED_HEADERS: usize = 6;
 
 /// What reading a request head gave.
@@ -154,8 +156,8 @@ fn parse_shared(read: &Bytes) -> Parsed {
     else {
         return Parsed::NotOurs;
     };
-    // Room for what the request phases add before forwarding (a request id, the forwarding
-    // headers), so adding them does not grow the map.
+    // Room for what the proxy states when the request goes through hyper's origin
+    // connections, so setting it does not grow the map.
     let mut map = spare::header_map(request.headers.len() + ADDED_HEADERS);
     let mut close = false;
     for header in request.headers.iter() {

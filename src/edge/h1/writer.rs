@@ -65,16 +65,19 @@ pub(super) fn encode_head(parts: &response::Parts, framing: Framing, close: bool
         out.extend_from_slice(value);
         out.extend_from_slice(b"\r\n");
     };
+    // Whether the answer has a `Date`, seen on the way (a lookup would hash the name).
+    let mut dated = false;
     for (name, value) in &parts.headers {
         // Framing and connection handling are this writer's to state.
         if !matches!(
             *name,
             header::CONTENT_LENGTH | header::TRANSFER_ENCODING | header::CONNECTION
         ) {
+            dated |= *name == header::DATE;
             line(name.as_str().as_bytes(), value.as_bytes());
         }
     }
-    if !parts.headers.contains_key(header::DATE) {
+    if !dated {
         line(
             b"date",
             httpdate::fmt_http_date(SystemTime::now()).as_bytes(),

@@ -5,7 +5,7 @@ use std::io;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
-use http::{HeaderMap, Method, Response, StatusCode, Version};
+use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, Version};
 
 use super::head::invalid;
 
@@ -76,13 +76,20 @@ pub(super) fn framing(
 }
 
 /// Whether a `Connection` field lists `token`.
-pub(super) fn has_token(headers: &HeaderMap, token: &str) -> bool {
+fn has_token(headers: &HeaderMap, token: &str) -> bool {
     headers
         .get_all(CONNECTION)
         .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .any(|item| item.trim().eq_ignore_ascii_case(token))
+        .any(|value| lists_token(value, token))
+}
+
+/// Whether one `Connection` line lists `token`.
+pub(super) fn lists_token(value: &HeaderValue, token: &str) -> bool {
+    value.to_str().is_ok_and(|value| {
+        value
+            .split(',')
+            .any(|item| item.trim().eq_ignore_ascii_case(token))
+    })
 }
 
 /// Whether the last transfer coding is `chunked`.

@@ -5,9 +5,10 @@ use std::io::{self, Write};
 use std::mem::MaybeUninit;
 
 use bytes::{Buf, BytesMut};
-use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+use http::header::{CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
 
+use super::body::lists_token;
 use crate::http::spare;
 use crate::origin::{ClientBody, Stated};
 
@@ -22,63 +23,78 @@ const INLINE_FIELDS: usize = 24;
 /// id, CORS), so adding them does not grow (reallocate) the map.
 const ADDED_HEADERS: usize = 4;
 
-/// The `Content-Length` a request without a streamed body carries: its length for a body,
-/// 0 for a bodiless POST, PUT or PATCH (their servers expect a length) or when the caller set
-/// one (it is rewritten to what is sent), none otherwise.
-pub(super) fn content_length(request: &Request<ClientBody>) -> Option<usize> {
-    match request.body() {
-        ClientBody::Full(Some(bytes)) => Some(bytes.len()),
-        _ if matches!(
-            *request.method(),
-            Method::POST | Method::PUT | Method::PATCH
-        ) || request.headers().contains_key(CONTENT_LENGTH) =>
-        {
-            Some(0)
-        }
-        _ => None,
-    }
-}
-
-/// Writes the request head into `out`: origin-form target, `Host` (the caller's, else
-/// `host`), the caller's headers as given but for the framing ones, which follow from the
-/// body (`content_length`), and those `stated`, whose lines replace the caller's.
+/// Writes the request head into `out`, in one pass over the caller's headers (each lookup by
+/// name hashes it; BENCHMARKS.md, issue 15.1), and says whether the caller's `Connection`
+/// asked to close:
+/// - the origin-form target;
+/// - `Host`: the one `stated`, else the caller's, else `host` (the origin's own);
+/// - the caller's other headers as given, but for those `stated`, whose lines replace the
+///   caller's, and the framing ones, which follow from the body;
+/// - `Content-Length`: the body's length, 0 for a bodiless POST, PUT or PATCH (their servers
+///   expect a length) or when the caller set one (it is rewritten to what is sent), none
+///   otherwise.
 pub(super) fn encode_request(
     request: &Request<ClientBody>,
     host: Option<&HeaderValue>,
-    stated: &Stated,
-    content_length: Option<usize>,
+    stated: &Stated<'_>,
     out: &mut Vec<u8>,
-) {
+) -> bool {
     out.extend_from_slice(request.method().as_str().as_bytes());
     out.push(b' ');
     let target = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
     out.extend_from_slice(if target.is_empty() { "/" } else { target }.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     let headers = request.headers();
-    if !headers.contains_key(HOST)
-        && let Some(host) = host
-    {
+    let host = match stated.iter().find(|(name, _)| **name == HOST) {
+        Some((_, value)) => value.as_ref().or(host),
+        None => headers.get(HOST).or(host),
+    };
+    if let Some(host) = host {
         field(out, b"host", host.as_bytes());
     }
+    let mut closing = false;
+    let mut length_set = false;
     for (name, value) in headers {
-        if name == CONTENT_LENGTH
+        if name == HOST
             || name == TRANSFER_ENCODING
             || stated.iter().any(|(stated, _)| *stated == name)
         {
             continue;
         }
+        if name == CONTENT_LENGTH {
+            length_set = true;
+            continue;
+        }
+        if name == CONNECTION {
+            closing |= lists_token(value, "close");
+        }
         field(out, name.as_str().as_bytes(), value.as_bytes());
     }
     for (name, value) in stated {
-        if let Some(value) = value {
+        if let Some(value) = value
+            && **name != HOST
+        {
             field(out, name.as_str().as_bytes(), value.as_bytes());
         }
     }
-    if let Some(length) = content_length {
+    let length = match request.body() {
+        ClientBody::Full(Some(bytes)) => Some(bytes.len()),
+        _ if length_set
+            || matches!(
+                *request.method(),
+                Method::POST | Method::PUT | Method::PATCH
+            ) =>
+        {
+            Some(0)
+        }
+        _ => None,
+    };
+    if let Some(length) = length {
         // Writing into a Vec cannot fail.
         let _ = write!(out, "content-length: {length}\r\n");
     }
     out.extend_from_slice(b"\r\n");
+    closing
 }
 
 /// Writes one `name: value` line.

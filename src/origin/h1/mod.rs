@@ -98,11 +98,10 @@ impl Connection {
         &mut self,
         request: &Request<ClientBody>,
         host: Option<&HeaderValue>,
-        stated: &Stated,
+        stated: &Stated<'_>,
     ) -> Result<Answer, Failure> {
         self.write.clear();
-        let length = head::content_length(request);
-        head::encode_request(request, host, stated, length, &mut self.write);
+        let closing = head::encode_request(request, host, stated, &mut self.write);
         let mut after = None;
         if let ClientBody::Full(Some(bytes)) = request.body() {
             if bytes.len() <= INLINE_BODY {
@@ -155,7 +154,6 @@ impl Connection {
                 Err(error) => return Err(failed(error)),
             }
         };
-        let closing = body::has_token(request.headers(), "close");
         let Framing {
             decoder,
             keep_alive,
