@@ -414,6 +414,36 @@ fn chunk_size_line(len: usize, out: &mut [u8; 18]) -> usize {
 mod tests {
     use super::*;
 
+    /// The answer's own `Date` is kept, once; an answer without one gets the proxy's; framing
+    /// and connection lines are the writer's, whatever the answer said.
+    #[test]
+    fn a_head_has_one_date_and_the_writers_framing() {
+        let head = |headers: &[(&'static str, &'static str)]| {
+            let mut response = http::Response::new(());
+            for (name, value) in headers {
+                response
+                    .headers_mut()
+                    .append(*name, http::HeaderValue::from_static(value));
+            }
+            let (parts, ()) = response.into_parts();
+            String::from_utf8(encode_head(&parts, Framing::Length(5), true)).expect("ascii")
+        };
+        let dated = head(&[
+            ("date", "Mon, 07 Dec 2026 01:00:00 GMT"),
+            ("content-length", "99"),
+            ("connection", "keep-alive"),
+            ("x-kept", "yes"),
+        ]);
+        assert_eq!(
+            dated,
+            "HTTP/1.1 200 OK\r\ndate: Mon, 07 Dec 2026 01:00:00 GMT\r\nx-kept: yes\r\n\
+             content-length: 5\r\nconnection: close\r\n\r\n"
+        );
+        let undated = head(&[("x-kept", "yes")]);
+        assert_eq!(undated.matches("\r\ndate: ").count(), 1, "{undated}");
+        assert!(undated.ends_with("GMT\r\ncontent-length: 5\r\nconnection: close\r\n\r\n"));
+    }
+
     #[test]
     fn chunk_size_lines_are_lowercase_hex() {
         for (len, line) in [

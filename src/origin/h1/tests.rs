@@ -260,11 +260,12 @@ async fn requests_carry_their_headers_host_and_body_length() {
 }
 
 /// What the proxy states replaces every line of its name the request carries, or drops the
-/// name (`None`); the request's other lines are kept.
+/// name (`None`; for `Host`, the origin's own is sent); the request's other lines are kept.
 #[tokio::test]
 async fn stated_fields_replace_the_requests_own_lines() {
     static FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
     static REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+    static HOST: HeaderName = http::header::HOST;
     let origin = Origin::start(vec![(OK, false)]).await;
     let pool = Pool::for_tests(4);
     let mut get = request(Method::GET, &origin, ClientBody::Empty);
@@ -273,6 +274,7 @@ async fn stated_fields_replace_the_requests_own_lines() {
         ("x-keep", "kept"),
         ("x-forwarded-for", "10.0.0.2"),
         ("x-real-ip", "10.0.0.1"),
+        ("host", "client.example"),
     ] {
         get.headers_mut()
             .append(name, value.parse().expect("value"));
@@ -280,6 +282,8 @@ async fn stated_fields_replace_the_requests_own_lines() {
     let stated = [
         (&FOR, Some(HeaderValue::from_static("203.0.113.9"))),
         (&REAL_IP, None),
+        // The origin's own host, not the client's.
+        (&HOST, None),
     ];
     let response = pool
         .send(false, origin.authority.clone(), &mut get, &stated)
@@ -488,6 +492,29 @@ async fn answers_that_close_are_not_reused() {
     assert_eq!(get(&pool, &origin).await.1, "ok");
     assert_eq!(get(&pool, &origin).await.1, "ok");
     assert_eq!(origin.connections(), 5);
+}
+
+/// A request whose `Connection` lists `close` (in any line, any case) leaves its connection
+/// closed, not idle; one that does not keeps it.
+#[tokio::test]
+async fn a_request_that_asks_to_close_does_not_leave_its_connection_idle() {
+    let origin = Origin::start(vec![(OK, false), (OK, false), (OK, false)]).await;
+    let pool = Pool::for_tests(4);
+    for (connection, idle) in [
+        (&["x-other", "te, Close"][..], 0),
+        (&["close"][..], 0),
+        (&["keep-alive"][..], 1),
+    ] {
+        let mut get = request(Method::GET, &origin, ClientBody::Empty);
+        for value in connection {
+            get.headers_mut()
+                .append("connection", value.parse().expect("value"));
+        }
+        let response = send(&pool, &origin, get).await.expect("an answer");
+        response.into_body().collect().await.expect("body");
+        assert_eq!(pool.idle_count(&origin.authority), idle, "{connection:?}");
+    }
+    assert_eq!(origin.connections(), 3);
 }
 
 #[tokio::test]
