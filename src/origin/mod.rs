@@ -43,7 +43,10 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// the head as it writes it, where setting each in the map cost a hash and an insert on every
 /// passthrough request, and clearing the map a drop (BENCHMARKS.md, issue 15.1). Hyper's
 /// connections get them set in the map ([`set_stated`]).
-pub type Stated<'a> = [(&'a HeaderName, Option<HeaderValue>)];
+pub type Stated<'a> = [StatedField<'a>];
+
+/// One field the proxy states: its name, and its value or `None` to drop the name.
+pub type StatedField<'a> = (&'a HeaderName, Option<HeaderValue>);
 
 /// Sets `stated` in `headers`, each replacing its name's lines or, when `None`, removing them:
 /// the request as hyper's connections send it.

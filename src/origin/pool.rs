@@ -228,9 +228,10 @@ impl Pool {
     }
 
     /// Sends `request` (absolute URI), with the header fields `stated` beside its own
-    /// ([`Stated`]), to the origin `authority` and waits for the answer's head. A request that failed on a reused connection before any answer came (the origin
-    /// closed it meanwhile) is sent once more on a new connection: always when hyper gave it
-    /// back unsent, and when idempotent on our own exchange (the origin may have seen it).
+    /// ([`Stated`]), to the origin `authority` and waits for the answer's head. A request that
+    /// failed on a reused connection before any answer came (the origin closed it meanwhile)
+    /// is sent once more on a new connection: always when hyper gave it back unsent, and when
+    /// idempotent on our own exchange (the origin may have seen it).
     ///
     /// The request stays where the caller keeps it (our own exchange only reads it; hyper's
     /// connections take it out, leaving an empty `GET /` behind), so this future holds a

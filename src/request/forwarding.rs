@@ -15,6 +15,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 use super::ConnInfo;
 use crate::config::Cidr;
+use crate::origin::StatedField;
 
 /// `X-Forwarded-For`: the chain of client addresses. (Statics: what the proxy states is
 /// named by reference.)
@@ -30,7 +31,7 @@ static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
 /// What the proxy states on a forwarded request: every forwarding header, each replacing the
 /// client's lines of its name (`None`: dropped).
-pub(super) type ForwardingHeaders = [(&'static HeaderName, Option<HeaderValue>); 5];
+pub(super) type ForwardingHeaders = [StatedField<'static>; 5];
 
 /// The forwarding policy, from `[listen]`.
 #[derive(Debug, Clone, Default)]
