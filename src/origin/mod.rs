@@ -42,7 +42,9 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// beside the request, not set in its header map: our own HTTP/1.1 exchange writes them into
 /// the head as it writes it, where setting each in the map cost a hash and an insert on every
 /// passthrough request, and clearing the map a drop (BENCHMARKS.md, issue 15.1). Hyper's
-/// connections get them set in the map ([`set_stated`]).
+/// connections get them set in the map ([`set_stated`]). Not for the framing and connection
+/// fields (`Content-Length`, `Transfer-Encoding`, `Connection`), which follow from the body
+/// and the request's own lines.
 pub type Stated<'a> = [StatedField<'a>];
 
 /// One field the proxy states: its name, and its value or `None` to drop the name.

@@ -163,7 +163,8 @@ async fn an_h2_origin_body_reaches_the_client_whole_however_its_frames_batch() {
 }
 
 /// What the proxy states (the client's address, scheme and host, the request id) reaches an
-/// HTTP/2 origin once each, in place of what the client sent under those names.
+/// HTTP/2 origin once each, in place of what the client sent under those names, and the
+/// client's `Host` does not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_h2_origin_gets_what_the_proxy_states_once_each() {
     let fake = FakeOrigin::start().await;
@@ -193,4 +194,6 @@ async fn an_h2_origin_gets_what_the_proxy_states_once_each() {
             .collect();
         assert_eq!(lines, [value], "{name}: {body}");
     }
+    // HTTP/2 names the host in `:authority`, the origin's: the client's `Host` is not sent.
+    assert!(!body.lines().any(|l| l.starts_with("host: ")), "{body}");
 }

@@ -62,7 +62,7 @@ async fn requests_are_forwarded_whole_and_hop_by_hop_headers_dropped() {
         );
         // The echo shows one value per name: the origin's own record counts the lines.
         let seen = origin.last_headers("/echo/path");
-        for name in ["x-request-id", "x-forwarded-for"] {
+        for name in ["x-request-id", "x-forwarded-for", "host"] {
             assert_eq!(seen.get_all(name).iter().count(), 1, "{proto:?}: {name}");
         }
         let scheme = if proto == Proto::H1Plain {

@@ -27,7 +27,8 @@ const ADDED_HEADERS: usize = 4;
 /// name hashes it; BENCHMARKS.md, issue 15.1), and says whether the caller's `Connection`
 /// asked to close:
 /// - the origin-form target;
-/// - `Host`: the one `stated`, else the caller's, else `host` (the origin's own);
+/// - `Host`: when stated, its stated value, or `host` (the origin's own) when that is `None`;
+///   when not stated, the caller's first line, else `host`;
 /// - the caller's other headers as given, but for those `stated`, whose lines replace the
 ///   caller's, and the framing ones, which follow from the body;
 /// - `Content-Length`: the body's length, 0 for a bodiless POST, PUT or PATCH (their servers

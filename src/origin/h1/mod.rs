@@ -92,8 +92,9 @@ impl Connection {
     }
 
     /// Sends `request` (its body must be `Empty` or `Full`) and reads the answer's head.
-    /// `host` is the `Host` the request gets unless it has one or one is stated; `stated`
-    /// replace the request's lines of their names.
+    /// `host` is the connection's own `Host`, sent when `Host` is stated `None`, or when it is
+    /// not stated and the request has none; `stated` replace the request's lines of their
+    /// names.
     pub(super) async fn exchange(
         &mut self,
         request: &Request<ClientBody>,
