@@ -47,18 +47,21 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// and the request's own lines.
 pub type Stated<'a> = [StatedField<'a>];
 
-/// One field the proxy states: its name, and its value or `None` to drop the name.
-pub type StatedField<'a> = (&'a HeaderName, Option<HeaderValue>);
+/// One field the proxy states: its name, and its value or `None` to drop the name. The value
+/// is borrowed (the proxy's own text, or copied from a valid header value): our exchange only
+/// writes it out.
+pub type StatedField<'a> = (&'a HeaderName, Option<&'a [u8]>);
 
 /// Sets `stated` in `headers`, each replacing its name's lines or, when `None`, removing them:
-/// the request as hyper's connections send it.
+/// the request as hyper's connections send it. A value that is not a valid field value, which
+/// the proxy never states, is dropped rather than sent.
 pub fn set_stated(headers: &mut HeaderMap, stated: &Stated<'_>) {
     for (name, value) in stated {
-        match value {
-            Some(value) => {
-                headers.insert(*name, value.clone());
+        match value.map(HeaderValue::from_bytes) {
+            Some(Ok(value)) => {
+                headers.insert(*name, value);
             }
-            None => {
+            _ => {
                 headers.remove(*name);
             }
         }
@@ -460,10 +463,7 @@ mod tests {
         }
         set_stated(
             &mut headers,
-            &[
-                (&FOR, Some(HeaderValue::from_static("203.0.113.9"))),
-                (&REAL_IP, None),
-            ],
+            &[(&FOR, Some(b"203.0.113.9")), (&REAL_IP, None)],
         );
         let lines: Vec<_> = headers
             .iter()

@@ -7,10 +7,10 @@
 //! are kept and the proxy appends its own hop. The origin's `Server` banner, which names its
 //! software and version, is dropped unless `[listen] keep_server_header` is set.
 
-use std::fmt::Write as _;
+use std::io::Write as _;
 use std::net::IpAddr;
+use std::ops::Range;
 
-use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 use super::ConnInfo;
@@ -29,9 +29,32 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 /// `X-Real-IP`: the original client's address alone.
 static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
-/// What the proxy states on a forwarded request: every forwarding header, each replacing the
-/// client's lines of its name (`None`: dropped).
-pub(super) type ForwardingHeaders = [StatedField<'static>; 5];
+/// The forwarding headers, in the order of [`ForwardingValues`]' ranges.
+static NAMES: [&HeaderName; 5] = [
+    &X_FORWARDED_FOR,
+    &FORWARDED,
+    &X_REAL_IP,
+    &X_FORWARDED_PROTO,
+    &X_FORWARDED_HOST,
+];
+
+/// The forwarding headers' values for one request, written one after another into one buffer,
+/// which the fields stated to the origin borrow ([`ForwardingValues::stated`]): no allocation
+/// per value, and none checked again as a `HeaderValue`, on every passthrough request.
+pub(super) struct ForwardingValues {
+    /// Every value.
+    text: Vec<u8>,
+    /// Where each of [`NAMES`]' values lies in `text`; `None`: the header is dropped.
+    ranges: [Option<Range<usize>>; 5],
+}
+
+impl ForwardingValues {
+    /// The forwarding headers as stated to the origin, each replacing the client's lines of
+    /// its name.
+    pub(super) fn stated(&self) -> [StatedField<'_>; 5] {
+        std::array::from_fn(|i| (NAMES[i], self.ranges[i].clone().map(|r| &self.text[r])))
+    }
+}
 
 /// The forwarding policy, from `[listen]`.
 #[derive(Debug, Clone, Default)]
@@ -51,43 +74,46 @@ impl Forwarding {
         headers: &HeaderMap,
         conn: &ConnInfo,
         host: Option<HeaderValue>,
-    ) -> ForwardingHeaders {
+    ) -> ForwardingValues {
         let peer = conn.peer.ip().to_canonical();
         let trusted = self.trusts(peer);
         let scheme = if conn.tls { "https" } else { "http" };
-        // The values this hop writes, in one buffer that the headers holding them share: the
-        // String and its owner per request instead of one or two per value (every passthrough
-        // request pays it).
-        let mut text = String::with_capacity(96);
+        let mut text = Vec::with_capacity(128);
         write_list(
             &mut text,
             trusted.then(|| joined(headers, &X_FORWARDED_FOR)).flatten(),
         );
         let hop_start = text.len();
         write_ip(&mut text, peer);
-        let chain_end = text.len();
+        let hop = hop_start..text.len();
+        let chain = 0..hop.end;
         write_list(
             &mut text,
             trusted.then(|| joined(headers, &FORWARDED)).flatten(),
         );
-        forwarded_element(&mut text, hop_start..chain_end, host.as_ref(), scheme);
-        let text = Bytes::from_owner(text);
-        let value = |range| HeaderValue::from_maybe_shared(text.slice(range)).ok();
+        forwarded_element(&mut text, hop.clone(), host.as_ref(), scheme);
+        let forwarded = chain.end..text.len();
         // Single-valued: a trusted proxy's statement stands, anyone else's is replaced.
         let single = |name: &HeaderName| trusted.then(|| only(headers, name)).flatten();
-        [
-            (&X_FORWARDED_FOR, value(0..chain_end)),
-            (&FORWARDED, value(chain_end..text.len())),
-            (
-                &X_REAL_IP,
-                single(&X_REAL_IP).or_else(|| value(hop_start..chain_end)),
-            ),
-            (
-                &X_FORWARDED_PROTO,
-                single(&X_FORWARDED_PROTO).or(Some(HeaderValue::from_static(scheme))),
-            ),
-            (&X_FORWARDED_HOST, single(&X_FORWARDED_HOST).or(host)),
-        ]
+        let real_ip = match single(&X_REAL_IP) {
+            Some(stated) => append(&mut text, stated.as_bytes()),
+            None => hop,
+        };
+        let proto = single(&X_FORWARDED_PROTO).map_or(scheme.as_bytes(), HeaderValue::as_bytes);
+        let proto = append(&mut text, proto);
+        let forwarded_host = single(&X_FORWARDED_HOST)
+            .or(host.as_ref())
+            .map(|host| append(&mut text, host.as_bytes()));
+        ForwardingValues {
+            text,
+            ranges: [
+                Some(chain),
+                Some(forwarded),
+                Some(real_ip),
+                Some(proto),
+                forwarded_host,
+            ],
+        }
     }
 
     /// The address a request comes from, for limits counted per client: the peer, or behind
@@ -148,19 +174,26 @@ fn joined(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
 }
 
 /// `name`'s value when it has exactly one line.
-fn only(headers: &HeaderMap, name: &HeaderName) -> Option<HeaderValue> {
+fn only<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a HeaderValue> {
     let mut lines = headers.get_all(name).iter();
     match (lines.next(), lines.next()) {
-        (Some(value), None) => Some(value.clone()),
+        (Some(value), None) => Some(value),
         _ => None,
     }
 }
 
+/// Appends `value` to `text`; where it lies.
+fn append(text: &mut Vec<u8>, value: &[u8]) -> Range<usize> {
+    let start = text.len();
+    text.extend_from_slice(value);
+    start..text.len()
+}
+
 /// Starts `text` with the earlier hops' list, if any, and the separator before this hop.
-fn write_list(text: &mut String, earlier: Option<String>) {
+fn write_list(text: &mut Vec<u8>, earlier: Option<String>) {
     if let Some(earlier) = earlier {
-        text.push_str(&earlier);
-        text.push_str(", ");
+        text.extend_from_slice(earlier.as_bytes());
+        text.extend_from_slice(b", ");
     }
 }
 
@@ -168,51 +201,52 @@ fn write_list(text: &mut String, earlier: Option<String>) {
 /// in `text` at `hop`), `host` and `proto`, quoted where the value is not a token (an IPv6
 /// address, a host with a port).
 fn forwarded_element(
-    text: &mut String,
-    hop: std::ops::Range<usize>,
+    text: &mut Vec<u8>,
+    hop: Range<usize>,
     host: Option<&HeaderValue>,
     scheme: &str,
 ) {
-    let v6 = text[hop.clone()].contains(':');
-    text.push_str(if v6 { "for=\"[" } else { "for=" });
+    let v6 = text[hop.clone()].contains(&b':');
+    text.extend_from_slice(if v6 { b"for=\"[" } else { b"for=" });
     text.extend_from_within(hop);
     if v6 {
-        text.push_str("]\"");
+        text.extend_from_slice(b"]\"");
     }
     // A checked host has no `"` or `\`, so quoting needs no escapes.
     if let Some(host) = host.and_then(|h| h.to_str().ok()) {
         let quoted = !host.bytes().all(is_tchar);
-        text.push_str(";host=");
+        text.extend_from_slice(b";host=");
         if quoted {
-            text.push('"');
+            text.push(b'"');
         }
-        text.push_str(host);
+        text.extend_from_slice(host.as_bytes());
         if quoted {
-            text.push('"');
+            text.push(b'"');
         }
     }
-    text.push_str(";proto=");
-    text.push_str(scheme);
+    text.extend_from_slice(b";proto=");
+    text.extend_from_slice(scheme.as_bytes());
 }
 
 /// Appends `ip` as text; an IPv4 address without the formatter, which every passthrough
-/// request would otherwise go through twice, octet by octet.
-fn write_ip(text: &mut String, ip: IpAddr) {
+/// request would otherwise go through, octet by octet.
+fn write_ip(text: &mut Vec<u8>, ip: IpAddr) {
     let IpAddr::V4(v4) = ip else {
+        // Writing into a Vec cannot fail.
         let _ = write!(text, "{ip}");
         return;
     };
     for (i, octet) in v4.octets().into_iter().enumerate() {
         if i > 0 {
-            text.push('.');
+            text.push(b'.');
         }
         if octet >= 100 {
-            text.push(char::from(b'0' + octet / 100));
+            text.push(b'0' + octet / 100);
         }
         if octet >= 10 {
-            text.push(char::from(b'0' + octet / 10 % 10));
+            text.push(b'0' + octet / 10 % 10);
         }
-        text.push(char::from(b'0' + octet % 10));
+        text.push(b'0' + octet % 10);
     }
 }
 
@@ -258,12 +292,9 @@ mod tests {
             peer: peer.parse::<SocketAddr>().expect("peer"),
             tls: true,
         };
-        let stated = policy.request(
-            &headers,
-            &conn,
-            Some(HeaderValue::from_static("edge.example:8443")),
-        );
-        crate::origin::set_stated(&mut headers, &stated);
+        let host = HeaderValue::from_static("edge.example:8443");
+        let values = policy.request(&headers, &conn, Some(host));
+        crate::origin::set_stated(&mut headers, &values.stated());
         headers
     }
 
@@ -360,9 +391,9 @@ mod tests {
             "::1",
         ] {
             let ip = ip.parse::<IpAddr>().expect("ip");
-            let mut text = String::new();
+            let mut text = Vec::new();
             write_ip(&mut text, ip);
-            assert_eq!(text, ip.to_string());
+            assert_eq!(text, ip.to_string().as_bytes());
         }
     }
 

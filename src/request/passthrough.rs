@@ -59,20 +59,21 @@ pub async fn forward(
     join_cookies(headers);
     // What the proxy states, each replacing the client's lines of its name, written by the
     // origin client beside the request's own headers (`origin::Stated`).
+    let values = forwarding.request(headers, conn, client_host);
     let [
         x_forwarded_for,
         forwarded,
         x_real_ip,
         x_forwarded_proto,
         x_forwarded_host,
-    ] = forwarding.request(headers, conn, client_host);
+    ] = values.stated();
     let stated = [
         x_forwarded_for,
         forwarded,
         x_real_ip,
         x_forwarded_proto,
         x_forwarded_host,
-        (&REQUEST_ID, Some(request_id.clone())),
+        (&REQUEST_ID, Some(request_id.as_bytes())),
         // The origin's own host, not the client's: a Lambda Function URL or API Gateway
         // routes on it.
         (&HOST, None),

@@ -47,11 +47,11 @@ pub(super) fn encode_request(
     out.extend_from_slice(b" HTTP/1.1\r\n");
     let headers = request.headers();
     let host = match stated.iter().find(|(name, _)| **name == HOST) {
-        Some((_, value)) => value.as_ref().or(host),
-        None => headers.get(HOST).or(host),
+        Some((_, value)) => value.or(host.map(HeaderValue::as_bytes)),
+        None => headers.get(HOST).or(host).map(HeaderValue::as_bytes),
     };
     if let Some(host) = host {
-        field(out, b"host", host.as_bytes());
+        field(out, b"host", host);
     }
     let mut closing = false;
     let mut length_set = false;
@@ -75,7 +75,7 @@ pub(super) fn encode_request(
         if let Some(value) = value
             && **name != HOST
         {
-            field(out, name.as_str().as_bytes(), value.as_bytes());
+            field(out, name.as_str().as_bytes(), value);
         }
     }
     let length = match request.body() {

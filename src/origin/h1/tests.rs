@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
 use http::uri::Authority;
-use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
+use http::{HeaderName, Method, Request, Response, StatusCode, Version};
 use http_body::Body;
 use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -280,7 +280,7 @@ async fn stated_fields_replace_the_requests_own_lines() {
             .append(name, value.parse().expect("value"));
     }
     let stated = [
-        (&FOR, Some(HeaderValue::from_static("203.0.113.9"))),
+        (&FOR, Some(&b"203.0.113.9"[..])),
         (&REAL_IP, None),
         // The origin's own host, not the client's.
         (&HOST, None),
