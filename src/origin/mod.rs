@@ -48,20 +48,23 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 pub type Stated<'a> = [StatedField<'a>];
 
 /// One field the proxy states: its name, and its value or `None` to drop the name. The value
-/// is borrowed (the proxy's own text, or copied from a valid header value): our exchange only
-/// writes it out.
+/// is borrowed, and must be a valid field value (what `HeaderValue::from_bytes` accepts: no CR,
+/// LF or NUL): our exchange writes it as it is. Every value the proxy states is its own text
+/// or copied from a `HeaderValue`; debug builds (the tests) check each one.
 pub type StatedField<'a> = (&'a HeaderName, Option<&'a [u8]>);
 
 /// Sets `stated` in `headers`, each replacing its name's lines or, when `None`, removing them:
-/// the request as hyper's connections send it. A value that is not a valid field value, which
-/// the proxy never states, is dropped rather than sent.
+/// the request as hyper's connections send it. A value that is not a valid field value (which
+/// the proxy never states) is not sent, and the request's own lines of that name are removed
+/// all the same.
 pub fn set_stated(headers: &mut HeaderMap, stated: &Stated<'_>) {
     for (name, value) in stated {
         match value.map(HeaderValue::from_bytes) {
             Some(Ok(value)) => {
                 headers.insert(*name, value);
             }
-            _ => {
+            stated => {
+                debug_assert!(stated.is_none(), "{name}: an invalid stated value");
                 headers.remove(*name);
             }
         }

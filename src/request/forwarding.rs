@@ -281,19 +281,35 @@ mod tests {
     use super::*;
 
     fn forward(policy: &Forwarding, peer: &str, sent: &[(&str, &str)]) -> HeaderMap {
+        let sent = sent.iter().map(|(name, value)| (*name, value.as_bytes()));
+        forward_to(policy, peer, sent, Some("edge.example:8443"))
+    }
+
+    /// The request's headers as hyper's origin connections get them, after every stated value
+    /// was checked to be a valid field value (our exchange writes them as they are).
+    fn forward_to<'a>(
+        policy: &Forwarding,
+        peer: &str,
+        sent: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+        host: Option<&'static str>,
+    ) -> HeaderMap {
         let mut headers = HeaderMap::new();
         for (name, value) in sent {
             headers.append(
                 HeaderName::from_bytes(name.as_bytes()).expect("name"),
-                HeaderValue::from_str(value).expect("value"),
+                HeaderValue::from_bytes(value).expect("value"),
             );
         }
         let conn = ConnInfo {
             peer: peer.parse::<SocketAddr>().expect("peer"),
             tls: true,
         };
-        let host = HeaderValue::from_static("edge.example:8443");
-        let values = policy.request(&headers, &conn, Some(host));
+        let values = policy.request(&headers, &conn, host.map(HeaderValue::from_static));
+        for (name, value) in values.stated() {
+            if let Some(value) = value {
+                assert!(HeaderValue::from_bytes(value).is_ok(), "{name}: {value:?}");
+            }
+        }
         crate::origin::set_stated(&mut headers, &values.stated());
         headers
     }
@@ -344,6 +360,34 @@ mod tests {
         assert_eq!(headers["x-forwarded-for"], "2001:db8::5");
         assert_eq!(headers["x-real-ip"], "2001:db8::5");
         assert_eq!(headers["x-forwarded-proto"], "https");
+    }
+
+    /// A trusted proxy's single-valued statement stands only when it made exactly one, byte for
+    /// byte (obs-text too); a host without a port is a token, unquoted; with no host named,
+    /// none is stated and the client's is dropped.
+    #[test]
+    fn single_values_hosts_and_no_host() {
+        let trusted = Forwarding {
+            trusted_proxies: vec![Cidr::parse("10.0.0.0/8").expect("cidr")],
+            keep_server_header: false,
+        };
+        let twice = [
+            ("x-real-ip", &b"192.0.2.1"[..]),
+            ("x-real-ip", b"192.0.2.2"),
+        ];
+        let headers = forward_to(&trusted, "10.0.0.7:5000", twice, Some("api.example"));
+        assert_eq!(headers["x-real-ip"], "10.0.0.7", "two lines: the hop's own");
+        assert_eq!(
+            headers["forwarded"],
+            "for=10.0.0.7;host=api.example;proto=https"
+        );
+        let obs_text = [("x-real-ip", &b"\xff\x80 a\tb"[..])];
+        let headers = forward_to(&trusted, "10.0.0.7:5000", obs_text, None);
+        assert_eq!(headers["x-real-ip"].as_bytes(), b"\xff\x80 a\tb");
+        let forged = [("x-forwarded-host", &b"internal.example"[..])];
+        let headers = forward_to(&Forwarding::default(), "192.0.2.9:5000", forged, None);
+        assert!(headers.get("x-forwarded-host").is_none(), "{headers:?}");
+        assert_eq!(headers["forwarded"], "for=192.0.2.9;proto=https");
     }
 
     #[test]

@@ -75,6 +75,8 @@ pub(super) fn encode_request(
         if let Some(value) = value
             && **name != HOST
         {
+            // Written as it is: a stated value is a valid field value (`StatedField`).
+            debug_assert!(HeaderValue::from_bytes(value).is_ok(), "{name}: {value:?}");
             field(out, name.as_str().as_bytes(), value);
         }
     }
