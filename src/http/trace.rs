@@ -9,6 +9,8 @@
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 
+use super::names::carries;
+
 /// The request id header, kept from the client when valid, else generated. (A static: the
 /// proxy states it on forwarded requests by reference, `origin::Stated`.)
 pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -61,11 +63,13 @@ fn id_digits(bits: u128) -> [u8; 32] {
 /// is stated beside them (passthrough states the id, replacing any line the client sent),
 /// which costs no insert into the map on every request.
 pub fn request_id(headers: &HeaderMap) -> HeaderValue {
-    let mut sent = headers.get_all(&REQUEST_ID).iter();
-    if let (Some(id), None) = (sent.next(), sent.next())
-        && valid_request_id(id.as_bytes())
-    {
-        return id.clone();
+    if carries(headers, &REQUEST_ID) {
+        let mut sent = headers.get_all(&REQUEST_ID).iter();
+        if let (Some(id), None) = (sent.next(), sent.next())
+            && valid_request_id(id.as_bytes())
+        {
+            return id.clone();
+        }
     }
     // Owned by the value's own shared buffer: the id goes to the origin and back to the
     // client, and each copy is then a reference, not an allocation.

@@ -15,6 +15,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 use super::ConnInfo;
 use crate::config::Cidr;
+use crate::http::names::carries;
 use crate::origin::StatedField;
 
 /// `X-Forwarded-For`: the chain of client addresses. (Statics: what the proxy states is
@@ -155,9 +156,8 @@ impl Forwarding {
 
     /// Drops what the origin's answer should not tell the client.
     pub(super) fn response(&self, headers: &mut HeaderMap) {
-        // The names are looked through before any is hashed: few answers carry the banner,
-        // and a lookup costs more than passing over an answer's handful of names.
-        if !self.keep_server_header && headers.keys().any(|name| name == header::SERVER) {
+        // Few answers carry the banner: looked for before a removal hashes its name.
+        if !self.keep_server_header && carries(headers, &header::SERVER) {
             headers.remove(header::SERVER);
         }
     }

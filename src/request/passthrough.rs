@@ -14,6 +14,7 @@ use super::body::ProxyBody;
 use super::error::ProxyError;
 use super::forwarding::Forwarding;
 use super::router::target_host;
+use crate::http::names::carries;
 use crate::http::trace::REQUEST_ID;
 use crate::origin::{ClientBody, Upstream};
 
@@ -145,7 +146,7 @@ fn same_but_underscores(name: &[u8], guarded: &[u8]) -> bool {
 /// HTTP/2 clients send each cookie as its own field; an HTTP/1.1 origin expects one
 /// `Cookie` header (RFC 9113 §8.2.3), so they are joined with `; `.
 fn join_cookies(headers: &mut HeaderMap) {
-    if headers.get_all(header::COOKIE).iter().count() < 2 {
+    if !carries(headers, &header::COOKIE) || headers.get_all(header::COOKIE).iter().count() < 2 {
         return;
     }
     let joined: Vec<&[u8]> = headers

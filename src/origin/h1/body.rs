@@ -8,6 +8,7 @@ use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, Version};
 
 use super::head::invalid;
+use crate::http::names::carries;
 
 /// The longest chunk-size line accepted (size and extensions).
 const MAX_CHUNK_LINE: usize = 1024;
@@ -41,7 +42,7 @@ pub(super) fn framing(
         || status == StatusCode::NOT_MODIFIED
     {
         State::Done
-    } else if headers.contains_key(TRANSFER_ENCODING) {
+    } else if carries(headers, &TRANSFER_ENCODING) {
         // HTTP/1.0 has no transfer codings: such a message's framing is faulty (RFC 9112
         // §6.1), and hyper's client refuses it too.
         if response.version() == Version::HTTP_10 {
@@ -77,10 +78,12 @@ pub(super) fn framing(
 
 /// Whether a `Connection` field lists `token`.
 fn has_token(headers: &HeaderMap, token: &str) -> bool {
-    headers
-        .get_all(CONNECTION)
-        .iter()
-        .any(|value| lists_token(value, token))
+    // Most answers have no `Connection` line: looked for before a lookup hashes the name.
+    carries(headers, &CONNECTION)
+        && headers
+            .get_all(CONNECTION)
+            .iter()
+            .any(|value| lists_token(value, token))
 }
 
 /// Whether one `Connection` line lists `token`.
