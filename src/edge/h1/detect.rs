@@ -10,6 +10,7 @@ use http::{Method, Request, Uri, Version};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use super::ahead::ReadAhead;
+use crate::http::names::lists_option;
 use crate::http::spare;
 use crate::request::router::{Route, RouteError, Router};
 
@@ -173,7 +174,7 @@ fn parse_shared(read: &Bytes) -> Parsed {
             header::CONTENT_LENGTH if value != "0" || map.contains_key(&name) => {
                 return Parsed::NotOurs;
             }
-            header::CONNECTION => close |= names_close(&value),
+            header::CONNECTION => close |= lists_option(&value, "close"),
             _ => {}
         }
         map.append(name, value);
@@ -188,14 +189,6 @@ fn parse_shared(read: &Bytes) -> Parsed {
         len,
         close,
     }))
-}
-
-/// Whether a `Connection` value lists the `close` option (RFC 9112 §9.6), in any case.
-fn names_close(value: &HeaderValue) -> bool {
-    value
-        .as_bytes()
-        .split(|&b| b == b',')
-        .any(|option| option.trim_ascii().eq_ignore_ascii_case(b"close"))
 }
 
 #[cfg(test)]

@@ -5,10 +5,10 @@ use std::io;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
-use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, Version};
+use http::{HeaderMap, Method, Response, StatusCode, Version};
 
 use super::head::invalid;
-use crate::http::names::carries;
+use crate::http::names::{carries, lists_option};
 
 /// The longest chunk-size line accepted (size and extensions).
 const MAX_CHUNK_LINE: usize = 1024;
@@ -83,16 +83,7 @@ fn has_token(headers: &HeaderMap, token: &str) -> bool {
         && headers
             .get_all(CONNECTION)
             .iter()
-            .any(|value| lists_token(value, token))
-}
-
-/// Whether one `Connection` line lists `token`.
-pub(super) fn lists_token(value: &HeaderValue, token: &str) -> bool {
-    value.to_str().is_ok_and(|value| {
-        value
-            .split(',')
-            .any(|item| item.trim().eq_ignore_ascii_case(token))
-    })
+            .any(|value| lists_option(value, token))
 }
 
 /// Whether the last transfer coding is `chunked`.

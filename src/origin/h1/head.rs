@@ -8,7 +8,7 @@ use bytes::{Buf, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
 
-use super::body::lists_token;
+use crate::http::names::lists_option;
 use crate::http::spare;
 use crate::origin::{ClientBody, Stated};
 
@@ -67,7 +67,7 @@ pub(super) fn encode_request(
             continue;
         }
         if name == CONNECTION {
-            closing |= lists_token(value, "close");
+            closing |= lists_option(value, "close");
         }
         field(out, name.as_str().as_bytes(), value.as_bytes());
     }
