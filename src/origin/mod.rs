@@ -18,6 +18,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Ur
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
+use tokio::time::{Instant, timeout_at};
 
 use crate::config::UpstreamConfig;
 
@@ -266,11 +267,10 @@ impl Upstream {
                 return refused;
             }
         };
-        let call = self.pool.send(https, authority, request, stated);
-        let mut result = match tokio::time::timeout(self.timeout, call).await {
-            Ok(Ok(response)) => Ok(response),
-            Ok(Err(error)) => Err(self.classify(&error, "")),
-            Err(_) => Err(UpstreamError::Timeout(self.timeout.as_millis() as u64)),
+        let due = Instant::now() + self.timeout;
+        let mut result = match self.pool.send(https, authority, request, stated, due).await {
+            Ok(response) => Ok(response),
+            Err(error) => Err(self.classify(&error, self.timeout, "")),
         };
         // The answer (200 bytes) is changed and judged where it lies, not moved through
         // helpers that take and give it back.
@@ -319,13 +319,14 @@ impl Upstream {
         bound: Duration,
     ) -> Result<Fetched, UpstreamError> {
         let trace_id = own_call_headers(request.headers_mut());
+        let due = Instant::now() + bound;
         let fetch = async {
             let (https, authority) = target(&request)?;
             let response = self
                 .pool
-                .send(https, authority, &mut request, &[])
+                .send(https, authority, &mut request, &[], due)
                 .await
-                .map_err(|e| self.classify(&e, &trace_id))?;
+                .map_err(|e| self.classify(&e, bound, &trace_id))?;
             let (parts, body) = response.into_parts();
             let body = Limited::new(body, self.max_body)
                 .collect()
@@ -345,7 +346,7 @@ impl Upstream {
                 body,
             })
         };
-        match tokio::time::timeout(bound, fetch).await {
+        match timeout_at(due, fetch).await {
             Ok(result) => result,
             Err(_) => Err(UpstreamError::Timeout(bound.as_millis() as u64)),
         }
@@ -353,8 +354,12 @@ impl Upstream {
 
     /// Sorts a client error into what the client hears. The client hears a short reason of
     /// ours; hyper's own text (its internals, the origin's resolved addresses) goes only to
-    /// the log, with the call's trace id when the proxy made the call itself.
-    fn classify(&self, error: &SendError, trace_id: &str) -> UpstreamError {
+    /// the log, with the call's trace id when the proxy made the call itself. A call that
+    /// ran out of time (`bound`) is not logged here: its caller reports it.
+    fn classify(&self, error: &SendError, bound: Duration, trace_id: &str) -> UpstreamError {
+        if let SendError::TimedOut = error {
+            return UpstreamError::Timeout(bound.as_millis() as u64);
+        }
         let chain = error_chain(error);
         let connect = matches!(error, SendError::Connect(_));
         let mut io_kind = None;

@@ -37,11 +37,12 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::{TrySendError, http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::time::Sleep;
+use tokio::time::{Sleep, timeout_at};
 
 use super::connect::{Connector, OriginStream, Protocol};
 use super::h1::{Connection, Decoder, Failure};
 use super::{ClientBody, Stated, set_stated};
+use crate::ops::deadline::LazyDeadline;
 
 /// The error of an answer's body: hyper's, or our exchange's `io::Error`.
 pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
@@ -59,6 +60,9 @@ pub enum SendError {
     /// (`InvalidData`: the answer is malformed).
     #[error("the exchange with the origin failed")]
     Exchange(#[source] io::Error),
+    /// No answer's head came by the call's deadline (connecting included).
+    #[error("the origin did not answer in time")]
+    TimedOut,
 }
 
 thread_local! {
@@ -200,6 +204,17 @@ struct Own {
     key: Key,
     /// `Host` for its requests, made once per connection.
     host: Option<HeaderValue>,
+    /// Bounds each wait for an answer's head; one timer for the connection's life, not one
+    /// per request (its module says why).
+    deadline: LazyDeadline,
+}
+
+/// Why a request sent on a connection of ours got no answer's head.
+enum OwnFailure {
+    /// The exchange failed; it may be sent again when nothing was answered.
+    Failed(Failure),
+    /// Nothing came by the call's deadline: never sent again, the deadline is the call's.
+    TimedOut,
 }
 
 /// A connection taken out for one request.
@@ -228,10 +243,14 @@ impl Pool {
     }
 
     /// Sends `request` (absolute URI), with the header fields `stated` beside its own
-    /// ([`Stated`]), to the origin `authority` and waits for the answer's head. A request that
-    /// failed on a reused connection before any answer came (the origin closed it meanwhile)
-    /// is sent once more on a new connection: always when hyper gave it back unsent, and when
+    /// ([`Stated`]), to the origin `authority` and waits for the answer's head until `due`
+    /// ([`SendError::TimedOut`] after). A request that failed on a reused connection before
+    /// any answer came (the origin closed it meanwhile) is sent once more on a new
+    /// connection, within the same `due`: always when hyper gave it back unsent, and when
     /// idempotent on our own exchange (the origin may have seen it).
+    ///
+    /// On a connection we speak ourselves the bound is kept by the connection's own timer
+    /// ([`LazyDeadline`]); a new connection, and hyper's, get a timer for the call.
     ///
     /// The request stays where the caller keeps it (our own exchange only reads it; hyper's
     /// connections take it out, leaving an empty `GET /` behind), so this future holds a
@@ -245,6 +264,7 @@ impl Pool {
         authority: Authority,
         request: &'a mut Request<ClientBody>,
         stated: &'a Stated<'a>,
+        due: tokio::time::Instant,
     ) -> impl Future<Output = Result<Response<UpstreamBody>, SendError>> + Send + 'a {
         let key = Key {
             https,
@@ -255,11 +275,12 @@ impl Pool {
         async move {
             let mut fresh = false;
             loop {
-                let (checkout, reused) = self.shared.checkout(&key, fresh, own).await?;
+                let (checkout, reused) = self.shared.checkout(&key, fresh, own, due).await?;
                 let error = match checkout {
-                    Checkout::Own(conn) => match self.send_own(conn, request, stated).await {
+                    Checkout::Own(conn) => match self.send_own(conn, request, stated, due).await {
                         Ok(response) => return Ok(response),
-                        Err(failure)
+                        Err(OwnFailure::TimedOut) => return Err(SendError::TimedOut),
+                        Err(OwnFailure::Failed(failure))
                             if failure.unanswered && reused && request.method().is_idempotent() =>
                         {
                             let error = &failure.error;
@@ -267,7 +288,9 @@ impl Pool {
                             fresh = true;
                             continue;
                         }
-                        Err(failure) => return Err(SendError::Exchange(failure.error)),
+                        Err(OwnFailure::Failed(failure)) => {
+                            return Err(SendError::Exchange(failure.error));
+                        }
                     },
                     Checkout::H1(mut h1) => {
                         set_stated(request.headers_mut(), stated);
@@ -278,16 +301,21 @@ impl Pool {
                         let answered = poll_fn(|cx| {
                             h1.drive(cx);
                             answer.as_mut().poll(cx)
-                        })
-                        .await;
-                        match answered {
+                        });
+                        match timeout_at(due, answered)
+                            .await
+                            .map_err(|_| SendError::TimedOut)?
+                        {
                             Ok(response) => return Ok(self.lend(h1, response)),
                             Err(error) => error,
                         }
                     }
                     Checkout::H2(mut sender) => {
                         set_stated(request.headers_mut(), stated);
-                        match sender.try_send_request(take(request)).await {
+                        match timeout_at(due, sender.try_send_request(take(request)))
+                            .await
+                            .map_err(|_| SendError::TimedOut)?
+                        {
                             Ok(response) => return Ok(response.map(UpstreamBody::new)),
                             Err(error) => {
                                 self.shared.forget_h2(&key);
@@ -308,16 +336,33 @@ impl Pool {
         }
     }
 
-    /// Sends on a connection we speak HTTP/1.1 on ourselves; the answer's body reads from it
-    /// and gives it back when it ends.
+    /// Sends on a connection we speak HTTP/1.1 on ourselves, and waits for the answer's head
+    /// until `due`; the answer's body reads from the connection and gives it back when it
+    /// ends.
     async fn send_own(
         &self,
         mut own: Box<Own>,
         request: &Request<ClientBody>,
         stated: &Stated<'_>,
-    ) -> Result<Response<UpstreamBody>, Failure> {
-        let Own { conn, host, .. } = &mut *own;
-        let answer = conn.exchange(request, host.as_ref(), stated).await?;
+        due: tokio::time::Instant,
+    ) -> Result<Response<UpstreamBody>, OwnFailure> {
+        let answer = {
+            let Own {
+                conn,
+                host,
+                deadline,
+                ..
+            } = &mut *own;
+            let mut exchange = std::pin::pin!(conn.exchange(request, host.as_ref(), stated));
+            let mut timer = deadline.until(due);
+            poll_fn(|cx| match exchange.as_mut().poll(cx) {
+                Poll::Ready(answer) => Poll::Ready(answer.map_err(OwnFailure::Failed)),
+                Poll::Pending => Pin::new(&mut timer)
+                    .poll(cx)
+                    .map(|()| Err(OwnFailure::TimedOut)),
+            })
+            .await?
+        };
         let body = OwnLease {
             own: Some(own),
             decoder: answer.decoder,
@@ -340,6 +385,12 @@ impl Pool {
                 }),
             })
         })
+    }
+
+    /// A deadline for unit tests' calls, far enough that only a test of deadlines meets it.
+    #[cfg(test)]
+    pub(super) fn test_due() -> tokio::time::Instant {
+        tokio::time::Instant::now() + Duration::from_secs(30)
     }
 
     /// A pool for unit tests: no trusted roots, a 5 s connect bound, idle connections kept a
@@ -460,6 +511,7 @@ impl Shared {
         key: &Key,
         fresh: bool,
         own: bool,
+        due: tokio::time::Instant,
     ) -> Result<(Checkout, bool), SendError> {
         if !fresh {
             loop {
@@ -503,7 +555,10 @@ impl Shared {
         }
         // Boxed: opening is rare (the pool reuses), and its future is large; inline, it would
         // make every request's future, which the edge boxes per request, that much larger.
-        Ok((Box::pin(self.open(key, own)).await?, false))
+        let opened = timeout_at(due, Box::pin(self.open(key, own)))
+            .await
+            .map_err(|_| SendError::TimedOut)??;
+        Ok((opened, false))
     }
 
     /// Opens a new connection to the origin and sets it up for HTTP/1.1 (ours when `own`,
@@ -519,6 +574,7 @@ impl Shared {
                 conn: Connection::new(stream),
                 key: key.clone(),
                 host: host_header(key.https, &key.authority),
+                deadline: LazyDeadline::default(),
             })));
         }
         let io = TokioIo::new(stream);
@@ -880,7 +936,13 @@ mod tests {
     /// Sends a GET and reads the whole body.
     async fn fetch(pool: &Pool, authority: &Authority) -> Bytes {
         let response = pool
-            .send(false, authority.clone(), &mut get(authority), &[])
+            .send(
+                false,
+                authority.clone(),
+                &mut get(authority),
+                &[],
+                Pool::test_due(),
+            )
             .await
             .expect("answer");
         let body = response.into_body().collect().await.expect("body");
@@ -917,9 +979,15 @@ mod tests {
         let mut answers = Vec::new();
         for _ in 0..4 {
             answers.push(
-                pool.send(false, authority.clone(), &mut get(&authority), &[])
-                    .await
-                    .expect("answer"),
+                pool.send(
+                    false,
+                    authority.clone(),
+                    &mut get(&authority),
+                    &[],
+                    Pool::test_due(),
+                )
+                .await
+                .expect("answer"),
             );
         }
         for answer in answers {
@@ -935,9 +1003,15 @@ mod tests {
         let mut answers = Vec::new();
         for _ in 0..4 {
             answers.push(
-                pool.send(false, authority.clone(), &mut get(&authority), &[])
-                    .await
-                    .expect("answer"),
+                pool.send(
+                    false,
+                    authority.clone(),
+                    &mut get(&authority),
+                    &[],
+                    Pool::test_due(),
+                )
+                .await
+                .expect("answer"),
             );
         }
         drop(answers);
@@ -949,7 +1023,13 @@ mod tests {
         let (authority, connections) = origin(false).await;
         let pool = Pool::for_tests(4);
         let response = pool
-            .send(false, authority.clone(), &mut get(&authority), &[])
+            .send(
+                false,
+                authority.clone(),
+                &mut get(&authority),
+                &[],
+                Pool::test_due(),
+            )
             .await
             .expect("answer");
         drop(response);

@@ -78,7 +78,7 @@ where
     let mut waiting: Option<Box<Waiting>> = None;
     let mut answered = false;
     loop {
-        let since = tokio::time::Instant::now();
+        let due = tokio::time::Instant::now() + idle_limit;
         let Waiting {
             deadline,
             shutdown: watch,
@@ -89,7 +89,7 @@ where
             biased;
             () = watch.fired() => return close(io).await,
             step = read_head(&mut io, &mut ahead, &app.router) => step,
-            () = deadline.elapsed(since, idle_limit) => {
+            () = deadline.until(due) => {
                 tracing::debug!(peer = %conn.peer, "no complete request head in time; closed");
                 return close(io).await;
             }

@@ -5,6 +5,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::uri::Authority;
@@ -148,8 +149,14 @@ async fn send(
     origin: &Origin,
     mut request: Request<ClientBody>,
 ) -> Result<Response<UpstreamBody>, SendError> {
-    pool.send(false, origin.authority.clone(), &mut request, &[])
-        .await
+    pool.send(
+        false,
+        origin.authority.clone(),
+        &mut request,
+        &[],
+        Pool::test_due(),
+    )
+    .await
 }
 
 /// A GET and its whole answer.
@@ -286,7 +293,13 @@ async fn stated_fields_replace_the_requests_own_lines() {
         (&HOST, None),
     ];
     let response = pool
-        .send(false, origin.authority.clone(), &mut get, &stated)
+        .send(
+            false,
+            origin.authority.clone(),
+            &mut get,
+            &stated,
+            Pool::test_due(),
+        )
         .await
         .expect("an answer");
     response.into_body().collect().await.expect("body");
@@ -598,6 +611,40 @@ async fn a_fresh_connection_that_gets_no_answer_is_not_retried() {
     .await;
     assert_eq!(failure(sent), io::ErrorKind::UnexpectedEof);
     assert_eq!(origin.connections(), 1);
+}
+
+#[tokio::test]
+async fn an_answer_late_for_its_deadline_times_out_alone_and_closes_its_connection() {
+    let origin = Origin::start(vec![(OK, false), (b"", false), (OK, false)]).await;
+    let pool = Pool::for_tests(4);
+    // The first exchange arms the connection's timer for its own deadline, 30 s ahead.
+    assert_eq!(
+        get(&pool, &origin).await,
+        (StatusCode::OK, Bytes::from("ok"))
+    );
+    // The second gets no answer, and a nearer deadline: it ends there, not at the first's.
+    let due = tokio::time::Instant::now() + Duration::from_millis(100);
+    let mut late = request(Method::GET, &origin, ClientBody::Empty);
+    let sent = tokio::time::timeout(
+        Duration::from_secs(20),
+        pool.send(false, origin.authority.clone(), &mut late, &[], due),
+    )
+    .await
+    .expect("over at its own deadline");
+    match sent {
+        Err(SendError::TimedOut) => {}
+        Err(other) => panic!("not a timeout: {other}"),
+        Ok(response) => panic!("an answer: {}", response.status()),
+    }
+    // Not sent again on a new connection, and its connection closed, not kept.
+    origin.closed.notified().await;
+    assert_eq!(pool.idle_count(&origin.authority), 0);
+    assert_eq!(origin.connections(), 1);
+    assert_eq!(
+        get(&pool, &origin).await,
+        (StatusCode::OK, Bytes::from("ok"))
+    );
+    assert_eq!(origin.connections(), 2);
 }
 
 /// Decodes `answer` (head and body) fed in the given pieces; the body, or the first error.
