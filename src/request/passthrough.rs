@@ -21,8 +21,8 @@ use crate::origin::{ClientBody, Upstream};
 /// `Host`, stated on every forwarded request (a static: stated names are references).
 static HOST: HeaderName = header::HOST;
 
-/// Headers that describe one connection, not the message.
-const HOP_BY_HOP: [HeaderName; 8] = [
+/// Headers that describe one connection, not the message ([`is_hop_by_hop`] names them too).
+static HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -95,7 +95,7 @@ pub async fn forward(
 /// setups) read `X_Y` and `X-Y` as the same variable, so such a spelling would let a client
 /// state the proxy's facts, or frame its request for an origin that takes it as framing (the
 /// next client's request on the pooled connection then being read as this one's body).
-const GUARDED: [HeaderName; 10] = [
+static GUARDED: [HeaderName; 10] = [
     HeaderName::from_static("x-forwarded-for"),
     HeaderName::from_static("x-forwarded-proto"),
     HeaderName::from_static("x-forwarded-host"),
@@ -163,7 +163,7 @@ fn join_cookies(headers: &mut HeaderMap) {
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // One pass over the names first: most messages carry none of these, and each removal
     // hashes its name (16 lookups per request, both ways, for nothing).
-    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+    if !headers.keys().any(is_hop_by_hop) {
         return;
     }
     let named: Vec<HeaderName> = headers
@@ -176,6 +176,23 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in named.iter().chain(HOP_BY_HOP.iter()) {
         headers.remove(name);
     }
+}
+
+/// Whether `name` is one of [`HOP_BY_HOP`], told by its text: every name of every message is
+/// asked, and a search of the array compares each of its eight names in turn (a const array
+/// was built and dropped again for each name asked, 160 instructions per request).
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "proxy-authorization"
+    )
 }
 
 #[cfg(test)]
@@ -236,5 +253,26 @@ mod tests {
         strip_hop_by_hop(&mut headers);
         assert_eq!(headers.len(), 1);
         assert!(headers.contains_key(header::CONTENT_TYPE));
+
+        // Each one alone is noticed (the names are told by their text, and listed apart).
+        for name in &HOP_BY_HOP {
+            let mut headers = HeaderMap::new();
+            headers.insert(name, HeaderValue::from_static("1"));
+            headers.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+            strip_hop_by_hop(&mut headers);
+            assert_eq!(
+                headers.keys().collect::<Vec<_>>(),
+                [header::ACCEPT],
+                "{name}"
+            );
+        }
+        for kept in [
+            "content-length",
+            "te-x",
+            "connections",
+            "upgrade-insecure-requests",
+        ] {
+            assert!(!is_hop_by_hop(&HeaderName::from_static(kept)), "{kept}");
+        }
     }
 }
