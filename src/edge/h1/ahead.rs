@@ -9,6 +9,7 @@
 //! answered, as hyper does too.
 
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -39,9 +40,10 @@ impl ReadAhead {
         io: &mut I,
         cx: &mut Context<'_>,
     ) -> io::Result<()> {
-        let mut scratch = [0u8; 1024];
+        // Not zeroed: a read fills what it returns, and most watches read nothing.
+        let mut scratch = [const { MaybeUninit::<u8>::uninit() }; 1024];
         while !self.eof && self.buf.len() < MAX_PIPELINED {
-            let mut read = ReadBuf::new(&mut scratch);
+            let mut read = ReadBuf::uninit(&mut scratch);
             match Pin::new(&mut *io).poll_read(cx, &mut read) {
                 Poll::Pending => break,
                 Poll::Ready(Err(error)) => return Err(error),
