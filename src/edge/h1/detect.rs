@@ -121,19 +121,30 @@ pub fn parse_head(buf: &[u8]) -> Parsed {
 /// origin connection's HPACK table holds up to 4 KiB of recent header values, each of which
 /// now holds its request's buffer (at most `MAX_HEAD`), so ~100 buffers per connection at
 /// worst.
+///
+/// The bytes are split off `buf`, not the buffer frozen whole: `buf` keeps the room after
+/// them in the same allocation, so once the request is done with its slices the next read
+/// reclaims the whole allocation in place (`reserve` on a buffer nobody else holds) instead
+/// of allocating another, and the reference count that the slices share is made once per
+/// buffer, not once per request (two allocations and two frees per keep-alive request,
+/// BENCHMARKS.md, issue 15.1).
 fn take_head(buf: &mut BytesMut) -> Parsed {
-    let read = std::mem::take(buf).freeze();
+    let read = buf.split().freeze();
     let parsed = parse_shared(&read);
-    *buf = match &parsed {
-        Parsed::Head(head) if head.len == read.len() => BytesMut::new(),
+    match &parsed {
+        Parsed::Head(head) if head.len == read.len() => {}
         // Pipelined: the next requests are copied out, as the head's slices share `read`
         // (rare; bounded by what the fast path keeps read ahead, 8 KiB).
-        Parsed::Head(head) => BytesMut::from(&read[head.len..]),
-        // No slice of `read` is alive: it is the same buffer again, capacity and all.
-        _ => read
-            .try_into_mut()
-            .unwrap_or_else(|read| BytesMut::from(&read[..])),
-    };
+        Parsed::Head(head) => *buf = BytesMut::from(&read[head.len..]),
+        // No slice of `read` is alive: once the room after it is let go, it is the same
+        // buffer again, capacity and all.
+        _ => {
+            *buf = BytesMut::new();
+            *buf = read
+                .try_into_mut()
+                .unwrap_or_else(|read| BytesMut::from(&read[..]));
+        }
+    }
     parsed
 }
 
@@ -213,6 +224,33 @@ mod tests {
             Ok(Step::Eof) => panic!("{text:?} ended before a verdict"),
             Err(error) => panic!("{error}"),
         }
+    }
+
+    #[test]
+    fn the_next_head_is_read_into_the_same_allocation_once_the_last_is_done() {
+        let mut buf = BytesMut::with_capacity(3000);
+        let start = buf.as_ptr();
+        buf.extend_from_slice(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n");
+        let Parsed::Head(first) = take_head(&mut buf) else {
+            panic!("served here");
+        };
+        assert!(buf.is_empty());
+        // Reads go into the room after the head; once that is too small and the request is
+        // done with its slices, the whole allocation is reclaimed.
+        assert!(buf.capacity() < 2990);
+        drop(first);
+        buf.reserve(2990);
+        assert_eq!((buf.as_ptr(), buf.capacity()), (start, 3000));
+        // A request still holding its slices is not written over: the next read goes
+        // elsewhere.
+        buf.extend_from_slice(b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n");
+        let Parsed::Head(second) = take_head(&mut buf) else {
+            panic!("served here");
+        };
+        buf.reserve(2990);
+        assert_ne!(buf.as_ptr(), start);
+        assert_eq!(second.request.uri().path(), "/b");
+        assert_eq!(second.request.headers()["host"], "x");
     }
 
     #[test]

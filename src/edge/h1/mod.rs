@@ -126,8 +126,10 @@ where
         }
         // An event stream ends only when the proxy ends it, so nothing after it is answered.
         let close_after = asked_close || stream || shutdown.has_fired();
-        if close_after || ahead.buf.is_empty() {
-            // An idle connection (or an event stream's) keeps no read buffer.
+        if close_after {
+            // An event stream's connection (or one about to close) keeps no read buffer. A
+            // keep-alive connection keeps the room after the head it read, to read the next
+            // one into the same allocation (see `detect::take_head`).
             ahead.buf = BytesMut::new();
         }
         if let Err(error) = write_answer(&mut io, response, close_after, &mut ahead).await {
