@@ -933,20 +933,23 @@ mod tests {
         request
     }
 
+    /// Sends a GET; its answer, the body unread.
+    async fn answer(pool: &Pool, authority: &Authority) -> Response<UpstreamBody> {
+        pool.send(
+            false,
+            authority.clone(),
+            &mut get(authority),
+            &[],
+            Pool::test_due(),
+        )
+        .await
+        .expect("answer")
+    }
+
     /// Sends a GET and reads the whole body.
     async fn fetch(pool: &Pool, authority: &Authority) -> Bytes {
-        let response = pool
-            .send(
-                false,
-                authority.clone(),
-                &mut get(authority),
-                &[],
-                Pool::test_due(),
-            )
-            .await
-            .expect("answer");
-        let body = response.into_body().collect().await.expect("body");
-        body.to_bytes()
+        let body = answer(pool, authority).await.into_body().collect().await;
+        body.expect("body").to_bytes()
     }
 
     #[tokio::test]
@@ -978,17 +981,7 @@ mod tests {
         // Four answers in flight at once need four connections.
         let mut answers = Vec::new();
         for _ in 0..4 {
-            answers.push(
-                pool.send(
-                    false,
-                    authority.clone(),
-                    &mut get(&authority),
-                    &[],
-                    Pool::test_due(),
-                )
-                .await
-                .expect("answer"),
-            );
+            answers.push(answer(&pool, &authority).await);
         }
         for answer in answers {
             answer.into_body().collect().await.expect("body");
@@ -1002,17 +995,7 @@ mod tests {
         // Two kept: four more at once reuse them and open two.
         let mut answers = Vec::new();
         for _ in 0..4 {
-            answers.push(
-                pool.send(
-                    false,
-                    authority.clone(),
-                    &mut get(&authority),
-                    &[],
-                    Pool::test_due(),
-                )
-                .await
-                .expect("answer"),
-            );
+            answers.push(answer(&pool, &authority).await);
         }
         drop(answers);
         assert_eq!(connections.load(Ordering::SeqCst), 6);
@@ -1022,16 +1005,7 @@ mod tests {
     async fn a_body_dropped_unread_closes_its_connection() {
         let (authority, connections) = origin(false).await;
         let pool = Pool::for_tests(4);
-        let response = pool
-            .send(
-                false,
-                authority.clone(),
-                &mut get(&authority),
-                &[],
-                Pool::test_due(),
-            )
-            .await
-            .expect("answer");
+        let response = answer(&pool, &authority).await;
         drop(response);
         assert_eq!(pool.idle_count(&authority), 0);
         assert_eq!(fetch(&pool, &authority).await, "ok");
