@@ -21,18 +21,6 @@ use crate::origin::{ClientBody, Upstream};
 /// `Host`, stated on every forwarded request (a static: stated names are references).
 static HOST: HeaderName = header::HOST;
 
-/// Headers that describe one connection, not the message ([`is_hop_by_hop`] names them too).
-static HOP_BY_HOP: [HeaderName; 8] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-    header::PROXY_AUTHORIZATION,
-];
-
 /// Forwards one request and returns the origin's streaming answer; the origin is told
 /// `request_id` in `X-Request-Id`, whatever the client sent in it. Any client-sent copy of
 /// `identity_header` is dropped: on polls that header is the proxy's statement of the
@@ -172,15 +160,18 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .chain(headers.keys().filter(|name| is_hop_by_hop(name)).cloned())
         .collect();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+    for name in named {
         headers.remove(name);
     }
 }
 
-/// Whether `name` is one of [`HOP_BY_HOP`], told by its text: every name of every message is
-/// asked, and a search of the array compares each of its eight names in turn (a const array
-/// was built and dropped again for each name asked, 160 instructions per request).
+/// Whether `name` describes one connection, not the message (RFC 9110 §7.6.1, and the
+/// `Keep-Alive`, `Proxy-Connection` and `Proxy-Authorization` of older practice). Told by its
+/// text: every name of every message is asked, and a search of an array of names compared
+/// each of them in turn (a const array was also built and dropped again for each name asked,
+/// 160 instructions per request).
 fn is_hop_by_hop(name: &HeaderName) -> bool {
     matches!(
         name.as_str(),
@@ -254,8 +245,17 @@ mod tests {
         assert_eq!(headers.len(), 1);
         assert!(headers.contains_key(header::CONTENT_TYPE));
 
-        // Each one alone is noticed (the names are told by their text, and listed apart).
-        for name in &HOP_BY_HOP {
+        // Each one alone is noticed and removed.
+        for name in [
+            "connection",
+            "keep-alive",
+            "proxy-connection",
+            "te",
+            "trailer",
+            "transfer-encoding",
+            "upgrade",
+            "proxy-authorization",
+        ] {
             let mut headers = HeaderMap::new();
             headers.insert(name, HeaderValue::from_static("1"));
             headers.insert(header::ACCEPT, HeaderValue::from_static("*/*"));

@@ -11,7 +11,8 @@
 //! written here: the head together with the first frame, then every frame as it comes (one
 //! vectored write, no copy; an event stream's frames are shared by all its subscribers). An
 //! event stream keeps nothing per connection but the stream's cursor; after any other answer
-//! the connection waits for its next request with no read buffer.
+//! the connection waits for its next request with one read buffer, the size of a head (1 KiB
+//! for most), which serves it from one request to the next.
 //!
 //! Anything else is handed to hyper together with the bytes read so far ([`Rewind`]), so
 //! hyper serves it, and the rest of the connection, exactly as if it had read them itself,
@@ -172,9 +173,10 @@ async fn answer_unless_left<I: AsyncRead + Unpin>(
     .await
 }
 
-/// Writes an answer, and for an event stream every frame until the stream ends. While it
-/// does, the client is watched: what it sends is kept in `ahead` (dropped for an event
-/// stream, which nothing follows), and its leaving ends the answer.
+/// Writes an answer, and for an event stream every frame until the stream ends. While the
+/// answer waits (for its body or for the socket), the client is watched: what it sends is
+/// kept in `ahead` (dropped for an event stream, which nothing follows), and its leaving ends
+/// the answer. An answer written at once is not waited on, and its client not watched.
 async fn write_answer<I>(
     io: &mut I,
     response: Response<ProxyBody>,

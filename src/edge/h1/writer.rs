@@ -113,8 +113,8 @@ pub(super) struct Pump<'a, I> {
     out: Out,
     /// The body has ended (and, when chunked, the last chunk is queued).
     ended: bool,
-    /// The client's side, read while the answer is written, so a client that leaves is seen
-    /// at once.
+    /// The client's side, read while the answer waits (for its body or for the socket), so a
+    /// client that leaves then is seen at once.
     watch: Watch<'a>,
 }
 
