@@ -250,9 +250,9 @@ impl Upstream {
     /// silent in its middle for as long as the headers may take.
     ///
     /// The request stays where the caller keeps it, and this future only borrows it (as the
-    /// pool's does): each level of futures that held it by value
-    /// made every request's future 264 bytes larger, and copied it once more (BENCHMARKS.md,
-    /// issue 15.1). A request sent on one of hyper's connections is taken out of it.
+    /// pool's does): each level of futures that held it by value made every request's future
+    /// 264 bytes larger, and copied it once more (BENCHMARKS.md, issue 15.1). A request sent
+    /// on one of hyper's connections is taken out of it.
     pub async fn send(
         &self,
         request: &mut Request<ClientBody>,

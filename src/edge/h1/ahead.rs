@@ -3,11 +3,11 @@
 //!
 //! What the client sends meanwhile (its next, pipelined, requests) is kept, up to
 //! [`MAX_PIPELINED`]. An end of file with nothing kept is the client leaving: the answer is
-//! dropped as soon as it is seen, and with it the origin request or the body still coming from the origin,
-//! as hyper does, instead of holding them (and the client's connection slot) until the next
-//! write, which a quiet origin never causes. An end of file after bytes are kept is a
-//! half-close (`shutdown(SHUT_WR)`, as `nc -N` or a scripted client does): what was sent is
-//! answered, as hyper does too.
+//! dropped as soon as that is seen, and with it the origin request or the body still coming
+//! from the origin, as hyper does, instead of holding them (and the client's connection slot)
+//! until the next write, which a quiet origin never causes. An end of file after bytes are
+//! kept is a half-close (`shutdown(SHUT_WR)`, as `nc -N` or a scripted client does): what was
+//! sent is answered, as hyper does too.
 
 use std::io;
 use std::mem::MaybeUninit;
